@@ -248,6 +248,15 @@ pub enum Error {
         /// What differs.
         field: String,
     },
+    /// Director targets name another vehicle (a replay of another vehicle's
+    /// metadata).
+    #[error("director targets are for vehicle {got:?}, this vehicle is {expected:?}")]
+    WrongVehicle {
+        /// This vehicle's identifier.
+        expected: String,
+        /// The identifier in the metadata.
+        got: String,
+    },
     /// A Director targets file with no images carries no vehicle identifier.
     #[error("director targets metadata lists no images and no vehicle identifier")]
     MissingVehicleId,
@@ -303,7 +312,9 @@ impl Error {
             HashMismatch { .. } => Attack::ArbitrarySoftware,
             LengthMismatch { .. } | EndlessData { .. } => Attack::EndlessData,
             WrongHardwareId { .. } => Attack::WrongHardwareId,
-            WrongEcu { .. } | DuplicateEcu { .. } => Attack::WrongEcu,
+            WrongEcu { .. } | DuplicateEcu { .. } | WrongVehicle { .. } | MissingVehicleId => {
+                Attack::WrongEcu
+            }
             ReleaseCounterRollback { .. } => Attack::ReleaseCounterRollback,
             Decryption { .. } => Attack::ArbitrarySoftware,
             _ => return None,
