@@ -285,6 +285,9 @@ impl SigningKey {
         match &self.inner {
             SigningInner::P256(sk) => {
                 let sig: p256::ecdsa::Signature = sk.sign(msg);
+                // Emit low-S signatures: some verifiers (e.g. libsecp-style
+                // strict ones) refuse the high-S twin.
+                let sig = sig.normalize_s().unwrap_or(sig);
                 sig.to_der().as_bytes().to_vec()
             }
             SigningInner::Ed25519(sk) => sk.sign(msg).to_bytes().to_vec(),
