@@ -10,6 +10,9 @@
 //! canonicalisation and the Uptane checks over the signature checks themselves
 //! (a check-in verifies 8 signatures). Results are recorded in docs/benchmarks.md.
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use secureev_uptane::builder::{Published, RepoBuilder};
 use secureev_uptane::custom::{EcuIdentifier, TargetCustom};
@@ -28,7 +31,11 @@ fn image_repo(n: usize) -> (RepoBuilder, Published) {
             release_counter: Some(1),
             ..Default::default()
         };
-        repo.add_target(&format!("fw-{i}.bin"), format!("image {i}").as_bytes(), Some(custom.to_value()));
+        repo.add_target(
+            &format!("fw-{i}.bin"),
+            format!("image {i}").as_bytes(),
+            Some(custom.to_value()),
+        );
     }
     let out = repo.publish().expect("publish");
     (repo, out)
@@ -42,22 +49,31 @@ fn director_repo(n: usize, image: &RepoBuilder) -> Published {
         let mut ids = std::collections::BTreeMap::new();
         ids.insert(
             format!("ECU-{i}"),
-            EcuIdentifier { hardware_id: format!("hw-{i}"), unrecognized: Map::new() },
+            EcuIdentifier {
+                hardware_id: format!("hw-{i}"),
+                unrecognized: Map::new(),
+            },
         );
         t.custom = Some(
-            TargetCustom { ecu_identifiers: ids, release_counter: Some(1), ..Default::default() }
-                .to_value(),
+            TargetCustom {
+                ecu_identifiers: ids,
+                release_counter: Some(1),
+                ..Default::default()
+            }
+            .to_value(),
         );
         repo.targets.insert(name, t);
     }
-    repo.targets_extra.insert("custom".into(), serde_json::json!({"vin": "VIN0"}));
+    repo.targets_extra
+        .insert("custom".into(), serde_json::json!({"vin": "VIN0"}));
     repo.publish().expect("publish")
 }
 
 fn load(out: &Published, name: &str) -> TrustedRepository {
     let mut t = TrustedRepository::new(name, &out.root).expect("root");
     t.update_timestamp(&out.timestamp, NOW).expect("timestamp");
-    t.update_snapshot(&out.snapshot, NOW, false).expect("snapshot");
+    t.update_snapshot(&out.snapshot, NOW, false)
+        .expect("snapshot");
     t.update_targets(&out.targets, NOW).expect("targets");
     t
 }
@@ -67,14 +83,20 @@ fn bench(c: &mut Criterion) {
     let public = key.verifying_key();
     let msg = vec![0x5a_u8; 512];
     let sig = key.sign_raw(&msg);
-    c.bench_function("p256_verify", |b| b.iter(|| assert!(public.verify(black_box(&msg), black_box(&sig)))));
+    c.bench_function("p256_verify", |b| {
+        b.iter(|| assert!(public.verify(black_box(&msg), black_box(&sig))))
+    });
 
     let (image_builder, image) = image_repo(50);
     let director = director_repo(50, &image_builder);
     let vehicle = Vehicle::new(
         "VIN0",
         "ECU-0",
-        (0..50).map(|i| EcuInfo { serial: format!("ECU-{i}"), hardware_id: format!("hw-{i}"), installed: None }),
+        (0..50).map(|i| EcuInfo {
+            serial: format!("ECU-{i}"),
+            hardware_id: format!("hw-{i}"),
+            installed: None,
+        }),
     );
     c.bench_function("checkin_full_verification_50_targets", |b| {
         b.iter(|| {

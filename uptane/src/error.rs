@@ -309,8 +309,8 @@ impl Error {
             VersionMismatch { .. } | MissingMeta { .. } | TargetMismatch { .. } => {
                 Attack::MixAndMatch
             }
-            HashMismatch { .. } => Attack::ArbitrarySoftware,
-            LengthMismatch { .. } | EndlessData { .. } => Attack::EndlessData,
+            HashMismatch { .. } | LengthMismatch { .. } => Attack::ArbitrarySoftware,
+            EndlessData { .. } => Attack::EndlessData,
             WrongHardwareId { .. } => Attack::WrongHardwareId,
             WrongEcu { .. } | DuplicateEcu { .. } | WrongVehicle { .. } | MissingVehicleId => {
                 Attack::WrongEcu

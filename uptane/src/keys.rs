@@ -14,7 +14,9 @@
 use crate::canonical::to_canonical_from;
 use crate::error::{Error, Result};
 use p256::ecdsa::signature::{Signer, Verifier};
-use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use p256::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -194,7 +196,9 @@ enum SigningInner {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("keyid", &self.keyid).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("keyid", &self.keyid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -343,7 +347,9 @@ mod tests {
     #[test]
     fn legacy_keytype_and_hex_point_accepted() {
         let sk = SigningKey::generate_p256();
-        let PublicKey::P256(vk) = sk.verifying_key() else { panic!() };
+        let PublicKey::P256(vk) = sk.verifying_key() else {
+            panic!()
+        };
         let mut key = sk.public_key().clone();
         key.keytype = SCHEME_ECDSA_P256.into();
         key.keyval.public = hex::encode(vk.to_encoded_point(false).as_bytes());
@@ -366,7 +372,8 @@ mod tests {
     fn keyid_is_sha256_of_canonical_key() {
         let sk = SigningKey::generate_ed25519();
         let expected = hex::encode(Sha256::digest(
-            crate::canonical::to_canonical(&serde_json::to_value(sk.public_key()).unwrap()).unwrap(),
+            crate::canonical::to_canonical(&serde_json::to_value(sk.public_key()).unwrap())
+                .unwrap(),
         ));
         assert_eq!(sk.keyid(), expected);
     }
