@@ -27,3 +27,9 @@ cargo test --workspace --locked
 
 step "fuzz targets compile"
 (cd fuzz && cargo check --bins --quiet)
+
+step "systemd units, D-Bus policy (real dbus-daemon), exposure scores"
+bash systemd/tests/run.sh
+
+step "Yocto layer: crates include up to date, oelint-adv"
+bash yocto-layer/tests/run.sh
