@@ -228,6 +228,9 @@ if [ -f "$CONFIG_RS" ]; then
         check "daemon $c ($v) is below /etc/secureev/trust (tmpfiles.d, secureev-ota-conf)" \
             bash -c "[[ '$v' == /etc/secureev/trust/*.json ]]"
     done
+elif [ ! -d "$TREE/../daemon" ]; then
+    # The daemon crate has not landed yet: nothing to compare against.
+    echo "note    no daemon/ crate yet: defaults check not applicable"
 else
     fail "daemon/src/config.rs not found: update the defaults check in systemd/tests/run.sh"
 fi

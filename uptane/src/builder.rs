@@ -27,8 +27,8 @@ use crate::canonical::to_canonical_from;
 use crate::error::{Error, Result};
 use crate::keys::SigningKey;
 use crate::metadata::{
-    Common, DelegatedRole, Delegations, MetaFile, RoleKeys, Root, Signature, Snapshot,
-    TargetFile, Targets, TimestampMeta,
+    Common, DelegatedRole, Delegations, MetaFile, RoleKeys, Root, Signature, Snapshot, TargetFile,
+    Targets, TimestampMeta,
 };
 use crate::time::Timestamp;
 use crate::verify::hash_hex;
@@ -220,7 +220,8 @@ impl RepoBuilder {
 
     /// Add (or replace) a top-level target.
     pub fn add_target(&mut self, name: &str, data: &[u8], custom: Option<Value>) {
-        self.targets.insert(name.to_owned(), target_file(data, custom));
+        self.targets
+            .insert(name.to_owned(), target_file(data, custom));
     }
 
     /// Add a delegated role with fresh keys; returns its index.
@@ -265,7 +266,10 @@ impl RepoBuilder {
     }
 
     fn key_refs(&self, role: &str) -> Vec<&SigningKey> {
-        self.keys.get(role).map(|v| v.iter().collect()).unwrap_or_default()
+        self.keys
+            .get(role)
+            .map(|v| v.iter().collect())
+            .unwrap_or_default()
     }
 
     fn version(&self, role: &str) -> u64 {
@@ -349,7 +353,10 @@ impl RepoBuilder {
             };
             let keys: Vec<&SigningKey> = d.keys.iter().collect();
             let bytes = sign_metadata(&t, &keys)?;
-            snapshot_meta.insert(format!("{}.json", d.role.name), meta_file(d.version, &bytes));
+            snapshot_meta.insert(
+                format!("{}.json", d.role.name),
+                meta_file(d.version, &bytes),
+            );
             delegated.insert(d.role.name.clone(), bytes);
             self.delegated[i] = d;
         }
@@ -363,7 +370,10 @@ impl RepoBuilder {
         };
         let targets_bytes = sign_metadata(&targets, &self.key_refs("targets"))?;
         self.versions.insert("targets".into(), targets_version);
-        snapshot_meta.insert("targets.json".into(), meta_file(targets_version, &targets_bytes));
+        snapshot_meta.insert(
+            "targets.json".into(),
+            meta_file(targets_version, &targets_bytes),
+        );
 
         let snapshot_version = self.version("snapshot") + 1;
         let snapshot = Snapshot {
@@ -390,7 +400,10 @@ impl RepoBuilder {
     pub fn sign_timestamp(&mut self, snapshot_version: u64, snapshot: &[u8]) -> Result<Vec<u8>> {
         let version = self.version("timestamp") + 1;
         let mut meta = BTreeMap::new();
-        meta.insert("snapshot.json".to_owned(), meta_file(snapshot_version, snapshot));
+        meta.insert(
+            "snapshot.json".to_owned(),
+            meta_file(snapshot_version, snapshot),
+        );
         let ts = TimestampMeta {
             common: Common::new("timestamp", version, self.expiry("timestamp")),
             meta,
@@ -427,7 +440,11 @@ impl RepoBuilder {
 
 /// Re-sign an envelope's `signed` value after `edit` changed it: for tests and
 /// attack fixtures that need validly signed but malicious metadata.
-pub fn resign(bytes: &[u8], keys: &[&SigningKey], edit: impl FnOnce(&mut Value)) -> Result<Vec<u8>> {
+pub fn resign(
+    bytes: &[u8],
+    keys: &[&SigningKey],
+    edit: impl FnOnce(&mut Value),
+) -> Result<Vec<u8>> {
     let mut env: Value = serde_json::from_slice(bytes).map_err(|e| Error::Malformed {
         role: "metadata".into(),
         reason: e.to_string(),

@@ -104,12 +104,18 @@ mod tests {
     #[test]
     fn escapes_only_quote_and_backslash() {
         let v = json!("-----BEGIN\n\t\u{1}é\"\\");
-        assert_eq!(to_canonical(&v).unwrap(), "\"-----BEGIN\n\t\u{1}é\\\"\\\\\"".as_bytes());
+        assert_eq!(
+            to_canonical(&v).unwrap(),
+            "\"-----BEGIN\n\t\u{1}é\\\"\\\\\"".as_bytes()
+        );
     }
 
     #[test]
     fn rejects_floats() {
-        assert!(matches!(to_canonical(&json!({"a": 1.5})), Err(Error::Canonical(_))));
+        assert!(matches!(
+            to_canonical(&json!({"a": 1.5})),
+            Err(Error::Canonical(_))
+        ));
     }
 
     #[test]

@@ -48,13 +48,21 @@ pub struct EcuIdentifier {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetCustom {
     /// ECU serial → hardware ID (Director).
-    #[serde(rename = "ecuIdentifiers", default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        rename = "ecuIdentifiers",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub ecu_identifiers: BTreeMap<String, EcuIdentifier>,
     /// Hardware IDs the image is built for (Image repository).
     #[serde(rename = "hardwareIds", default, skip_serializing_if = "Vec::is_empty")]
     pub hardware_ids: Vec<String>,
     /// Release counter: never below the one installed on the ECU.
-    #[serde(rename = "releaseCounter", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "releaseCounter",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub release_counter: Option<u64>,
     /// Optional download location.
     #[serde(default, skip_serializing_if = "Option::is_none")]

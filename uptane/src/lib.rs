@@ -25,11 +25,18 @@
 //! - [`builder`]: repository builders for the backend and tests.
 #![deny(missing_docs)]
 
+pub mod builder;
 pub mod canonical;
+pub mod custom;
+pub mod did;
+pub mod encryption;
 pub mod error;
 pub mod keys;
+pub mod manifest;
 pub mod metadata;
 pub mod time;
+pub mod trusted;
+pub mod uptane;
 pub mod verify;
 
 pub use error::{Attack, Error, Result};

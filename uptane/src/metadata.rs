@@ -162,10 +162,12 @@ impl RoleType for TimestampMeta {
 impl TimestampMeta {
     /// The snapshot entry.
     pub fn snapshot_meta(&self) -> Result<&MetaFile> {
-        self.meta.get("snapshot.json").ok_or_else(|| Error::MissingMeta {
-            role: "timestamp".into(),
-            missing: "snapshot.json".into(),
-        })
+        self.meta
+            .get("snapshot.json")
+            .ok_or_else(|| Error::MissingMeta {
+                role: "timestamp".into(),
+                missing: "snapshot.json".into(),
+            })
     }
 }
 
@@ -291,7 +293,11 @@ impl SuccinctRoles {
         let h = Sha256::digest(target.as_bytes());
         let first = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
         let bits = self.bit_length.clamp(1, 32);
-        let bin = if bits == 32 { first } else { first >> (32 - bits) };
+        let bin = if bits == 32 {
+            first
+        } else {
+            first >> (32 - bits)
+        };
         let width = (bits as usize).div_ceil(4);
         format!("{}-{:0width$x}", self.name_prefix, bin, width = width)
     }
@@ -306,8 +312,7 @@ impl SuccinctRoles {
         else {
             return false;
         };
-        suffix.len() == width
-            && u64::from_str_radix(suffix, 16).is_ok_and(|b| b < (1u64 << bits))
+        suffix.len() == width && u64::from_str_radix(suffix, 16).is_ok_and(|b| b < (1u64 << bits))
     }
 }
 
@@ -332,7 +337,10 @@ impl DelegatedRole {
 pub fn path_matches(pattern: &str, target: &str) -> bool {
     let p: Vec<&str> = pattern.split('/').collect();
     let t: Vec<&str> = target.split('/').collect();
-    p.len() == t.len() && p.iter().zip(&t).all(|(p, t)| glob(p.as_bytes(), t.as_bytes()))
+    p.len() == t.len()
+        && p.iter()
+            .zip(&t)
+            .all(|(p, t)| glob(p.as_bytes(), t.as_bytes()))
 }
 
 fn glob(p: &[u8], t: &[u8]) -> bool {

@@ -46,18 +46,24 @@ impl Timestamp {
         }
         if b.len() > 20 {
             // Optional fraction: ".ddd" before the Z.
-            if b[19] != b'.' || b.len() < 22 || !b[20..b.len() - 1].iter().all(u8::is_ascii_digit)
-            {
+            if b[19] != b'.' || b.len() < 22 || !b[20..b.len() - 1].iter().all(u8::is_ascii_digit) {
                 return Err(bad());
             }
         }
         let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
         let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || se > 60
+        if !(1..=12).contains(&mo)
+            || d < 1
+            || d > days_in_month(y, mo)
+            || h > 23
+            || mi > 59
+            || se > 60
         {
             return Err(bad());
         }
-        Ok(Timestamp(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se))
+        Ok(Timestamp(
+            days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se,
+        ))
     }
 }
 
@@ -120,11 +126,21 @@ mod tests {
 
     #[test]
     fn parses_and_formats_round_trip() {
-        for s in ["1970-01-01T00:00:00Z", "2030-02-28T23:59:59Z", "2024-02-29T12:00:00Z"] {
+        for s in [
+            "1970-01-01T00:00:00Z",
+            "2030-02-28T23:59:59Z",
+            "2024-02-29T12:00:00Z",
+        ] {
             assert_eq!(Timestamp::parse(s).unwrap().to_string(), s);
         }
-        assert_eq!(Timestamp::parse("1970-01-02T00:00:01Z").unwrap().unix(), 86_401);
-        assert_eq!(Timestamp::parse("2000-03-01T00:00:00Z").unwrap().unix(), 951_868_800);
+        assert_eq!(
+            Timestamp::parse("1970-01-02T00:00:01Z").unwrap().unix(),
+            86_401
+        );
+        assert_eq!(
+            Timestamp::parse("2000-03-01T00:00:00Z").unwrap().unix(),
+            951_868_800
+        );
     }
 
     #[test]

@@ -124,6 +124,11 @@ pub struct TrustedRepository {
     /// Set when the root chain rotated timestamp or snapshot keys: locally
     /// stored timestamp and snapshot must not be used (fast-forward recovery).
     discard_local: bool,
+    /// [`Layout::RootAndTargetsOnly`]: highest version of each targets role
+    /// that verified but had expired. Without a snapshot the stored version is
+    /// the only rollback reference, and a stored copy that expired while the
+    /// vehicle was offline must still count (as an expired timestamp does).
+    expired_versions: BTreeMap<String, u64>,
 }
 
 const ROOT: &str = "root";
@@ -148,6 +153,7 @@ impl TrustedRepository {
             snapshot: None,
             targets: BTreeMap::new(),
             discard_local: false,
+            expired_versions: BTreeMap::new(),
         })
     }
 
@@ -223,6 +229,7 @@ impl TrustedRepository {
                 "cannot update root after timestamp or targets were loaded".into(),
             ));
         }
+        check_size(ROOT, bytes, self.limits.root_max_length)?;
         let env = Envelope::parse(ROOT, bytes)?;
         // Signed by a threshold of the trusted root's keys ...
         let by_old = verify_by_root::<Root>(&env, &self.root, ROOT)?;
@@ -237,7 +244,11 @@ impl TrustedRepository {
             });
         }
         let rotated = |role: &str| -> bool {
-            let old = self.root.roles.get(role).map(|r| role_key_set(&self.root, r));
+            let old = self
+                .root
+                .roles
+                .get(role)
+                .map(|r| role_key_set(&self.root, r));
             let new = new_root.roles.get(role).map(|r| role_key_set(&new_root, r));
             old != new
         };
@@ -263,6 +274,7 @@ impl TrustedRepository {
             ));
         }
         check_expiry(ROOT, &self.root.common, now)?;
+        check_size(TIMESTAMP, bytes, self.limits.timestamp_max_length)?;
         let env = Envelope::parse(TIMESTAMP, bytes)?;
         let new = verify_by_root::<TimestampMeta>(&env, &self.root, TIMESTAMP)?;
         let new_snapshot_version = new.snapshot_meta()?.version;
@@ -359,6 +371,11 @@ impl TrustedRepository {
         }
         let env = Envelope::parse(SNAPSHOT, bytes)?;
         let new = verify_by_root::<Snapshot>(&env, &self.root, SNAPSHOT)?;
+        if trusted && new.common.version == meta.version {
+            // Uptane 2.1 §5.4.4.2 step 4: a stored snapshot is the current one
+            // only if its hashes, not just its version, match the timestamp.
+            check_length_and_hashes("snapshot.json", bytes, meta.length, meta.hashes.as_ref())?;
+        }
         if let Some(old) = &self.snapshot {
             for (file, old_info) in &old.meta {
                 let new_info = new.meta.get(file).ok_or_else(|| Error::MissingMeta {
@@ -409,15 +426,17 @@ impl TrustedRepository {
                 max_length: self.limits.targets_max_length,
             }),
             Layout::Tuf => {
-                let snap = self.snapshot.as_ref().ok_or_else(|| {
-                    Error::Workflow(format!("{role} requested before snapshot"))
-                })?;
-                let meta = snap.meta.get(&format!("{role}.json")).ok_or_else(|| {
-                    Error::MissingMeta {
-                        role: SNAPSHOT.into(),
-                        missing: format!("{role}.json"),
-                    }
-                })?;
+                let snap = self
+                    .snapshot
+                    .as_ref()
+                    .ok_or_else(|| Error::Workflow(format!("{role} requested before snapshot")))?;
+                let meta =
+                    snap.meta
+                        .get(&format!("{role}.json"))
+                        .ok_or_else(|| Error::MissingMeta {
+                            role: SNAPSHOT.into(),
+                            missing: format!("{role}.json"),
+                        })?;
                 Ok(MetaRequest {
                     role: role.to_owned(),
                     version: self.root.consistent_snapshot.then_some(meta.version),
@@ -453,12 +472,13 @@ impl TrustedRepository {
                     .snapshot
                     .as_ref()
                     .ok_or_else(|| Error::Workflow("no trusted snapshot".into()))?;
-                let meta = snap.meta.get(&format!("{role}.json")).ok_or_else(|| {
-                    Error::MissingMeta {
-                        role: SNAPSHOT.into(),
-                        missing: format!("{role}.json"),
-                    }
-                })?;
+                let meta =
+                    snap.meta
+                        .get(&format!("{role}.json"))
+                        .ok_or_else(|| Error::MissingMeta {
+                            role: SNAPSHOT.into(),
+                            missing: format!("{role}.json"),
+                        })?;
                 check_length_and_hashes(
                     &format!("{role}.json"),
                     bytes,
@@ -491,18 +511,19 @@ impl TrustedRepository {
             let parent = self.targets.get(delegator).ok_or_else(|| {
                 Error::Workflow(format!("delegator {delegator} of {role} is not loaded"))
             })?;
-            let delegations = parent.delegations.as_ref().ok_or_else(|| {
-                Error::InvalidDelegation {
-                    role: role.into(),
-                    reason: format!("{delegator} has no delegations"),
-                }
-            })?;
-            let (keyids, threshold) = delegated_role_keys(delegations, role).ok_or_else(|| {
-                Error::InvalidDelegation {
+            let delegations =
+                parent
+                    .delegations
+                    .as_ref()
+                    .ok_or_else(|| Error::InvalidDelegation {
+                        role: role.into(),
+                        reason: format!("{delegator} has no delegations"),
+                    })?;
+            let (keyids, threshold) =
+                delegated_role_keys(delegations, role).ok_or_else(|| Error::InvalidDelegation {
                     role: role.into(),
                     reason: format!("{delegator} does not delegate to {role}"),
-                }
-            })?;
+                })?;
             env.verify_as::<Targets>(role, &delegations.keys, &keyids, threshold)?
         };
         match expected_version {
@@ -514,11 +535,18 @@ impl TrustedRepository {
                 })
             }
             None => {
-                if let Some(old) = self.targets.get(role) {
-                    if new.common.version < old.common.version {
+                let trusted = self
+                    .targets
+                    .get(role)
+                    .map(|old| old.common.version)
+                    .into_iter()
+                    .chain(self.expired_versions.get(role).copied())
+                    .max();
+                if let Some(trusted) = trusted {
+                    if new.common.version < trusted {
                         return Err(Error::Rollback {
                             role: role.into(),
-                            trusted: old.common.version,
+                            trusted,
                             offered: new.common.version,
                         });
                     }
@@ -526,7 +554,13 @@ impl TrustedRepository {
             }
             _ => {}
         }
-        check_expiry(role, &new.common, now)?;
+        if let Err(e) = check_expiry(role, &new.common, now) {
+            if expected_version.is_none() {
+                let v = self.expired_versions.entry(role.to_owned()).or_insert(0);
+                *v = (*v).max(new.common.version);
+            }
+            return Err(e);
+        }
         self.targets.insert(role.to_owned(), new);
         Ok(())
     }
@@ -629,6 +663,19 @@ fn verify_by_root<T: crate::metadata::RoleType>(
 ) -> Result<Verified<T>> {
     let r = root.role(role)?;
     env.verify_as::<T>(role, &root.keys, &r.keyids, r.threshold)
+}
+
+/// TUF 1.0 §5.3.3 / Uptane 2.1 §5.4.4.3–4: root and timestamp are fetched with
+/// a size cap (endless-data attack); the core enforces the cap again on the
+/// bytes it is given.
+fn check_size(role: &str, bytes: &[u8], limit: u64) -> Result<()> {
+    if bytes.len() as u64 > limit {
+        return Err(Error::EndlessData {
+            what: format!("{role}.json"),
+            limit,
+        });
+    }
+    Ok(())
 }
 
 /// TUF 1.0 §5.3.10, §5.4.4, §5.5.6, §5.6.5 / Uptane 2.1 §5.4.4.3–6: metadata

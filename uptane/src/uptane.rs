@@ -161,11 +161,18 @@ pub enum FullVerification {
 
 /// Check Director targets (Uptane 2.1 §5.4.4.6 plus the Primary's vehicle
 /// check) and return the assignments that are not installed yet.
-pub fn director_assignments(director: &TrustedRepository, vehicle: &Vehicle) -> Result<Vec<Assignment>> {
+pub fn director_assignments(
+    director: &TrustedRepository,
+    vehicle: &Vehicle,
+) -> Result<Vec<Assignment>> {
     let targets = director.targets().ok_or_else(|| {
         Error::Workflow("director targets must be loaded before verification".into())
     })?;
-    let assignments = check_director_targets(targets, vehicle.ecus.keys().map(String::as_str).collect(), Some(&vehicle.vin))?;
+    let assignments = check_director_targets(
+        targets,
+        vehicle.ecus.keys().map(String::as_str).collect(),
+        Some(&vehicle.vin),
+    )?;
     for a in &assignments {
         let ecu = &vehicle.ecus[&a.ecu_serial];
         // The Director's statement of the hardware ID must match what the
@@ -221,7 +228,9 @@ fn check_director_targets(
             // §5.4.4.6 (6): "verify that no ECU identifier is represented more
             // than once."
             if !seen.insert(serial.clone()) {
-                return Err(Error::DuplicateEcu { ecu: serial.clone() });
+                return Err(Error::DuplicateEcu {
+                    ecu: serial.clone(),
+                });
             }
             // §5.4.4.6 (7): a Primary checks that every ECU listed is present
             // in the vehicle.
@@ -257,7 +266,10 @@ pub fn match_image(
     if d.length != image_target.length {
         return Err(Error::TargetMismatch {
             target: name.clone(),
-            field: format!("length: director {} vs image {}", d.length, image_target.length),
+            field: format!(
+                "length: director {} vs image {}",
+                d.length, image_target.length
+            ),
         });
     }
     match common_hashes_equal(&d.hashes, &image_target.hashes) {
@@ -278,7 +290,9 @@ pub fn match_image(
     let image_custom = TargetCustom::of(name, image_target)?;
     // (c) "SHALL match" custom fields: hardware ID. The Image repository lists
     // the hardware IDs an image is built for; the ECU's must be among them.
-    if !image_custom.hardware_ids.is_empty() && !image_custom.hardware_ids.contains(&ecu.hardware_id) {
+    if !image_custom.hardware_ids.is_empty()
+        && !image_custom.hardware_ids.contains(&ecu.hardware_id)
+    {
         return Err(Error::WrongHardwareId {
             target: name.clone(),
             ecu: ecu.serial.clone(),
@@ -287,7 +301,10 @@ pub fn match_image(
         });
     }
     // (c) release counters must agree where both repositories give one.
-    let (dr, ir) = (assignment.custom.release_counter, image_custom.release_counter);
+    let (dr, ir) = (
+        assignment.custom.release_counter,
+        image_custom.release_counter,
+    );
     if let (Some(dr), Some(ir)) = (dr, ir) {
         if dr != ir {
             return Err(Error::TargetMismatch {

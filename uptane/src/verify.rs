@@ -107,7 +107,14 @@ impl Envelope {
         threshold: u32,
     ) -> Result<Verified<T>> {
         check_type::<T>(self)?;
-        verify_signatures(role, &self.canonical, &self.signatures, keys, keyids, threshold)?;
+        verify_signatures(
+            role,
+            &self.canonical,
+            &self.signatures,
+            keys,
+            keyids,
+            threshold,
+        )?;
         let value = self.to_typed::<T>(role)?;
         Ok(Verified::new(value, self.raw.clone()))
     }
@@ -115,10 +122,11 @@ impl Envelope {
     /// Build the typed value without verification. Crate-internal so that
     /// unverified values never escape as typed metadata.
     pub(crate) fn to_typed<T: RoleType>(&self, role: &str) -> Result<T> {
-        let value: T = serde_json::from_value(self.signed.clone()).map_err(|e| Error::Malformed {
-            role: role.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let value: T =
+            serde_json::from_value(self.signed.clone()).map_err(|e| Error::Malformed {
+                role: role.to_owned(),
+                reason: e.to_string(),
+            })?;
         if let Some(sv) = &value.common().spec_version {
             // TUF 1.0 §5: only the major version must match.
             if sv.split('.').next() != Some("1") {
@@ -180,8 +188,12 @@ pub fn verify_signatures(
         if !authorised.contains(s.keyid.as_str()) {
             continue;
         }
-        let Some(key) = keys.get(&s.keyid) else { continue };
-        let Ok(public) = key.to_public() else { continue };
+        let Some(key) = keys.get(&s.keyid) else {
+            continue;
+        };
+        let Ok(public) = key.to_public() else {
+            continue;
+        };
         if public.verify_hex(msg, &s.sig) {
             counted.insert(public.fingerprint());
         }
@@ -261,7 +273,9 @@ impl StreamVerifier {
     /// Fails at once for unknown algorithms or an empty hash set.
     pub fn new(what: &str, length: u64, hashes: &BTreeMap<String, String>) -> Result<Self> {
         if hashes.is_empty() {
-            return Err(Error::NoHashes { what: what.to_owned() });
+            return Err(Error::NoHashes {
+                what: what.to_owned(),
+            });
         }
         let mut v = StreamVerifier {
             what: what.to_owned(),
@@ -370,10 +384,20 @@ mod tests {
         // The same key under a second key id counts once.
         keys.insert("alias".into(), a.public_key().clone());
         ids.push("alias".into());
-        let sigs = vec![sig(&a, b"m"), Signature { keyid: "alias".into(), ..sig(&a, b"m") }];
+        let sigs = vec![
+            sig(&a, b"m"),
+            Signature {
+                keyid: "alias".into(),
+                ..sig(&a, b"m")
+            },
+        ];
         assert_eq!(
             verify_signatures("root", b"m", &sigs, &keys, &ids, 2),
-            Err(Error::ThresholdNotMet { role: "root".into(), valid: 1, threshold: 2 })
+            Err(Error::ThresholdNotMet {
+                role: "root".into(),
+                valid: 1,
+                threshold: 2
+            })
         );
     }
 
@@ -438,7 +462,13 @@ mod tests {
 
     #[test]
     fn envelope_rejects_garbage() {
-        for bad in [&b"[]"[..], b"{}", b"{\"signed\": 1, \"signatures\": []}", b"\xff", b"{\"signed\": {}}"] {
+        for bad in [
+            &b"[]"[..],
+            b"{}",
+            b"{\"signed\": 1, \"signatures\": []}",
+            b"\xff",
+            b"{\"signed\": {}}",
+        ] {
             assert!(Envelope::parse("root", bad).is_err());
         }
         assert!(matches!(

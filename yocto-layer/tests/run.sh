@@ -140,6 +140,9 @@ if [ -f "$CONFIG_RS" ]; then
     done
     check "daemon default [backend] ca_file is /etc/secureev/backend-ca.pem (tls/backend-ca.pem)" \
         grep -q '"/etc/secureev/backend-ca.pem"' "$CONFIG_RS"
+elif [ ! -d "$REPO/daemon" ]; then
+    # The daemon crate has not landed yet: nothing to compare against.
+    echo "note    no daemon/ crate yet: trust-path check not applicable"
 else
     fail "daemon/src/config.rs not found: update the trust-path check in yocto-layer/tests/run.sh"
 fi

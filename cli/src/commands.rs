@@ -1,0 +1,398 @@
+//! The subcommands.
+
+use std::collections::HashMap;
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use secureev_dbus::{
+    CompletedStream, Ota1Proxy, Progress, State, BUS_NAME, INTERFACE, OBJECT_PATH,
+};
+use serde_json::json;
+use zbus::fdo::{DBusProxy, PropertiesChangedStream, PropertiesProxy};
+use zbus::proxy::CacheProperties;
+use zbus::zvariant::{OwnedValue, Value};
+use zbus::Connection;
+
+use crate::exit::{self, fail};
+use crate::output::{self, ProgressView};
+use crate::{Cli, Command};
+
+/// Runs one command; returns the exit status.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let conn = connect(cli.bus.as_deref()).await?;
+    ensure_daemon(&conn, cli.bus.is_some()).await?;
+    // Uncached: every command reads fresh values once; `watch` uses the signals.
+    let proxy = Ota1Proxy::builder(&conn)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Status => status(&proxy, json).await,
+        Command::Check { force, wait } => {
+            let mut options: HashMap<&str, Value<'_>> = HashMap::new();
+            if force {
+                options.insert("force", Value::from(true));
+            }
+            let follow = if wait {
+                Some(Follow::new(&conn, &proxy).await?)
+            } else {
+                None
+            };
+            proxy.check_for_updates(options).await?;
+            done(json, "check started");
+            match follow {
+                Some(f) => f.run(&proxy, json).await,
+                None => Ok(exit::OK),
+            }
+        }
+        Command::Install { yes, id, wait } => install(&conn, &proxy, json, yes, id, wait).await,
+        Command::Cancel => {
+            proxy.cancel().await?;
+            done(json, "cancel requested");
+            Ok(exit::OK)
+        }
+        Command::Postpone { secs } => {
+            proxy.postpone(secs).await?;
+            done(json, &format!("pending update postponed by {secs} s"));
+            Ok(exit::OK)
+        }
+        Command::Watch => Follow::new(&conn, &proxy).await?.run(&proxy, json).await,
+        Command::History => history(&proxy, json).await,
+        Command::Ecus => ecus(&proxy, json).await,
+        Command::Provision {
+            url,
+            vin,
+            token,
+            wait,
+        } => {
+            let mut options: HashMap<&str, Value<'_>> = HashMap::new();
+            if let Some(v) = &vin {
+                options.insert("vin", Value::from(v.as_str()));
+            }
+            if let Some(t) = &token {
+                options.insert("token", Value::from(t.as_str()));
+            }
+            let follow = if wait {
+                Some(Follow::new(&conn, &proxy).await?)
+            } else {
+                None
+            };
+            proxy.provision(&url, options).await?;
+            done(json, "provisioning started");
+            match follow {
+                Some(f) => f.run(&proxy, json).await,
+                None => Ok(exit::OK),
+            }
+        }
+    }
+}
+
+async fn connect(address: Option<&str>) -> anyhow::Result<Connection> {
+    let (builder, what) = match address {
+        Some(a) => (zbus::connection::Builder::address(a), format!("bus {a}")),
+        None => (zbus::connection::Builder::system(), "the system bus".into()),
+    };
+    let built = match builder {
+        Ok(b) => b.build().await,
+        Err(e) => Err(e),
+    };
+    built.map_err(|e| fail(exit::NO_BUS, format!("cannot connect to {what}: {e}")))
+}
+
+/// Fails with [`exit::NOT_RUNNING`] when nobody owns the name and the bus cannot
+/// start the daemon by activation.
+async fn ensure_daemon(conn: &Connection, custom_bus: bool) -> anyhow::Result<()> {
+    let dbus = DBusProxy::new(conn).await?;
+    let name = zbus::names::BusName::try_from(BUS_NAME)?;
+    if dbus.name_has_owner(name).await? {
+        return Ok(());
+    }
+    let activatable = dbus.list_activatable_names().await.unwrap_or_default();
+    if activatable.iter().any(|n| n.as_str() == BUS_NAME) {
+        return Ok(());
+    }
+    let hint = if custom_bus {
+        ""
+    } else {
+        "; start it with `systemctl start secureev-otad`"
+    };
+    Err(fail(
+        exit::NOT_RUNNING,
+        format!(
+            "the SecureEV-OTA daemon is not running ({BUS_NAME} has no owner on the bus){hint}"
+        ),
+    ))
+}
+
+fn done(json: bool, message: &str) {
+    if json {
+        println!("{}", json!({ "ok": true, "message": message }));
+    } else {
+        println!("{message}");
+    }
+}
+
+async fn status(proxy: &Ota1Proxy<'_>, json: bool) -> anyhow::Result<u8> {
+    let state = proxy.state().await?;
+    let progress = proxy.progress().await?;
+    let pending_id = proxy.pending_update_id().await?;
+    let pending = proxy.pending_updates().await?;
+    let ecus = proxy.ecus().await?;
+    let last_check = proxy.last_check().await?;
+    let last_error = proxy.last_error().await?;
+    let last_error_code = proxy.last_error_code().await?;
+    let preconditions = proxy.preconditions().await?;
+    let postponed_until = proxy.postponed_until().await?;
+    if json {
+        let v = json!({
+            "state": state,
+            "progress": output::progress_json(&progress),
+            "pending-update-id": pending_id,
+            "pending-updates": pending.iter().map(output::pending_json).collect::<Vec<_>>(),
+            "ecus": ecus.iter().map(output::ecu_json).collect::<Vec<_>>(),
+            "last-check": last_check,
+            "last-error": last_error,
+            "last-error-code": last_error_code,
+            "preconditions": preconditions.iter().map(output::precondition_json).collect::<Vec<_>>(),
+            "postponed-until": postponed_until,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(exit::OK);
+    }
+    println!("State:       {state}");
+    if state.parse::<State>().is_ok_and(State::is_busy) {
+        let mut view = ProgressView::new();
+        print!("Progress:    ");
+        view.show(&progress.phase, &progress);
+        view.finish();
+    }
+    println!("Last check:  {}", output::time(last_check));
+    if last_error_code != 0 || !last_error.is_empty() {
+        println!(
+            "Last error:  {} {last_error}",
+            output::code(last_error_code)
+        );
+    }
+    for p in &preconditions {
+        let holds = if p.satisfied { "yes" } else { "no" };
+        println!("Precondition {}: {holds} {}", p.name, p.reason);
+    }
+    if pending.is_empty() {
+        println!("No update pending.");
+    } else {
+        output::print_plan(&pending_id, &pending, &ecus);
+        if postponed_until > 0 {
+            println!("Postponed until {}", output::time(postponed_until));
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn install(
+    conn: &Connection,
+    proxy: &Ota1Proxy<'_>,
+    json: bool,
+    yes: bool,
+    id: Option<String>,
+    wait: bool,
+) -> anyhow::Result<u8> {
+    let pending_id = proxy.pending_update_id().await?;
+    let pending = proxy.pending_updates().await?;
+    if pending_id.is_empty() {
+        return Err(fail(
+            secureev_dbus::ErrorCode::NoSuchUpdate.as_u32() as u8,
+            "no update is pending; run `secureevctl check` first",
+        ));
+    }
+    // With --id the consent is for that id, whatever is pending now; the daemon
+    // refuses it if it is no longer the pending update.
+    let update_id = id.unwrap_or_else(|| pending_id.clone());
+    if json {
+        println!(
+            "{}",
+            json!({
+                "pending-update-id": pending_id,
+                "pending-updates": pending.iter().map(output::pending_json).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        let ecus = proxy.ecus().await?;
+        output::print_plan(&pending_id, &pending, &ecus);
+    }
+    if !yes {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return Err(fail(
+                exit::DECLINED,
+                "not confirmed: stdin is not a terminal; pass --yes to install without asking",
+            ));
+        }
+        print!("Install this update? [y/N] ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        stdin.lock().read_line(&mut answer)?;
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            return Err(fail(exit::DECLINED, "not confirmed; nothing installed"));
+        }
+    }
+    let follow = if wait {
+        Some(Follow::new(conn, proxy).await?)
+    } else {
+        None
+    };
+    proxy
+        .install(&update_id, HashMap::new())
+        .await
+        .with_context(|| format!("install of update {update_id} refused"))?;
+    done(json, &format!("install of update {update_id} started"));
+    match follow {
+        Some(f) => f.run(proxy, json).await,
+        None => Ok(exit::OK),
+    }
+}
+
+async fn history(proxy: &Ota1Proxy<'_>, json: bool) -> anyhow::Result<u8> {
+    let entries = proxy.get_history().await?;
+    if json {
+        let v: Vec<_> = entries.iter().map(output::history_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(exit::OK);
+    }
+    if entries.is_empty() {
+        println!("No history.");
+    }
+    for e in &entries {
+        println!(
+            "{}  {:<10} {:<26} {:<12} {}",
+            output::time(e.time),
+            e.action,
+            output::code(e.code),
+            e.version,
+            e.message
+        );
+    }
+    Ok(exit::OK)
+}
+
+async fn ecus(proxy: &Ota1Proxy<'_>, json: bool) -> anyhow::Result<u8> {
+    let ecus = proxy.ecus().await?;
+    if json {
+        let v: Vec<_> = ecus.iter().map(output::ecu_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(exit::OK);
+    }
+    println!(
+        "{:<14} {:<16} {:<12} ROLE",
+        "SERIAL", "HARDWARE-ID", "VERSION"
+    );
+    for e in &ecus {
+        let role = if e.primary { "primary" } else { "secondary" };
+        println!(
+            "{:<14} {:<16} {:<12} {role}",
+            e.serial, e.hardware_id, e.installed_version
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// Subscriptions made before the call they follow, so no signal is missed.
+struct Follow {
+    changes: PropertiesChangedStream,
+    completed: CompletedStream,
+    owner: zbus::fdo::NameOwnerChangedStream,
+}
+
+impl Follow {
+    async fn new(conn: &Connection, proxy: &Ota1Proxy<'_>) -> anyhow::Result<Self> {
+        let props = PropertiesProxy::builder(conn)
+            .destination(BUS_NAME)?
+            .path(OBJECT_PATH)?
+            .build()
+            .await?;
+        let owner = DBusProxy::new(conn)
+            .await?
+            .receive_name_owner_changed_with_args(&[(0, BUS_NAME)])
+            .await?;
+        Ok(Follow {
+            changes: props.receive_properties_changed().await?,
+            completed: proxy.receive_completed().await?,
+            owner,
+        })
+    }
+
+    /// Shows progress until `Completed`; returns its code as exit status.
+    async fn run(mut self, proxy: &Ota1Proxy<'_>, json: bool) -> anyhow::Result<u8> {
+        let mut state = proxy.state().await?;
+        let mut progress = proxy.progress().await?;
+        let mut view = ProgressView::new();
+        if json {
+            println!("{}", json!({ "event": "state", "state": state }));
+        } else {
+            view.show(&state, &progress);
+        }
+        loop {
+            tokio::select! {
+                change = self.changes.next() => {
+                    let Some(change) = change else { break };
+                    let args = change.args()?;
+                    if args.interface_name.as_str() != INTERFACE {
+                        continue;
+                    }
+                    let props = &args.changed_properties;
+                    if let Some(v) = props.get("State") {
+                        let s: String = v.try_to_owned()?.try_into()?;
+                        if s != state {
+                            state = s;
+                            if json {
+                                println!("{}", json!({ "event": "state", "state": state }));
+                            }
+                        }
+                    }
+                    if let Some(v) = props.get("Progress") {
+                        let owned: OwnedValue = v.try_to_owned()?;
+                        progress = Progress::try_from(owned)?;
+                        if json {
+                            println!(
+                                "{}",
+                                json!({ "event": "progress", "progress": output::progress_json(&progress) })
+                            );
+                        }
+                    }
+                    if !json {
+                        view.show(&state, &progress);
+                    }
+                }
+                completed = self.completed.next() => {
+                    let Some(completed) = completed else { break };
+                    let args = completed.args()?;
+                    view.finish();
+                    if json {
+                        println!(
+                            "{}",
+                            json!({ "event": "completed", "code": args.code, "message": args.message })
+                        );
+                    } else if args.code == 0 {
+                        println!("Completed: {}", args.message);
+                    } else {
+                        println!("Failed {}: {}", output::code(args.code), args.message);
+                    }
+                    return Ok(exit::completed_code(args.code));
+                }
+                owner = self.owner.next() => {
+                    let Some(owner) = owner else { break };
+                    if owner.args()?.new_owner().is_none() {
+                        view.finish();
+                        return Err(fail(
+                            exit::NOT_RUNNING,
+                            "the daemon went away before the operation completed",
+                        ));
+                    }
+                }
+            }
+        }
+        view.finish();
+        Err(fail(exit::NOT_RUNNING, "lost the connection to the bus"))
+    }
+}

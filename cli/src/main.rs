@@ -1,0 +1,112 @@
+//! `secureevctl`: command-line client for the SecureEV-OTA daemon (`secureev-otad`)
+//! over its D-Bus API `io.secureev.Ota1`. See `docs/dbus-api.md`.
+//!
+//! `main` only parses arguments, runs the command and maps the outcome to a
+//! documented exit status ([`exit`]).
+#![forbid(unsafe_code)]
+
+mod commands;
+mod exit;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+/// Control and watch over-the-air updates of this vehicle.
+#[derive(Debug, Parser)]
+#[command(name = "secureevctl", version, after_help = exit::HELP)]
+struct Cli {
+    /// D-Bus address to use instead of the system bus (e.g. `unix:path=/run/x`).
+    #[arg(long, global = true, value_name = "ADDRESS")]
+    bus: Option<String>,
+
+    /// Print machine-readable JSON (JSON lines for `watch` and `--wait`).
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show state, progress, the pending update, last check and last error.
+    Status,
+    /// Ask the daemon to check for updates now.
+    Check {
+        /// Check even inside the back-off interval after a failure.
+        #[arg(long)]
+        force: bool,
+        /// Follow progress until the check completes; exit with its code.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show the pending update and install it after confirmation.
+    ///
+    /// The consent is bound to the update shown: the daemon refuses the install
+    /// (exit 6) if the pending update changed in the meantime.
+    Install {
+        /// Do not ask; install the pending update shown.
+        #[arg(long, short)]
+        yes: bool,
+        /// Install only if the pending update still has this id (from `status`).
+        #[arg(long, value_name = "UPDATE_ID")]
+        id: Option<String>,
+        /// Follow progress until the install completes; exit with its code.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Cancel the running operation (downloads; installs past their start refuse).
+    Cancel,
+    /// Postpone the pending update by SECS seconds (1 to 604800).
+    Postpone {
+        /// Seconds.
+        secs: u32,
+    },
+    /// Show live progress until the next operation completes; exit with its code.
+    Watch,
+    /// Show past operations.
+    History,
+    /// Show the vehicle's ECUs and their installed versions.
+    Ecus,
+    /// Register this vehicle with a backend (calls `Provision`).
+    ///
+    /// Sends the backend URL and optional VIN and one-time registration token to
+    /// the daemon, which registers the vehicle's keys with the backend and reports
+    /// the outcome with `Completed`. Run once at end of line or after a backend
+    /// change; needs permission to call the daemon's `Provision` method.
+    Provision {
+        /// Backend base URL (https only).
+        url: String,
+        /// Vehicle identification number (default: the daemon's configuration).
+        #[arg(long)]
+        vin: Option<String>,
+        /// One-time registration token from the backend operator.
+        #[arg(long)]
+        token: Option<String>,
+        /// Wait until provisioning completes; exit with its code.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("secureevctl: cannot start runtime: {e}");
+            return std::process::ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("secureevctl: {e:#}");
+            std::process::ExitCode::from(exit::code_of(&e))
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The trait the daemon implements to receive requests from D-Bus.
+
+use std::time::Duration;
+
+use crate::{CheckOptions, HistoryEntry, InstallOptions, OtaError, ProvisionOptions, UpdateId};
+
+/// What the daemon does when a D-Bus method is called.
+///
+/// Every method must return promptly (it runs on the bus connection's executor):
+/// validate against the worker's own state, hand the work to the worker (e.g. with
+/// `try_send` on a channel) and return. Progress and outcome are published through
+/// [`crate::StateHandle`]; every operation started here ends with exactly one
+/// `Completed` signal ([`crate::StateHandle::emit_completed`]).
+///
+/// [`crate::Ota1Interface`] has already parsed the options, rejected unknown keys,
+/// refused work while the published `State` is busy and checked `Install`'s id
+/// against the published plan. Those checks read published state, which may lag
+/// the worker; the implementation stays authoritative and must re-check atomically
+/// (returning [`OtaError::Busy`] or [`OtaError::NoSuchUpdate`]).
+pub trait Controller: Send + Sync + 'static {
+    /// `CheckForUpdates`: start a check-in (then download and verify what it finds).
+    fn check(&self, options: CheckOptions) -> Result<(), OtaError>;
+
+    /// `Install`: the driver consented to exactly the plan `update_id`. Start it, or
+    /// hold it until the preconditions allow (or refuse with
+    /// [`OtaError::PreconditionFailed`]; document which).
+    fn install(&self, update_id: &UpdateId, options: InstallOptions) -> Result<(), OtaError>;
+
+    /// `Cancel`: stop the running operation. Cancelling a download must work; what
+    /// it does during an install is the daemon's documented policy (refuse with
+    /// [`OtaError::NotCancellable`] past the point of no return).
+    fn cancel(&self) -> Result<(), OtaError>;
+
+    /// `Postpone`: do not install the pending update (nor ask again) for `delay`.
+    /// `delay` is between 1 s and [`crate::MAX_POSTPONE_SECS`].
+    fn postpone(&self, delay: Duration) -> Result<(), OtaError>;
+
+    /// `SetPrecondition`: a vehicle service reports whether `name` holds. The
+    /// implementation publishes the result with
+    /// [`crate::StateHandle::set_precondition`]. `name` has been validated
+    /// (`[a-z0-9][a-z0-9._-]{0,63}`).
+    fn set_precondition(&self, name: &str, satisfied: bool, reason: &str) -> Result<(), OtaError>;
+
+    /// `GetHistory`: past operations, oldest first. Must not block on I/O; serve it
+    /// from memory.
+    fn history(&self) -> Result<Vec<HistoryEntry>, OtaError>;
+
+    /// `Provision`: register the vehicle with the backend at `backend_url` (an
+    /// `https://` URL, already checked). Ends with `Completed`.
+    fn provision(&self, backend_url: &str, options: ProvisionOptions) -> Result<(), OtaError>;
+}
