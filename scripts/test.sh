@@ -25,6 +25,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (workspace)"
 cargo test --workspace --locked
 
+step "end-to-end: backend over TLS + dbus-daemon + secureev-otad + secureevctl (the demo)"
+SECUREEV_DEMO_PROFILE=debug bash scripts/demo.sh
+
 step "fuzz targets compile"
 (cd fuzz && cargo check --bins --quiet)
 

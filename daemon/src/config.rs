@@ -1,0 +1,1102 @@
+//! The daemon's configuration: one TOML file plus drop-ins.
+//!
+//! [`load`] reads the main file (default [`DEFAULT_CONFIG_PATH`]) and then every
+//! `*.toml` file of the drop-in directory beside it (`otad.toml.d/`), in lexical
+//! order of their names. Later files override earlier ones key by key; tables
+//! merge, any other value (arrays included, so `[[secondary]]`) is replaced.
+//! The merged document is deserialised into [`Config`], whose structs all deny
+//! unknown fields, so that a typo is an error naming the key and the file that
+//! set it rather than a silently ignored setting. [`parse_str`] does the same for
+//! a string, without touching the file system.
+//!
+//! Every key, its default and an example file are in `docs/configuration.md`; a
+//! test checks that every key of these structs is documented there.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where the daemon looks for its configuration unless `--config` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/secureev/otad.toml";
+/// `[backend] director_path`: where Director metadata lives under the backend URL;
+/// `{vin}` is replaced by the vehicle's VIN.
+pub const DEFAULT_DIRECTOR_PATH: &str = "/director/{vin}";
+/// `[backend] image_path`: where Image repository metadata lives (targets under
+/// `<image_path>/targets/`).
+pub const DEFAULT_IMAGE_PATH: &str = "/image";
+/// `[keys] dir`.
+pub const DEFAULT_KEYS_DIR: &str = "/var/lib/secureev/keys";
+/// `[trust] director_root`.
+pub const DEFAULT_DIRECTOR_ROOT: &str = "/etc/secureev/trust/director-root.json";
+/// `[trust] image_root`.
+pub const DEFAULT_IMAGE_ROOT: &str = "/etc/secureev/trust/image-root.json";
+/// `[state] dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/secureev/state";
+/// `[state] cache_dir`.
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/secureev";
+/// `[state] storage_budget_bytes`: 4 GiB.
+pub const DEFAULT_STORAGE_BUDGET_BYTES: u64 = 4 << 30;
+/// `[checkin] interval_secs`: one hour.
+pub const DEFAULT_CHECKIN_INTERVAL_SECS: u64 = 3600;
+/// `[checkin] jitter_secs`: up to five minutes added at random.
+pub const DEFAULT_CHECKIN_JITTER_SECS: u64 = 300;
+/// `[checkin] backoff_max_secs`: six hours.
+pub const DEFAULT_CHECKIN_BACKOFF_MAX_SECS: u64 = 6 * 3600;
+/// `[download] min_rate_bytes_per_sec`.
+pub const DEFAULT_MIN_RATE_BYTES_PER_SEC: u64 = 4096;
+/// `[download] min_rate_window_secs`.
+pub const DEFAULT_MIN_RATE_WINDOW_SECS: u64 = 60;
+/// `[download] timeout_secs`: connecting and receiving the response headers.
+pub const DEFAULT_DOWNLOAD_TIMEOUT_SECS: u64 = 30;
+/// `[install.file] path` when neither `path` nor `slots` is given.
+pub const DEFAULT_INSTALL_FILE_PATH: &str = "/var/lib/secureev/install/image.bin";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[backend]`.
+    pub backend: BackendConfig,
+    /// `[vehicle]`.
+    pub vehicle: VehicleConfig,
+    /// `[keys]`.
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// `[trust]`.
+    #[serde(default)]
+    pub trust: TrustConfig,
+    /// `[state]`.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// `[checkin]`.
+    #[serde(default)]
+    pub checkin: CheckinConfig,
+    /// `[download]`.
+    #[serde(default)]
+    pub download: DownloadConfig,
+    /// `[install]`.
+    #[serde(default)]
+    pub install: InstallConfig,
+    /// `[[secondary]]`, one per secondary ECU.
+    #[serde(default, rename = "secondary", skip_serializing_if = "Vec::is_empty")]
+    pub secondaries: Vec<SecondaryConfig>,
+    /// `[dbus]`.
+    #[serde(default)]
+    pub dbus: DbusConfig,
+    /// `[watchdog]`.
+    #[serde(default)]
+    pub watchdog: WatchdogConfig,
+}
+
+/// `[backend]`: where the Director and Image repository are and how to reach them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Base URL of the backend; must be `https://`.
+    pub url: String,
+    /// PEM file with the CA certificate(s) that the backend's certificate must
+    /// chain to. The system trust store is never used.
+    pub ca_file: PathBuf,
+    /// PEM client certificate chain for mutual TLS (with `client_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// Path of the Director repository under `url`; `{vin}` is replaced.
+    #[serde(default = "default_director_path")]
+    pub director_path: String,
+    /// Path of the Image repository under `url`.
+    #[serde(default = "default_image_path")]
+    pub image_path: String,
+}
+
+fn default_director_path() -> String {
+    DEFAULT_DIRECTOR_PATH.to_owned()
+}
+fn default_image_path() -> String {
+    DEFAULT_IMAGE_PATH.to_owned()
+}
+
+/// `[vehicle]`: who this vehicle and its Primary are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VehicleConfig {
+    /// Vehicle identification number.
+    pub vin: String,
+    /// ECU serial of the Primary (this head unit).
+    pub primary_serial: String,
+    /// Hardware ID of the Primary.
+    pub hardware_id: String,
+}
+
+/// `[keys]`: where the Primary's keys live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Directory of the signing and decryption keys (created mode 0700).
+    #[serde(default = "default_keys_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_keys_dir() -> PathBuf {
+    DEFAULT_KEYS_DIR.into()
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            dir: default_keys_dir(),
+        }
+    }
+}
+
+/// `[trust]`: the initial roots of trust.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Initial Director root metadata, used when the state has none yet.
+    #[serde(default = "default_director_root")]
+    pub director_root: PathBuf,
+    /// Initial Image repository root metadata.
+    #[serde(default = "default_image_root")]
+    pub image_root: PathBuf,
+    /// Which roles the Director serves.
+    #[serde(default)]
+    pub director_layout: DirectorLayout,
+}
+
+fn default_director_root() -> PathBuf {
+    DEFAULT_DIRECTOR_ROOT.into()
+}
+fn default_image_root() -> PathBuf {
+    DEFAULT_IMAGE_ROOT.into()
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            director_root: default_director_root(),
+            image_root: default_image_root(),
+            director_layout: DirectorLayout::default(),
+        }
+    }
+}
+
+/// `[trust] director_layout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirectorLayout {
+    /// All four TUF roles (the safe default: timestamp and snapshot protect
+    /// against freeze and mix-and-match).
+    #[default]
+    Tuf,
+    /// Only root and targets, for Uptane 1.x-era Directors.
+    RootAndTargets,
+}
+
+impl DirectorLayout {
+    /// The core's layout.
+    pub fn to_core(self) -> secureev_uptane::trusted::Layout {
+        match self {
+            DirectorLayout::Tuf => secureev_uptane::trusted::Layout::Tuf,
+            DirectorLayout::RootAndTargets => secureev_uptane::trusted::Layout::RootAndTargetsOnly,
+        }
+    }
+}
+
+/// `[state]`: persistent state and the download cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// State directory (metadata, installed versions, journal).
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+    /// Download cache directory.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Most bytes the cache may hold; a download that would exceed it is refused
+    /// before it starts.
+    #[serde(default = "default_storage_budget")]
+    pub storage_budget_bytes: u64,
+}
+
+fn default_state_dir() -> PathBuf {
+    DEFAULT_STATE_DIR.into()
+}
+fn default_cache_dir() -> PathBuf {
+    DEFAULT_CACHE_DIR.into()
+}
+fn default_storage_budget() -> u64 {
+    DEFAULT_STORAGE_BUDGET_BYTES
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: default_state_dir(),
+            cache_dir: default_cache_dir(),
+            storage_budget_bytes: DEFAULT_STORAGE_BUDGET_BYTES,
+        }
+    }
+}
+
+/// `[checkin]`: when to contact the backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckinConfig {
+    /// Seconds between check-ins.
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+    /// Up to this many seconds are added at random to each wait.
+    #[serde(default = "default_jitter")]
+    pub jitter_secs: u64,
+    /// Longest wait after repeated failures (the wait doubles per failure).
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_secs: u64,
+}
+
+fn default_interval() -> u64 {
+    DEFAULT_CHECKIN_INTERVAL_SECS
+}
+fn default_jitter() -> u64 {
+    DEFAULT_CHECKIN_JITTER_SECS
+}
+fn default_backoff_max() -> u64 {
+    DEFAULT_CHECKIN_BACKOFF_MAX_SECS
+}
+
+impl Default for CheckinConfig {
+    fn default() -> Self {
+        CheckinConfig {
+            interval_secs: DEFAULT_CHECKIN_INTERVAL_SECS,
+            jitter_secs: DEFAULT_CHECKIN_JITTER_SECS,
+            backoff_max_secs: DEFAULT_CHECKIN_BACKOFF_MAX_SECS,
+        }
+    }
+}
+
+/// `[download]`: limits of image downloads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadConfig {
+    /// A download slower than this over a whole window is refused (slow
+    /// retrieval attack).
+    #[serde(default = "default_min_rate")]
+    pub min_rate_bytes_per_sec: u64,
+    /// Length of the window over which the rate is measured.
+    #[serde(default = "default_min_rate_window")]
+    pub min_rate_window_secs: u64,
+    /// Seconds allowed to connect and receive the response headers.
+    #[serde(default = "default_download_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_min_rate() -> u64 {
+    DEFAULT_MIN_RATE_BYTES_PER_SEC
+}
+fn default_min_rate_window() -> u64 {
+    DEFAULT_MIN_RATE_WINDOW_SECS
+}
+fn default_download_timeout() -> u64 {
+    DEFAULT_DOWNLOAD_TIMEOUT_SECS
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            min_rate_bytes_per_sec: DEFAULT_MIN_RATE_BYTES_PER_SEC,
+            min_rate_window_secs: DEFAULT_MIN_RATE_WINDOW_SECS,
+            timeout_secs: DEFAULT_DOWNLOAD_TIMEOUT_SECS,
+        }
+    }
+}
+
+/// `[install]`: when and how the Primary's own images are installed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallConfig {
+    /// Whether a verified update installs at once or waits for the user.
+    #[serde(default)]
+    pub policy: InstallPolicy,
+    /// Which installer the Primary's images go through.
+    #[serde(default)]
+    pub installer: InstallerKind,
+    /// `[install.file]`, for `installer = "file"`.
+    #[serde(default)]
+    pub file: FileInstallConfig,
+    /// `[install.command]`, required for `installer = "command"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandInstallConfig>,
+    /// Directory of inhibit files: while it holds a file, installs wait; the
+    /// file name names the precondition and its content is the reason (default
+    /// `/run/secureev-inhibit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inhibit_dir: Option<PathBuf>,
+}
+
+/// `[install] policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstallPolicy {
+    /// Install as soon as an update is verified.
+    Auto,
+    /// Wait for an `Install` call over D-Bus bound to the update shown (the safe
+    /// default: nothing changes on the vehicle without the user).
+    #[default]
+    Consent,
+}
+
+/// `[install] installer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstallerKind {
+    /// Write the image to a file or an A/B slot ([`crate::install::FileInstaller`]).
+    #[default]
+    File,
+    /// Run a program ([`crate::install::CommandInstaller`]).
+    Command,
+}
+
+/// `[install.file]`: a single target file, or two slots with an atomic switch.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileInstallConfig {
+    /// Single file replaced atomically (default [`DEFAULT_INSTALL_FILE_PATH`] when
+    /// `slots` is not set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Two slot files, A and B; the image goes to the inactive one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<Vec<PathBuf>>,
+    /// Symlink naming the active slot, switched atomically (required with
+    /// `slots`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<PathBuf>,
+}
+
+/// `[install.command]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandInstallConfig {
+    /// Program to run (absolute path); the image path is its last argument.
+    pub program: PathBuf,
+    /// Arguments before the image path.
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+/// `[[secondary]]`: one secondary ECU behind the Primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondaryConfig {
+    /// ECU serial.
+    pub serial: String,
+    /// Hardware ID.
+    pub hardware_id: String,
+    /// How much metadata the secondary checks itself.
+    #[serde(default)]
+    pub verification: Verification,
+    /// How the Primary reaches it.
+    pub transport: TransportKind,
+    /// `[secondary.can]`, for `transport = "can"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub can: Option<CanConfig>,
+    /// `[secondary.doip]`, for `transport = "doip"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doip: Option<DoipConfig>,
+}
+
+/// `[[secondary]] verification`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verification {
+    /// Uptane 2.1 §5.4.4.1: Director targets only.
+    Partial,
+    /// Uptane 2.1 §5.4.4.2: both repositories (the safe default).
+    #[default]
+    Full,
+}
+
+/// `[[secondary]] transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportKind {
+    /// UDS over ISO-TP on a CAN interface.
+    Can,
+    /// UDS over DoIP (ISO 13400) on IP.
+    Doip,
+}
+
+/// `[secondary.can]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanConfig {
+    /// SocketCAN interface, e.g. `can0`.
+    pub interface: String,
+    /// CAN ID the Primary sends to (11-bit, or 29-bit up to 0x1FFFFFFF).
+    pub tx_id: u32,
+    /// CAN ID the secondary answers on.
+    pub rx_id: u32,
+    /// Use CAN FD frames.
+    #[serde(default)]
+    pub fd: bool,
+}
+
+/// `[secondary.doip]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoipConfig {
+    /// `host:port` of the DoIP entity.
+    pub address: String,
+    /// The secondary's DoIP logical address.
+    pub logical_address: u16,
+}
+
+/// `[dbus]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbusConfig {
+    /// `"system"`, `"session"` or a D-Bus address (`unix:path=...`).
+    #[serde(default)]
+    pub bus: Bus,
+}
+
+/// Which bus the service is on.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Bus {
+    /// The system bus.
+    #[default]
+    System,
+    /// The session bus.
+    Session,
+    /// A bus at this address.
+    Address(String),
+}
+
+impl TryFrom<String> for Bus {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
+            "system" => Ok(Bus::System),
+            "session" => Ok(Bus::Session),
+            a if a.contains(':') && a.contains('=') => Ok(Bus::Address(s)),
+            _ => Err(format!(
+                "expected \"system\", \"session\" or a D-Bus address like \"unix:path=/run/bus\", got {s:?}"
+            )),
+        }
+    }
+}
+
+impl From<Bus> for String {
+    fn from(b: Bus) -> String {
+        match b {
+            Bus::System => "system".into(),
+            Bus::Session => "session".into(),
+            Bus::Address(a) => a,
+        }
+    }
+}
+
+/// `[watchdog]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchdogConfig {
+    /// Whether to ping systemd's watchdog.
+    #[serde(default)]
+    pub mode: WatchdogMode,
+}
+
+/// `[watchdog] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WatchdogMode {
+    /// Ping at half of `WatchdogSec=` when systemd sets `WATCHDOG_USEC`.
+    #[default]
+    Systemd,
+    /// Never ping, even when systemd asks for it.
+    Off,
+}
+
+/// One configuration text and the file it came from (for error messages).
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The file (or a label like `<string>`).
+    pub file: PathBuf,
+    /// Its contents.
+    pub text: String,
+}
+
+/// The drop-in directory of a main configuration file: `<path>.d`.
+pub fn drop_in_dir(path: &Path) -> PathBuf {
+    let mut d = path.as_os_str().to_owned();
+    d.push(".d");
+    PathBuf::from(d)
+}
+
+/// Read the main file and its drop-ins (`*.toml`, lexical order) and parse them.
+pub fn load(path: &Path) -> Result<Config> {
+    parse_sources(&read_sources(path)?)
+}
+
+/// The main file and its drop-ins, in the order they apply.
+pub fn read_sources(path: &Path) -> Result<Vec<Source>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    let mut sources = vec![Source {
+        file: path.to_owned(),
+        text,
+    }];
+    let dir = drop_in_dir(path);
+    let mut drop_ins: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io("read directory", dir, e)),
+    };
+    drop_ins.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    for file in drop_ins {
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io("read", &file, e))?;
+        sources.push(Source { file, text });
+    }
+    Ok(sources)
+}
+
+/// Parse one configuration text (no drop-ins, no file system).
+///
+/// ```
+/// use secureev_daemon::config::{parse_str, InstallPolicy};
+/// use secureev_daemon::Error;
+///
+/// let text = r#"
+///     [backend]
+///     url = "https://ota.example.com"
+///     ca_file = "/etc/secureev/ca.pem"
+///     [vehicle]
+///     vin = "VIN1"
+///     primary_serial = "HU-1"
+///     hardware_id = "hu"
+/// "#;
+/// let config = parse_str(text).unwrap();
+/// assert_eq!(config.install.policy, InstallPolicy::Consent); // the safe default
+///
+/// let typo = format!("{text}\n[download]\nmin_rate = 1\n");
+/// match parse_str(&typo) {
+///     Err(Error::ConfigUnknownKey { key, .. }) => assert_eq!(key, "download.min_rate"),
+///     other => panic!("{other:?}"),
+/// }
+/// ```
+pub fn parse_str(text: &str) -> Result<Config> {
+    parse_sources(&[Source {
+        file: PathBuf::from("<string>"),
+        text: text.to_owned(),
+    }])
+}
+
+/// Merge `over` into `base`: tables merge recursively, other values replace.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Parsed sources, kept to find which file set a key.
+struct Parsed {
+    tables: Vec<(PathBuf, toml::Table)>,
+}
+
+impl Parsed {
+    /// The last file that sets `path` (segments: table keys or array indices), or
+    /// the main file.
+    fn origin(&self, path: &[String]) -> PathBuf {
+        let found = self.tables.iter().rev().find(|(_, t)| {
+            let mut v: Option<&toml::Value> = None;
+            for (i, seg) in path.iter().enumerate() {
+                let next = match (i, v) {
+                    (0, _) => t.get(seg),
+                    (_, Some(toml::Value::Table(t))) => t.get(seg),
+                    (_, Some(toml::Value::Array(a))) => {
+                        seg.parse::<usize>().ok().and_then(|n| a.get(n))
+                    }
+                    _ => None,
+                };
+                match next {
+                    Some(n) => v = Some(n),
+                    None => return false,
+                }
+            }
+            true
+        });
+        match (found, self.tables.first()) {
+            (Some((f, _)), _) | (None, Some((f, _))) => f.clone(),
+            (None, None) => PathBuf::from("<none>"),
+        }
+    }
+
+    fn invalid(&self, path: &[&str], reason: impl Into<String>) -> Error {
+        let owned: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        Error::ConfigInvalid {
+            file: self.origin(&owned),
+            key: path.join("."),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Parse and merge `sources` in order, deserialise and validate.
+pub fn parse_sources(sources: &[Source]) -> Result<Config> {
+    let mut tables = Vec::with_capacity(sources.len());
+    for s in sources {
+        let table: toml::Table =
+            s.text
+                .parse()
+                .map_err(|e: toml::de::Error| Error::ConfigSyntax {
+                    file: s.file.clone(),
+                    message: e.to_string().trim_end().to_owned(),
+                })?;
+        tables.push((s.file.clone(), table));
+    }
+    let parsed = Parsed { tables };
+    let mut merged = toml::Table::new();
+    for (_, t) in &parsed.tables {
+        merge(&mut merged, t.clone());
+    }
+    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
+        .map_err(|e| deserialize_error(&parsed, e))?;
+    config.validate_with(&parsed)?;
+    Ok(config)
+}
+
+fn deserialize_error(parsed: &Parsed, e: serde_path_to_error::Error<toml::de::Error>) -> Error {
+    let mut path: Vec<String> = e
+        .path()
+        .iter()
+        .filter_map(|seg| match seg {
+            serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+            serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+            _ => None,
+        })
+        .collect();
+    let message = e.inner().message().to_owned();
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        // serde_path_to_error's path ends at the enclosing table; append the key.
+        let key = rest.split('`').next().unwrap_or_default().to_owned();
+        if path.last() != Some(&key) {
+            path.push(key);
+        }
+        return Error::ConfigUnknownKey {
+            file: parsed.origin(&path),
+            key: path.join("."),
+        };
+    }
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        let key = rest.split('`').next().unwrap_or_default().to_owned();
+        let file = parsed.origin(&path);
+        path.push(key);
+        return Error::ConfigInvalid {
+            file,
+            key: path.join("."),
+            reason: "required key is missing".into(),
+        };
+    }
+    Error::ConfigInvalid {
+        file: parsed.origin(&path),
+        key: path.join("."),
+        reason: message,
+    }
+}
+
+impl Config {
+    /// Checks that serde cannot express: URL scheme, required sub-tables, ranges.
+    fn validate_with(&self, p: &Parsed) -> Result<()> {
+        let b = &self.backend;
+        if !b.url.starts_with("https://") {
+            return Err(p.invalid(&["backend", "url"], "must be an https:// URL"));
+        }
+        if b.client_cert.is_some() != b.client_key.is_some() {
+            return Err(p.invalid(
+                &["backend", "client_cert"],
+                "client_cert and client_key must be given together",
+            ));
+        }
+        for (key, v) in [
+            ("director_path", &b.director_path),
+            ("image_path", &b.image_path),
+        ] {
+            if !v.starts_with('/') {
+                return Err(p.invalid(&["backend", key], "must start with '/'"));
+            }
+        }
+        for (key, v) in [
+            ("vin", &self.vehicle.vin),
+            ("primary_serial", &self.vehicle.primary_serial),
+            ("hardware_id", &self.vehicle.hardware_id),
+        ] {
+            if v.trim().is_empty() {
+                return Err(p.invalid(&["vehicle", key], "must not be empty"));
+            }
+        }
+        if self.checkin.interval_secs == 0 {
+            return Err(p.invalid(&["checkin", "interval_secs"], "must be at least 1"));
+        }
+        if self.checkin.backoff_max_secs < self.checkin.interval_secs {
+            return Err(p.invalid(
+                &["checkin", "backoff_max_secs"],
+                "must not be below interval_secs",
+            ));
+        }
+        if self.download.min_rate_window_secs == 0 {
+            return Err(p.invalid(&["download", "min_rate_window_secs"], "must be at least 1"));
+        }
+        if self.download.timeout_secs == 0 {
+            return Err(p.invalid(&["download", "timeout_secs"], "must be at least 1"));
+        }
+        let f = &self.install.file;
+        match self.install.installer {
+            InstallerKind::File => match (&f.path, &f.slots) {
+                (Some(_), Some(_)) => {
+                    return Err(p.invalid(
+                        &["install", "file", "slots"],
+                        "give either path or slots, not both",
+                    ))
+                }
+                (_, Some(slots)) => {
+                    if slots.len() != 2 || slots[0] == slots[1] {
+                        return Err(p.invalid(
+                            &["install", "file", "slots"],
+                            "must be two different files",
+                        ));
+                    }
+                    if f.current.is_none() {
+                        return Err(
+                            p.invalid(&["install", "file", "current"], "required with slots")
+                        );
+                    }
+                }
+                _ => {}
+            },
+            InstallerKind::Command => match &self.install.command {
+                None => {
+                    return Err(p.invalid(
+                        &["install", "command"],
+                        "installer = \"command\" needs an [install.command] table",
+                    ))
+                }
+                Some(c) if !c.program.is_absolute() => {
+                    return Err(p.invalid(
+                        &["install", "command", "program"],
+                        "must be an absolute path",
+                    ))
+                }
+                Some(_) => {}
+            },
+        }
+        let mut serials = std::collections::BTreeSet::new();
+        serials.insert(self.vehicle.primary_serial.as_str());
+        for (i, s) in self.secondaries.iter().enumerate() {
+            let idx = i.to_string();
+            if !serials.insert(s.serial.as_str()) {
+                return Err(p.invalid(
+                    &["secondary", &idx, "serial"],
+                    format!("ECU serial {:?} used twice", s.serial),
+                ));
+            }
+            match s.transport {
+                TransportKind::Can => match &s.can {
+                    None => {
+                        return Err(p.invalid(
+                            &["secondary", &idx, "can"],
+                            "transport = \"can\" needs [secondary.can]",
+                        ))
+                    }
+                    Some(c) => {
+                        for (key, id) in [("tx_id", c.tx_id), ("rx_id", c.rx_id)] {
+                            if id > 0x1FFF_FFFF {
+                                return Err(p.invalid(
+                                    &["secondary", &idx, "can", key],
+                                    "above 0x1FFFFFFF",
+                                ));
+                            }
+                        }
+                    }
+                },
+                TransportKind::Doip => {
+                    if s.doip.is_none() {
+                        return Err(p.invalid(
+                            &["secondary", &idx, "doip"],
+                            "transport = \"doip\" needs [secondary.doip]",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The Director repository's base URL for this vehicle.
+    pub fn director_url(&self) -> String {
+        format!(
+            "{}{}",
+            self.backend.url.trim_end_matches('/'),
+            self.backend
+                .director_path
+                .replace("{vin}", &self.vehicle.vin)
+        )
+    }
+
+    /// The Image repository's base URL.
+    pub fn image_url(&self) -> String {
+        format!(
+            "{}{}",
+            self.backend.url.trim_end_matches('/'),
+            self.backend.image_path
+        )
+    }
+
+    /// The effective single install file when the file installer has no slots.
+    pub fn install_file_path(&self) -> PathBuf {
+        self.install
+            .file
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_INSTALL_FILE_PATH))
+    }
+}
+
+/// A configuration file with every default written out, for
+/// `secureev-otad --print-default-config`. The keys without defaults carry
+/// placeholder values that must be replaced.
+pub fn default_config_toml() -> String {
+    format!(
+        r#"# secureev-otad configuration; see docs/configuration.md.
+
+[backend]
+url = "https://ota.example.com"          # required
+ca_file = "/etc/secureev/backend-ca.pem" # required
+# client_cert = "/etc/secureev/client.pem"
+# client_key = "/etc/secureev/client.key"
+director_path = "{DEFAULT_DIRECTOR_PATH}"
+image_path = "{DEFAULT_IMAGE_PATH}"
+
+[vehicle]
+vin = "VIN-PLACEHOLDER"                  # required
+primary_serial = "HU-PLACEHOLDER"        # required
+hardware_id = "head-unit"                # required
+
+[keys]
+dir = "{DEFAULT_KEYS_DIR}"
+
+[trust]
+director_root = "{DEFAULT_DIRECTOR_ROOT}"
+image_root = "{DEFAULT_IMAGE_ROOT}"
+director_layout = "tuf"
+
+[state]
+dir = "{DEFAULT_STATE_DIR}"
+cache_dir = "{DEFAULT_CACHE_DIR}"
+storage_budget_bytes = {DEFAULT_STORAGE_BUDGET_BYTES}
+
+[checkin]
+interval_secs = {DEFAULT_CHECKIN_INTERVAL_SECS}
+jitter_secs = {DEFAULT_CHECKIN_JITTER_SECS}
+backoff_max_secs = {DEFAULT_CHECKIN_BACKOFF_MAX_SECS}
+
+[download]
+min_rate_bytes_per_sec = {DEFAULT_MIN_RATE_BYTES_PER_SEC}
+min_rate_window_secs = {DEFAULT_MIN_RATE_WINDOW_SECS}
+timeout_secs = {DEFAULT_DOWNLOAD_TIMEOUT_SECS}
+
+[install]
+policy = "consent"
+installer = "file"
+
+[install.file]
+path = "{DEFAULT_INSTALL_FILE_PATH}"
+
+[dbus]
+bus = "system"
+
+[watchdog]
+mode = "systemd"
+"#
+    )
+}
+
+/// A D-Bus connection builder for the configured bus.
+pub fn dbus_builder(c: &DbusConfig) -> zbus::Result<zbus::connection::Builder<'static>> {
+    match &c.bus {
+        Bus::System => zbus::connection::Builder::system(),
+        Bus::Session => zbus::connection::Builder::session(),
+        Bus::Address(a) => zbus::connection::Builder::address(a.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[backend]
+url = "https://ota.example.com"
+ca_file = "/etc/ca.pem"
+[vehicle]
+vin = "VIN1"
+primary_serial = "HU-1"
+hardware_id = "hu"
+"#;
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.install.policy, InstallPolicy::Consent);
+        assert_eq!(c.trust.director_layout, DirectorLayout::Tuf);
+        assert_eq!(c.checkin.interval_secs, DEFAULT_CHECKIN_INTERVAL_SECS);
+        assert_eq!(c.state.storage_budget_bytes, DEFAULT_STORAGE_BUDGET_BYTES);
+        assert_eq!(c.dbus.bus, Bus::System);
+        assert_eq!(c.director_url(), "https://ota.example.com/director/VIN1");
+        assert_eq!(c.image_url(), "https://ota.example.com/image");
+        assert_eq!(
+            c.install_file_path(),
+            PathBuf::from(DEFAULT_INSTALL_FILE_PATH)
+        );
+    }
+
+    #[test]
+    fn default_config_text_parses_to_the_defaults() {
+        let c = parse_str(&default_config_toml()).unwrap();
+        assert_eq!(c.keys, KeysConfig::default());
+        assert_eq!(c.trust, TrustConfig::default());
+        assert_eq!(c.state, StateConfig::default());
+        assert_eq!(c.checkin, CheckinConfig::default());
+        assert_eq!(c.download, DownloadConfig::default());
+        assert_eq!(c.install.policy, InstallPolicy::Consent);
+        assert_eq!(c.watchdog, WatchdogConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_file() {
+        let err = parse_str(&format!("{MINIMAL}\n[checkin]\nintervall_secs = 5\n")).unwrap_err();
+        match &err {
+            Error::ConfigUnknownKey { key, file } => {
+                assert_eq!(key, "checkin.intervall_secs");
+                assert_eq!(file, &PathBuf::from("<string>"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains("checkin.intervall_secs"), "{err}");
+        let err = parse_str(&format!("{MINIMAL}\n[surprise]\n")).unwrap_err();
+        assert!(
+            matches!(err, Error::ConfigUnknownKey { ref key, .. } if key == "surprise"),
+            "{err}"
+        );
+        let err = parse_str(&format!(
+            "{MINIMAL}\n[[secondary]]\nserial = \"B\"\nhardware_id = \"h\"\ntransport = \"can\"\ncan = {{ interface = \"can0\", tx_id = 1, rx_id = 2, bitrate = 5 }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::ConfigUnknownKey { ref key, .. } if key == "secondary.0.can.bitrate"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn drop_ins_override_merge_and_blame_the_right_file() {
+        let s = |f: &str, t: &str| Source {
+            file: f.into(),
+            text: t.into(),
+        };
+        let c = parse_sources(&[
+            s("main.toml", MINIMAL),
+            s(
+                "10-a.toml",
+                "[checkin]\ninterval_secs = 60\njitter_secs = 1\n",
+            ),
+            s("20-b.toml", "[checkin]\ninterval_secs = 120\n"),
+        ])
+        .unwrap();
+        assert_eq!(c.checkin.interval_secs, 120);
+        assert_eq!(c.checkin.jitter_secs, 1);
+        assert_eq!(c.backend.url, "https://ota.example.com");
+        let err = parse_sources(&[
+            s("main.toml", MINIMAL),
+            s("30-typo.toml", "[state]\nbudget = 1\n"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.to_string(), "30-typo.toml: unknown key `state.budget`");
+        let err = parse_sources(&[
+            s("main.toml", MINIMAL),
+            s("40-bad.toml", "[install]\npolicy = \"yolo\"\n"),
+        ])
+        .unwrap_err();
+        match err {
+            Error::ConfigInvalid { file, key, .. } => {
+                assert_eq!(file, PathBuf::from("40-bad.toml"));
+                assert_eq!(key, "install.policy");
+            }
+            other => panic!("{other:?}"),
+        }
+        let err =
+            parse_sources(&[s("main.toml", MINIMAL), s("50-syntax.toml", "[state\n")]).unwrap_err();
+        assert!(
+            matches!(err, Error::ConfigSyntax { ref file, .. } if file == Path::new("50-syntax.toml")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn drop_in_files_are_read_in_lexical_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("otad.toml");
+        std::fs::write(&main, MINIMAL).unwrap();
+        let d = drop_in_dir(&main);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("20-late.toml"), "[checkin]\ninterval_secs = 20\n").unwrap();
+        std::fs::write(d.join("10-early.toml"), "[checkin]\ninterval_secs = 10\n").unwrap();
+        std::fs::write(d.join("99-ignored.conf"), "garbage").unwrap();
+        assert_eq!(load(&main).unwrap().checkin.interval_secs, 20);
+    }
+
+    #[test]
+    fn invalid_combinations_are_refused() {
+        for (extra, key) in [
+            ("[backend]\nurl = \"http://plain\"\n", "backend.url"),
+            ("[install]\ninstaller = \"command\"\n", "install.command"),
+            ("[install.command]\nprogram = \"relative\"\n[install]\ninstaller = \"command\"\n", "install.command.program"),
+            ("[install.file]\nslots = [\"/a\"]\ncurrent = \"/c\"\n", "install.file.slots"),
+            ("[install.file]\nslots = [\"/a\", \"/b\"]\n", "install.file.current"),
+            ("[checkin]\ninterval_secs = 0\n", "checkin.interval_secs"),
+            ("[[secondary]]\nserial = \"X\"\nhardware_id = \"h\"\ntransport = \"doip\"\n", "secondary.0.doip"),
+            ("[[secondary]]\nserial = \"HU-1\"\nhardware_id = \"h\"\ntransport = \"doip\"\ndoip = { address = \"a:1\", logical_address = 1 }\n", "secondary.0.serial"),
+            ("[dbus]\nbus = \"nonsense\"\n", "dbus.bus"),
+        ] {
+            // Merge as a drop-in so that `[backend]` can be overridden.
+            let err = parse_sources(&[
+                Source { file: "main.toml".into(), text: MINIMAL.into() },
+                Source { file: "drop.toml".into(), text: extra.into() },
+            ])
+            .unwrap_err();
+            match err {
+                Error::ConfigInvalid { key: k, .. } => assert_eq!(k, key, "{extra}"),
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let err =
+            parse_str("[vehicle]\nvin = \"v\"\nprimary_serial = \"p\"\nhardware_id = \"h\"\n")
+                .unwrap_err();
+        assert!(
+            matches!(err, Error::ConfigInvalid { ref key, .. } if key == "backend"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,437 @@
+//! Installers, the install journal and the secondary transport trait.
+// Test helpers outside #[test] functions unwrap too; clippy.toml's
+// allow-unwrap-in-tests only covers the test functions themselves.
+#![allow(clippy::unwrap_used)]
+
+use futures_util::future::BoxFuture;
+use secureev_daemon::download::Progress;
+use secureev_daemon::error::{Error, Result};
+use secureev_daemon::install::{
+    install_image, recover, CommandInstaller, FileInstaller, FileTarget, InstallCheck,
+    InstallOutcome, Installer, MetadataBundle, Recovery, SecondaryInfo, SecondaryTransport,
+    TargetFacts,
+};
+use secureev_daemon::store::{InstalledRecord, JournalRecord, Store};
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+fn facts(image: &[u8], name: &str) -> TargetFacts {
+    TargetFacts {
+        name: name.into(),
+        ecu_serial: "HU-1".into(),
+        hardware_id: "hu-imx8".into(),
+        release_counter: 7,
+        length: image.len() as u64,
+        sha256: sha256_hex(image),
+    }
+}
+
+fn record(f: &TargetFacts) -> InstalledRecord {
+    InstalledRecord {
+        name: f.name.clone(),
+        length: f.length,
+        hashes: BTreeMap::from([("sha256".to_owned(), f.sha256.clone())]),
+        release_counter: f.release_counter,
+        installed_at: 1,
+    }
+}
+
+fn image(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[tokio::test]
+async fn file_installer_replaces_a_single_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("installed.img");
+    std::fs::write(&target, b"old").unwrap();
+    let inst = FileInstaller::new(FileTarget::Single(target.clone()));
+    let f = facts(b"new image", "fw-2");
+    inst.install(&image(dir.path(), "cache", b"new image"), &f)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"new image");
+    assert_eq!(
+        inst.check_installed(&f).await.unwrap(),
+        InstallCheck::Installed
+    );
+    assert_eq!(
+        inst.check_installed(&facts(b"other", "x")).await.unwrap(),
+        InstallCheck::NotInstalled
+    );
+}
+
+#[tokio::test]
+async fn file_installer_refuses_an_image_changed_since_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("installed.img");
+    std::fs::write(&target, b"old").unwrap();
+    let inst = FileInstaller::new(FileTarget::Single(target.clone()));
+    let f = facts(b"verified", "fw-2");
+    let err = inst
+        .install(&image(dir.path(), "cache", b"swapped!"), &f)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Install { .. }), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"old");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "temporary file left behind"
+    );
+}
+
+#[tokio::test]
+async fn ab_slots_alternate_and_switch_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let slots = [dir.path().join("slot-a.img"), dir.path().join("slot-b.img")];
+    let current = dir.path().join("current");
+    let inst = FileInstaller::new(FileTarget::AbSlots {
+        slots: slots.clone(),
+        current: current.clone(),
+    });
+    assert_eq!(inst.active_slot(), None);
+
+    let f1 = facts(b"image one", "fw-1");
+    inst.install(&image(dir.path(), "c1", b"image one"), &f1)
+        .await
+        .unwrap();
+    assert_eq!(inst.active_slot(), Some(0));
+    assert_eq!(std::fs::read(&current).unwrap(), b"image one");
+
+    let f2 = facts(b"image two", "fw-2");
+    inst.install(&image(dir.path(), "c2", b"image two"), &f2)
+        .await
+        .unwrap();
+    assert_eq!(inst.active_slot(), Some(1));
+    assert_eq!(std::fs::read(&current).unwrap(), b"image two");
+    // The previous image stays in the other slot for a fallback.
+    assert_eq!(std::fs::read(&slots[0]).unwrap(), b"image one");
+    assert_eq!(
+        inst.check_installed(&f2).await.unwrap(),
+        InstallCheck::Installed
+    );
+    assert_eq!(
+        inst.check_installed(&f1).await.unwrap(),
+        InstallCheck::NotInstalled
+    );
+
+    // A failed install leaves the active slot and the link alone.
+    let bad = facts(b"expected", "fw-3");
+    inst.install(&image(dir.path(), "c3", b"unexpected"), &bad)
+        .await
+        .unwrap_err();
+    assert_eq!(inst.active_slot(), Some(1));
+    assert_eq!(std::fs::read(&current).unwrap(), b"image two");
+}
+
+fn script(dir: &Path, body: &str) -> PathBuf {
+    let p = dir.join("installer.sh");
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[tokio::test]
+async fn command_installer_passes_the_image_and_facts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env.txt");
+    let prog = script(
+        dir.path(),
+        &format!(
+            "echo \"$1|$2|$SECUREEV_TARGET|$SECUREEV_ECU|$SECUREEV_HARDWARE_ID|$SECUREEV_RELEASE_COUNTER|$SECUREEV_SHA256|$SECUREEV_LENGTH\" > {}",
+            out.display()
+        ),
+    );
+    let inst = CommandInstaller::new(&prog, vec!["--flag".into()]);
+    let img = image(dir.path(), "cache", b"abc");
+    let f = facts(b"abc", "fw-9");
+    inst.install(&img, &f).await.unwrap();
+    let line = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        line.trim(),
+        format!(
+            "--flag|{}|fw-9|HU-1|hu-imx8|7|{}|3",
+            img.display(),
+            sha256_hex(b"abc")
+        )
+    );
+    assert_eq!(
+        inst.check_installed(&f).await.unwrap(),
+        InstallCheck::Unknown
+    );
+}
+
+#[tokio::test]
+async fn command_failure_carries_the_stderr_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let prog = script(
+        dir.path(),
+        "echo 'flash write failed at block 42' >&2; exit 3",
+    );
+    let err = CommandInstaller::new(&prog, vec![])
+        .install(&image(dir.path(), "cache", b"abc"), &facts(b"abc", "fw"))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("flash write failed at block 42") && msg.contains("exit status: 3"),
+        "{msg}"
+    );
+    let err = CommandInstaller::new("/nonexistent/installer", vec![])
+        .install(&image(dir.path(), "cache", b"abc"), &facts(b"abc", "fw"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot run"), "{err}");
+}
+
+/// Counts installs; can be told to fail.
+struct Counting {
+    runs: AtomicU32,
+    fail: bool,
+    check: InstallCheck,
+}
+
+impl Installer for Counting {
+    fn kind(&self) -> &'static str {
+        "counting"
+    }
+    fn install<'a>(
+        &'a self,
+        _image: &'a Path,
+        facts: &'a TargetFacts,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            if self.fail {
+                Err(Error::Install {
+                    target: facts.name.clone(),
+                    ecu: facts.ecu_serial.clone(),
+                    reason: "boom".into(),
+                })
+            } else {
+                Ok(())
+            }
+        })
+    }
+    fn check_installed<'a>(
+        &'a self,
+        _facts: &'a TargetFacts,
+    ) -> BoxFuture<'a, Result<InstallCheck>> {
+        Box::pin(async move { Ok(self.check) })
+    }
+}
+
+fn counting(fail: bool, check: InstallCheck) -> Counting {
+    Counting {
+        runs: AtomicU32::new(0),
+        fail,
+        check,
+    }
+}
+
+#[tokio::test]
+async fn journal_brackets_installs_and_never_installs_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("state")).unwrap();
+    let img = image(dir.path(), "cache", b"abc");
+    let f = facts(b"abc", "fw-1");
+    let inst = counting(false, InstallCheck::Unknown);
+    assert_eq!(
+        install_image(&store, &inst, &img, &f, record(&f), 1)
+            .await
+            .unwrap(),
+        InstallOutcome::Installed
+    );
+    assert_eq!(store.installed().unwrap()["HU-1"], record(&f));
+    assert!(store.journal().unwrap().is_none());
+    assert_eq!(
+        install_image(&store, &inst, &img, &f, record(&f), 2)
+            .await
+            .unwrap(),
+        InstallOutcome::AlreadyInstalled
+    );
+    assert_eq!(inst.runs.load(Ordering::SeqCst), 1);
+
+    // A failing installer leaves the old record and no journal.
+    let f2 = facts(b"def", "fw-2");
+    let failing = counting(true, InstallCheck::Unknown);
+    install_image(&store, &failing, &img, &f2, record(&f2), 3)
+        .await
+        .unwrap_err();
+    assert_eq!(store.installed().unwrap()["HU-1"], record(&f));
+    assert!(store.journal().unwrap().is_none());
+}
+
+fn journal(store: &Store, f: &TargetFacts) {
+    store
+        .begin_journal(&JournalRecord {
+            facts: f.clone(),
+            record: record(f),
+            started_at: 5,
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn recovery_after_a_kill_between_record_and_journal_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let f = facts(b"abc", "fw-1");
+    journal(&store, &f);
+    store.set_installed("HU-1", record(&f)).unwrap();
+    let inst = counting(false, InstallCheck::NotInstalled);
+    assert_eq!(
+        recover(&store, &inst).await.unwrap(),
+        Recovery::Completed(f)
+    );
+    assert!(store.journal().unwrap().is_none());
+    assert_eq!(recover(&store, &inst).await.unwrap(), Recovery::Clean);
+}
+
+#[tokio::test]
+async fn recovery_after_a_kill_during_the_installer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("state")).unwrap();
+    let f = facts(b"new", "fw-2");
+
+    // The file installer finished its switch before the kill: recorded now.
+    let target = dir.path().join("installed.img");
+    std::fs::write(&target, b"new").unwrap();
+    journal(&store, &f);
+    let file = FileInstaller::new(FileTarget::Single(target.clone()));
+    assert_eq!(
+        recover(&store, &file).await.unwrap(),
+        Recovery::Completed(f.clone())
+    );
+    assert_eq!(store.installed().unwrap()["HU-1"], record(&f));
+
+    // It had not: the old image stays, nothing is recorded.
+    let store = Store::open(dir.path().join("state2")).unwrap();
+    std::fs::write(&target, b"old").unwrap();
+    journal(&store, &f);
+    assert_eq!(
+        recover(&store, &file).await.unwrap(),
+        Recovery::NotInstalled(f.clone())
+    );
+    assert!(store.installed().unwrap().is_empty());
+    assert!(store.journal().unwrap().is_none());
+
+    // A command cannot tell: interrupted, nothing recorded.
+    journal(&store, &f);
+    let cmd = CommandInstaller::new("/bin/true", vec![]);
+    assert_eq!(
+        recover(&store, &cmd).await.unwrap(),
+        Recovery::Interrupted(f.clone())
+    );
+    assert!(store.installed().unwrap().is_empty());
+
+    // A new install refuses to start over an unsettled journal.
+    journal(&store, &f);
+    let img = image(dir.path(), "cache", b"new");
+    let err = install_image(
+        &store,
+        &counting(false, InstallCheck::Unknown),
+        &img,
+        &f,
+        record(&f),
+        9,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("unfinished"), "{err}");
+}
+
+/// A secondary in memory: the double that the secondary-ECU work replaces.
+#[derive(Default)]
+struct FakeSecondary {
+    log: Mutex<Vec<String>>,
+}
+
+impl SecondaryTransport for FakeSecondary {
+    fn info(&self) -> BoxFuture<'_, Result<SecondaryInfo>> {
+        Box::pin(async {
+            Ok(SecondaryInfo {
+                serial: "BMS-1".into(),
+                hardware_id: "bms".into(),
+                encryption_key: None,
+            })
+        })
+    }
+    fn send_metadata<'a>(&'a self, metadata: &'a MetadataBundle) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let roles: Vec<_> = metadata.director.iter().map(|(r, _)| r.clone()).collect();
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("metadata {}", roles.join(",")));
+            Ok(())
+        })
+    }
+    fn send_image<'a>(
+        &'a self,
+        image: &'a Path,
+        facts: &'a TargetFacts,
+        progress: &'a (dyn Fn(Progress) + Send + Sync),
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let len = std::fs::metadata(image).map(|m| m.len()).unwrap_or(0);
+            progress(Progress {
+                done: len,
+                total: facts.length,
+            });
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("image {}", facts.name));
+            Ok(())
+        })
+    }
+    fn activate<'a>(&'a self, facts: &'a TargetFacts) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("activate {}", facts.name));
+            Ok(())
+        })
+    }
+    fn report(&self) -> BoxFuture<'_, Result<Vec<u8>>> {
+        Box::pin(async { Ok(b"{}".to_vec()) })
+    }
+}
+
+#[tokio::test]
+async fn secondary_transport_is_usable_as_a_trait_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let sec: Arc<dyn SecondaryTransport> = Arc::new(FakeSecondary::default());
+    assert_eq!(sec.info().await.unwrap().serial, "BMS-1");
+    let bundle = MetadataBundle {
+        director: vec![
+            ("root".into(), b"{}".to_vec()),
+            ("targets".into(), b"{}".to_vec()),
+        ],
+        image: vec![],
+    };
+    sec.send_metadata(&bundle).await.unwrap();
+    let f = facts(b"bms image", "bms-2");
+    let seen = Mutex::new(None);
+    sec.send_image(&image(dir.path(), "img", b"bms image"), &f, &|p| {
+        *seen.lock().unwrap() = Some(p)
+    })
+    .await
+    .unwrap();
+    sec.activate(&f).await.unwrap();
+    assert_eq!(sec.report().await.unwrap(), b"{}");
+    assert_eq!(*seen.lock().unwrap(), Some(Progress { done: 9, total: 9 }));
+}

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# SecureEV-OTA demo: one complete, verified over-the-air update on loopback.
+#
+#   backend (secureev-server, TLS 1.3, fresh dev CA and keys)
+#     -> Image repository publishes a head-unit image (offline-signed targets)
+#     -> Director assigns it to the vehicle
+#   vehicle (secureev-otad on a private dbus-daemon)
+#     -> check-in, Uptane full verification, download, consent, install, report
+#   UI (secureevctl over D-Bus): watch progress, consent, show ECUs
+#   backend's view of the vehicle at the end.
+#
+# Everything runs in a temporary directory; nothing is installed system-wide
+# except, when missing and running as root, the Debian packages dbus and curl.
+# Set SECUREEV_DEMO_KEEP=1 to keep the directory, SECUREEV_DEMO_SECONDARY=1 is
+# reserved for the secondary-ECU demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+# wait_state STATE SECONDS: poll the daemon's State property over D-Bus.
+wait_state() {
+    local want="$1" state=""
+    for _ in $(seq $(($2 * 5))); do
+        state="$("${CTL[@]}" --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')"
+        [ "$state" = "$want" ] && return 0
+        [ "$state" = error ] && [ "$want" != error ] && { "${CTL[@]}" status; die "daemon reports an error: $(tail -5 "$W/otad.log")"; }
+        sleep 0.2
+    done
+    die "daemon still in state '$state' after $2 s (wanted '$want')"
+}
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+die() { echo "demo: $*" >&2; exit 1; }
+
+need_pkgs=()
+command -v dbus-daemon >/dev/null || need_pkgs+=(dbus)
+command -v curl >/dev/null || need_pkgs+=(curl)
+command -v python3 >/dev/null || need_pkgs+=(python3)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing ${need_pkgs[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+    else
+        die "missing: ${need_pkgs[*]} (install the Debian packages, or run as root)"
+    fi
+fi
+
+# SECUREEV_DEMO_PROFILE=debug reuses the test build (CI runs the demo as its
+# end-to-end test after `cargo test` built everything).
+PROFILE="${SECUREEV_DEMO_PROFILE:-release}"
+say "building secureev-server, secureev-otad, secureevctl ($PROFILE)"
+if [ "$PROFILE" = release ]; then
+    cargo build --release --locked -q -p secureev-server -p secureev-daemon -p secureev-cli
+else
+    cargo build --locked -q -p secureev-server -p secureev-daemon -p secureev-cli
+fi
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
+
+W="$(mktemp -d /tmp/secureev-demo.XXXXXX)"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ "${SECUREEV_DEMO_KEEP:-0}" = 1 ]; then echo "kept $W"; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+URL="https://127.0.0.1:$PORT"
+VIN=WSEV0DEMO00000001
+HU=HU-0001
+HW=secureev-hu-demo
+
+say "backend: init (dev CA, repository keys; Image root/targets keys kept offline) and serve on $URL"
+"$BIN/secureev-server" init --data-dir "$W/server" --offline-dir "$W/offline" --listen "127.0.0.1:$PORT" >/dev/null
+"$BIN/secureev-server" serve --data-dir "$W/server" >"$W/server.log" 2>&1 &
+PIDS+=($!)
+CA="$W/server/tls/ca.pem"
+TOKEN="$(cat "$W/server/admin-token")"
+for _ in $(seq 100); do
+    curl -fsS --cacert "$CA" "$URL/admin/openapi.json" -o /dev/null 2>/dev/null && break
+    sleep 0.1
+done
+curl -fsS --cacert "$CA" "$URL/admin/openapi.json" -o /dev/null || die "backend did not start: $(tail -5 "$W/server.log")"
+S=("--server" "$URL" "--data-dir" "$W/server")
+
+say "vehicle: trusted initial roots of both repositories, configuration, keys"
+mkdir -p "$W/vehicle/trust" "$W/vehicle/installed"
+for repo in director image; do
+    curl -fsS --cacert "$CA" -H "Authorization: Bearer $TOKEN" "$URL/admin/$repo/root" \
+        -o "$W/vehicle/trust/$repo-root.json"
+done
+cat >"$W/bus.conf" <<EOF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path=$W/bus.sock</listen>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+EOF
+dbus-daemon --config-file="$W/bus.conf" --nofork --nopidfile >"$W/bus.log" 2>&1 &
+PIDS+=($!)
+BUS="unix:path=$W/bus.sock"
+for _ in $(seq 50); do [ -S "$W/bus.sock" ] && break; sleep 0.1; done
+cat >"$W/vehicle/otad.toml" <<EOF
+[backend]
+url = "$URL"
+ca_file = "$CA"
+
+[vehicle]
+vin = "$VIN"
+primary_serial = "$HU"
+hardware_id = "$HW"
+
+[keys]
+dir = "$W/vehicle/keys"
+
+[trust]
+director_root = "$W/vehicle/trust/director-root.json"
+image_root = "$W/vehicle/trust/image-root.json"
+
+[state]
+dir = "$W/vehicle/state"
+cache_dir = "$W/vehicle/cache"
+
+[checkin]
+interval_secs = 3600
+
+[install]
+policy = "consent"
+installer = "file"
+inhibit_dir = "$W/vehicle/inhibit"
+
+[install.file]
+path = "$W/vehicle/installed/head-unit.img"
+
+[dbus]
+bus = "$BUS"
+EOF
+"$BIN/secureev-otad" --config "$W/vehicle/otad.toml" --print-identity >"$W/identity.json"
+python3 -c 'import json,sys; i=json.load(open(sys.argv[1])); print("  primary", i["primary_serial"], "key", i["did"])' "$W/identity.json"
+
+say "vehicle: start secureev-otad (Type=notify daemon) on the private bus"
+"$BIN/secureev-otad" --config "$W/vehicle/otad.toml" >"$W/otad.log" 2>&1 &
+PIDS+=($!)
+CTL=("$BIN/secureevctl" --bus "$BUS")
+for _ in $(seq 100); do "${CTL[@]}" status >/dev/null 2>&1 && break; sleep 0.1; done
+"${CTL[@]}" status >/dev/null || die "daemon did not start: $(tail -5 "$W/otad.log")"
+echo "  (its first check-in is refused: the backend does not know the vehicle yet)"
+
+say "UI: secureevctl provision registers the vehicle with the backend (operator's token)"
+"${CTL[@]}" provision "$URL" --token "$TOKEN" --wait
+# Provisioning triggers a check-in; let it finish (nothing is assigned yet).
+wait_state idle 30
+
+say "backend: publish a 16 MiB head-unit image (targets signed offline) and assign it"
+head -c $((16 * 1024 * 1024)) /dev/urandom >"$W/hu-rootfs-2.0.img"
+"$BIN/secureev-server" image add "$W/hu-rootfs-2.0.img" --name hu/rootfs-2.0.img --hardware-id "$HW" \
+    --version 2.0 --release-counter 2 --offline-dir "$W/offline" "${S[@]}" >/dev/null
+"$BIN/secureev-server" assign --vin "$VIN" --ecu "$HU" --image hu/rootfs-2.0.img "${S[@]}" >/dev/null
+echo "  hu/rootfs-2.0.img -> $HU (release counter 2)"
+
+say "UI: secureevctl check, with secureevctl watch showing live progress"
+"${CTL[@]}" watch >"$W/watch.log" 2>&1 &
+WATCH=$!
+"${CTL[@]}" check --wait
+wait_state awaiting-consent 60
+"${CTL[@]}" status
+
+say "UI: the driver consents to exactly the update shown (Install binds to its id)"
+"${CTL[@]}" install --yes --wait
+wait "$WATCH" 2>/dev/null || true
+tail -n 3 "$W/watch.log" | sed 's/^/  watch: /'
+
+say "result on the vehicle"
+"${CTL[@]}" ecus
+want="$(sha256sum "$W/hu-rootfs-2.0.img" | cut -d' ' -f1)"
+got="$(sha256sum "$W/vehicle/installed/head-unit.img" | cut -d' ' -f1)"
+[ "$want" = "$got" ] || die "installed image differs from the published one"
+echo "  installed image sha256 $got matches the published image"
+
+say "the backend's view of the vehicle (manifest received, assignment completed)"
+"$BIN/secureev-server" vehicle show "$VIN" "${S[@]}"
+echo
+echo "demo complete: verified update installed and reported."

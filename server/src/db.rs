@@ -1,0 +1,941 @@
+//! The data layer: every SQL statement of the server lives here.
+//!
+//! SQLite in WAL mode, schema versions tracked with `PRAGMA user_version`.
+//! Handlers never see SQL: they call [`Db::read`] or [`Db::write`] with a
+//! closure over a [`Tx`], and a write closure runs in one transaction, so a
+//! multi-row change is all or nothing. A PostgreSQL backend would implement the
+//! same functions.
+
+use crate::error::{Error, Result};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Schema migrations; `user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE vehicles (
+    vin TEXT PRIMARY KEY,
+    primary_serial TEXT NOT NULL,
+    manifest_counter INTEGER,
+    last_seen INTEGER,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE ecus (
+    vin TEXT NOT NULL REFERENCES vehicles(vin) ON DELETE CASCADE,
+    serial TEXT NOT NULL,
+    hardware_id TEXT NOT NULL,
+    did TEXT NOT NULL,
+    encryption_key TEXT,
+    report_counter INTEGER,
+    installed_name TEXT,
+    installed_length INTEGER,
+    installed_sha256 TEXT,
+    installed_release_counter INTEGER,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (vin, serial)
+);
+CREATE INDEX ecus_hardware ON ecus(hardware_id);
+CREATE TABLE blobs (
+    sha256 TEXT PRIMARY KEY,
+    length INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE images (
+    name TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL REFERENCES blobs(sha256),
+    sha512 TEXT,
+    length INTEGER NOT NULL,
+    hardware_ids TEXT NOT NULL,
+    release_counter INTEGER,
+    version TEXT,
+    encryption TEXT,
+    content_key TEXT,
+    targets_version INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE metadata (
+    repo TEXT NOT NULL,
+    role TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    bytes BLOB NOT NULL,
+    PRIMARY KEY (repo, role, version)
+);
+CREATE TABLE campaigns (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    image TEXT NOT NULL REFERENCES images(name),
+    hardware_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE assignments (
+    id INTEGER PRIMARY KEY,
+    vin TEXT NOT NULL,
+    ecu_serial TEXT NOT NULL,
+    image TEXT NOT NULL REFERENCES images(name),
+    campaign_id INTEGER REFERENCES campaigns(id),
+    status TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    FOREIGN KEY (vin, ecu_serial) REFERENCES ecus(vin, serial) ON DELETE CASCADE
+);
+CREATE UNIQUE INDEX assignments_one_pending ON assignments(vin, ecu_serial) WHERE status = 'pending';
+CREATE INDEX assignments_vin ON assignments(vin, status);
+CREATE TABLE manifests (
+    id INTEGER PRIMARY KEY,
+    vin TEXT NOT NULL REFERENCES vehicles(vin) ON DELETE CASCADE,
+    report_counter INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    bytes BLOB NOT NULL
+);
+CREATE INDEX manifests_vin ON manifests(vin, id);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    vin TEXT,
+    ecu_serial TEXT,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX events_vin ON events(vin, id);
+"#];
+
+/// The database handle: one connection behind a mutex. Calls are short; WAL
+/// lets an external reader (backup, `sqlite3`) run alongside.
+#[derive(Debug)]
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+/// A transaction handed to [`Db::read`] and [`Db::write`] closures.
+pub struct Tx<'a>(Transaction<'a>);
+
+impl Db {
+    /// Open (creating if needed) and migrate the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::setup(conn)
+    }
+
+    /// An in-memory database (tests, benchmarks).
+    pub fn open_in_memory() -> Result<Self> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Db {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+        self.conn
+            .lock()
+            .map_err(|_| Error::Internal("database mutex poisoned".into()))
+    }
+
+    /// Run `f` in a read transaction.
+    pub fn read<R>(&self, f: impl FnOnce(&Tx<'_>) -> Result<R>) -> Result<R> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let tx = Tx(tx);
+        let r = f(&tx)?;
+        tx.0.commit()?;
+        Ok(r)
+    }
+
+    /// Run `f` in one write transaction: committed only if `f` returns `Ok`.
+    pub fn write<R>(&self, f: impl FnOnce(&Tx<'_>) -> Result<R>) -> Result<R> {
+        let mut conn = self.lock()?;
+        let tx = Tx(conn.transaction_with_behavior(TransactionBehavior::Immediate)?);
+        let r = f(&tx)?;
+        tx.0.commit()?;
+        Ok(r)
+    }
+
+    /// Schema version applied.
+    pub fn schema_version(&self) -> Result<u32> {
+        Ok(self
+            .lock()?
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > MIGRATIONS.len() {
+        return Err(Error::Config(format!(
+            "database schema version {current} is newer than this server ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// A registered vehicle.
+#[derive(Debug, Clone, Serialize)]
+pub struct VehicleRow {
+    /// VIN.
+    pub vin: String,
+    /// Primary ECU serial.
+    pub primary_serial: String,
+    /// Last accepted manifest counter.
+    pub manifest_counter: Option<u64>,
+    /// Last authenticated request, Unix seconds.
+    pub last_seen: Option<i64>,
+    /// Registration time.
+    pub created_at: i64,
+}
+
+/// A registered ECU.
+#[derive(Debug, Clone, Serialize)]
+pub struct EcuRow {
+    /// Vehicle.
+    pub vin: String,
+    /// ECU serial.
+    pub serial: String,
+    /// Hardware ID.
+    pub hardware_id: String,
+    /// `did:key` of its P-256 signing key.
+    pub did: String,
+    /// Hex X25519 public key for image encryption.
+    pub encryption_key: Option<String>,
+    /// Last accepted report counter.
+    pub report_counter: Option<u64>,
+    /// Installed image name, as last reported.
+    pub installed_name: Option<String>,
+    /// Installed image length.
+    pub installed_length: Option<u64>,
+    /// Installed image SHA-256.
+    pub installed_sha256: Option<String>,
+    /// Installed release counter.
+    pub installed_release_counter: Option<u64>,
+}
+
+/// An image published in the Image repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageRow {
+    /// Target name.
+    pub name: String,
+    /// SHA-256 of the served bytes (encrypted when encrypted).
+    pub sha256: String,
+    /// SHA-512 of the served bytes.
+    pub sha512: Option<String>,
+    /// Length of the served bytes.
+    pub length: u64,
+    /// Hardware IDs it is built for.
+    pub hardware_ids: Vec<String>,
+    /// Release counter.
+    pub release_counter: Option<u64>,
+    /// Human version string.
+    pub version: Option<String>,
+    /// `EncryptionInfo` without wrapped keys, JSON, when encrypted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<serde_json::Value>,
+    /// Whether the server holds a content key for it.
+    pub encrypted: bool,
+    /// Image targets version that introduced it.
+    pub targets_version: u64,
+    /// Not serialised: the content key (base64).
+    #[serde(skip)]
+    pub content_key: Option<String>,
+}
+
+/// An assignment of an image to an ECU.
+#[derive(Debug, Clone, Serialize)]
+pub struct AssignmentRow {
+    /// Id.
+    pub id: i64,
+    /// Vehicle.
+    pub vin: String,
+    /// ECU serial.
+    pub ecu_serial: String,
+    /// Image name.
+    pub image: String,
+    /// Campaign, if any.
+    pub campaign_id: Option<i64>,
+    /// `pending`, `completed` or `cancelled`.
+    pub status: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+}
+
+/// A campaign.
+#[derive(Debug, Clone, Serialize)]
+pub struct CampaignRow {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Image name.
+    pub image: String,
+    /// Hardware ID targeted.
+    pub hardware_id: String,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+/// A history event.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    /// Id.
+    pub id: i64,
+    /// Vehicle.
+    pub vin: Option<String>,
+    /// ECU.
+    pub ecu_serial: Option<String>,
+    /// Kind (`registered`, `assigned`, `manifest`, `installed`, `attack`, ...).
+    pub kind: String,
+    /// Detail.
+    pub detail: String,
+    /// Time.
+    pub at: i64,
+}
+
+/// A stored metadata file.
+#[derive(Debug, Clone)]
+pub struct MetaRow {
+    /// Version.
+    pub version: u64,
+    /// Expiry, Unix seconds.
+    pub expires: i64,
+    /// Signed bytes.
+    pub bytes: Vec<u8>,
+}
+
+fn u64_of(v: Option<i64>) -> Option<u64> {
+    v.and_then(|x| u64::try_from(x).ok())
+}
+
+fn i64_of(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::BadRequest(format!("number {v} too large")))
+}
+
+fn vehicle_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<VehicleRow> {
+    Ok(VehicleRow {
+        vin: r.get(0)?,
+        primary_serial: r.get(1)?,
+        manifest_counter: u64_of(r.get(2)?),
+        last_seen: r.get(3)?,
+        created_at: r.get(4)?,
+    })
+}
+
+const ECU_COLS: &str = "vin, serial, hardware_id, did, encryption_key, report_counter, installed_name, installed_length, installed_sha256, installed_release_counter";
+
+fn ecu_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<EcuRow> {
+    Ok(EcuRow {
+        vin: r.get(0)?,
+        serial: r.get(1)?,
+        hardware_id: r.get(2)?,
+        did: r.get(3)?,
+        encryption_key: r.get(4)?,
+        report_counter: u64_of(r.get(5)?),
+        installed_name: r.get(6)?,
+        installed_length: u64_of(r.get(7)?),
+        installed_sha256: r.get(8)?,
+        installed_release_counter: u64_of(r.get(9)?),
+    })
+}
+
+const IMAGE_COLS: &str = "name, sha256, sha512, length, hardware_ids, release_counter, version, encryption, content_key, targets_version";
+
+fn image_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRow> {
+    let hw: String = r.get(4)?;
+    let enc: Option<String> = r.get(7)?;
+    let key: Option<String> = r.get(8)?;
+    Ok(ImageRow {
+        name: r.get(0)?,
+        sha256: r.get(1)?,
+        sha512: r.get(2)?,
+        length: u64_of(r.get(3)?).unwrap_or(0),
+        hardware_ids: serde_json::from_str(&hw).unwrap_or_default(),
+        release_counter: u64_of(r.get(5)?),
+        version: r.get(6)?,
+        encryption: enc.and_then(|e| serde_json::from_str(&e).ok()),
+        encrypted: key.is_some(),
+        targets_version: u64_of(r.get(9)?).unwrap_or(0),
+        content_key: key,
+    })
+}
+
+const ASSIGNMENT_COLS: &str =
+    "id, vin, ecu_serial, image, campaign_id, status, created_at, updated_at";
+
+fn assignment_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignmentRow> {
+    Ok(AssignmentRow {
+        id: r.get(0)?,
+        vin: r.get(1)?,
+        ecu_serial: r.get(2)?,
+        image: r.get(3)?,
+        campaign_id: r.get(4)?,
+        status: r.get(5)?,
+        created_at: r.get(6)?,
+        updated_at: r.get(7)?,
+    })
+}
+
+/// Status of an assignment waiting for the vehicle.
+pub const PENDING: &str = "pending";
+/// Status of an assignment whose install the vehicle reported.
+pub const COMPLETED: &str = "completed";
+/// Status of an assignment replaced or withdrawn.
+pub const CANCELLED: &str = "cancelled";
+
+impl Tx<'_> {
+    // ---- vehicles and ECUs -------------------------------------------------
+
+    /// Insert a vehicle.
+    pub fn insert_vehicle(&self, vin: &str, primary_serial: &str, now: i64) -> Result<()> {
+        let n = self.0.execute(
+            "INSERT OR IGNORE INTO vehicles (vin, primary_serial, created_at) VALUES (?1, ?2, ?3)",
+            params![vin, primary_serial, now],
+        )?;
+        if n == 0 {
+            return Err(Error::Conflict(format!(
+                "vehicle {vin} is already registered"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Insert an ECU.
+    pub fn insert_ecu(
+        &self,
+        vin: &str,
+        serial: &str,
+        hardware_id: &str,
+        did: &str,
+        encryption_key: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO ecus (vin, serial, hardware_id, did, encryption_key, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![vin, serial, hardware_id, did, encryption_key, now],
+        )?;
+        Ok(())
+    }
+
+    /// Replace an ECU (new key, possibly new hardware ID): its counters and
+    /// installed image are forgotten until it reports.
+    pub fn replace_ecu(
+        &self,
+        vin: &str,
+        serial: &str,
+        hardware_id: &str,
+        did: &str,
+        encryption_key: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        let n = self.0.execute(
+            "UPDATE ecus SET hardware_id = ?3, did = ?4, encryption_key = ?5, report_counter = NULL, installed_name = NULL, installed_length = NULL, installed_sha256 = NULL, installed_release_counter = NULL, updated_at = ?6 WHERE vin = ?1 AND serial = ?2",
+            params![vin, serial, hardware_id, did, encryption_key, now],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("ECU {serial} of vehicle {vin}")));
+        }
+        Ok(())
+    }
+
+    /// Forget the vehicle's manifest counter (its Primary was replaced).
+    pub fn reset_manifest_counter(&self, vin: &str) -> Result<()> {
+        self.0.execute(
+            "UPDATE vehicles SET manifest_counter = NULL WHERE vin = ?1",
+            params![vin],
+        )?;
+        Ok(())
+    }
+
+    /// One vehicle.
+    pub fn vehicle(&self, vin: &str) -> Result<Option<VehicleRow>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT vin, primary_serial, manifest_counter, last_seen, created_at FROM vehicles WHERE vin = ?1",
+                params![vin],
+                vehicle_of,
+            )
+            .optional()?)
+    }
+
+    /// All vehicles.
+    pub fn vehicles(&self) -> Result<Vec<VehicleRow>> {
+        let mut st = self.0.prepare(
+            "SELECT vin, primary_serial, manifest_counter, last_seen, created_at FROM vehicles ORDER BY vin",
+        )?;
+        let rows = st.query_map([], vehicle_of)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// ECUs of a vehicle.
+    pub fn ecus(&self, vin: &str) -> Result<Vec<EcuRow>> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {ECU_COLS} FROM ecus WHERE vin = ?1 ORDER BY serial"
+        ))?;
+        let rows = st.query_map(params![vin], ecu_of)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// One ECU.
+    pub fn ecu(&self, vin: &str, serial: &str) -> Result<Option<EcuRow>> {
+        Ok(self
+            .0
+            .query_row(
+                &format!("SELECT {ECU_COLS} FROM ecus WHERE vin = ?1 AND serial = ?2"),
+                params![vin, serial],
+                ecu_of,
+            )
+            .optional()?)
+    }
+
+    /// Every ECU with a hardware ID, across vehicles.
+    pub fn ecus_with_hardware(&self, hardware_id: &str) -> Result<Vec<EcuRow>> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {ECU_COLS} FROM ecus WHERE hardware_id = ?1 ORDER BY vin, serial"
+        ))?;
+        let rows = st.query_map(params![hardware_id], ecu_of)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The primary's DID of a vehicle (for request authentication).
+    pub fn primary_did(&self, vin: &str) -> Result<Option<String>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT e.did FROM vehicles v JOIN ecus e ON e.vin = v.vin AND e.serial = v.primary_serial WHERE v.vin = ?1",
+                params![vin],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Record that a vehicle made an authenticated request.
+    pub fn touch_vehicle(&self, vin: &str, now: i64) -> Result<()> {
+        self.0.execute(
+            "UPDATE vehicles SET last_seen = ?2 WHERE vin = ?1",
+            params![vin, now],
+        )?;
+        Ok(())
+    }
+
+    /// Store the accepted manifest counter.
+    pub fn set_manifest_counter(&self, vin: &str, counter: u64) -> Result<()> {
+        self.0.execute(
+            "UPDATE vehicles SET manifest_counter = ?2 WHERE vin = ?1",
+            params![vin, i64_of(counter)?],
+        )?;
+        Ok(())
+    }
+
+    /// Store an ECU's accepted report counter and installed image.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_ecu_report(
+        &self,
+        vin: &str,
+        serial: &str,
+        counter: u64,
+        installed: Option<(&str, u64, Option<&str>, Option<u64>)>,
+        now: i64,
+    ) -> Result<()> {
+        let (name, length, sha, rc) = match installed {
+            Some((n, l, s, r)) => (Some(n), Some(i64_of(l)?), s, r.map(i64_of).transpose()?),
+            None => (None, None, None, None),
+        };
+        self.0.execute(
+            "UPDATE ecus SET report_counter = ?3, installed_name = ?4, installed_length = ?5, installed_sha256 = ?6, installed_release_counter = ?7, updated_at = ?8 WHERE vin = ?1 AND serial = ?2",
+            params![vin, serial, i64_of(counter)?, name, length, sha, rc, now],
+        )?;
+        Ok(())
+    }
+
+    /// Store a manifest's bytes.
+    pub fn insert_manifest(&self, vin: &str, counter: u64, bytes: &[u8], now: i64) -> Result<i64> {
+        self.0.execute(
+            "INSERT INTO manifests (vin, report_counter, received_at, bytes) VALUES (?1, ?2, ?3, ?4)",
+            params![vin, i64_of(counter)?, now, bytes],
+        )?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    /// Keep only a vehicle's newest `manifests` manifests and `events` events.
+    pub fn prune_vehicle_history(&self, vin: &str, manifests: u32, events: u32) -> Result<()> {
+        self.0.execute(
+            "DELETE FROM manifests WHERE vin = ?1 AND id <= (SELECT id FROM manifests WHERE vin = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            params![vin, manifests],
+        )?;
+        self.0.execute(
+            "DELETE FROM events WHERE vin = ?1 AND id <= (SELECT id FROM events WHERE vin = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            params![vin, events],
+        )?;
+        Ok(())
+    }
+
+    // ---- blobs and images --------------------------------------------------
+
+    /// Record a stored blob (idempotent).
+    pub fn insert_blob(&self, sha256: &str, length: u64, now: i64) -> Result<()> {
+        self.0.execute(
+            "INSERT OR IGNORE INTO blobs (sha256, length, created_at) VALUES (?1, ?2, ?3)",
+            params![sha256, i64_of(length)?, now],
+        )?;
+        Ok(())
+    }
+
+    /// Length of a stored blob.
+    pub fn blob_length(&self, sha256: &str) -> Result<Option<u64>> {
+        let v: Option<i64> = self
+            .0
+            .query_row(
+                "SELECT length FROM blobs WHERE sha256 = ?1",
+                params![sha256],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(u64_of(v))
+    }
+
+    /// Insert or replace an image record.
+    pub fn upsert_image(&self, img: &ImageRow, now: i64) -> Result<()> {
+        self.0.execute(
+            &format!("INSERT OR REPLACE INTO images ({IMAGE_COLS}, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            params![
+                img.name,
+                img.sha256,
+                img.sha512,
+                i64_of(img.length)?,
+                serde_json::to_string(&img.hardware_ids).map_err(|e| Error::Internal(e.to_string()))?,
+                img.release_counter.map(i64_of).transpose()?,
+                img.version,
+                img.encryption.as_ref().map(|v| v.to_string()),
+                img.content_key,
+                i64_of(img.targets_version)?,
+                now
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// One image.
+    pub fn image(&self, name: &str) -> Result<Option<ImageRow>> {
+        Ok(self
+            .0
+            .query_row(
+                &format!("SELECT {IMAGE_COLS} FROM images WHERE name = ?1"),
+                params![name],
+                image_of,
+            )
+            .optional()?)
+    }
+
+    /// All images.
+    pub fn images(&self) -> Result<Vec<ImageRow>> {
+        let mut st = self
+            .0
+            .prepare(&format!("SELECT {IMAGE_COLS} FROM images ORDER BY name"))?;
+        let rows = st.query_map([], image_of)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ---- metadata ----------------------------------------------------------
+
+    /// Store a metadata file.
+    pub fn insert_meta(
+        &self,
+        repo: &str,
+        role: &str,
+        version: u64,
+        expires: i64,
+        bytes: &[u8],
+    ) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO metadata (repo, role, version, expires, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![repo, role, i64_of(version)?, expires, bytes],
+        )?;
+        Ok(())
+    }
+
+    /// Keep only the newest `keep` versions of a role.
+    pub fn prune_meta(&self, repo: &str, role: &str, keep: u64) -> Result<()> {
+        self.0.execute(
+            "DELETE FROM metadata WHERE repo = ?1 AND role = ?2 AND version <= (SELECT MAX(version) FROM metadata WHERE repo = ?1 AND role = ?2) - ?3",
+            params![repo, role, i64_of(keep)?],
+        )?;
+        Ok(())
+    }
+
+    /// The newest version of a role.
+    pub fn latest_meta(&self, repo: &str, role: &str) -> Result<Option<MetaRow>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT version, expires, bytes FROM metadata WHERE repo = ?1 AND role = ?2 ORDER BY version DESC LIMIT 1",
+                params![repo, role],
+                |r| {
+                    Ok(MetaRow {
+                        version: u64_of(r.get(0)?).unwrap_or(0),
+                        expires: r.get(1)?,
+                        bytes: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// One version of a role.
+    pub fn meta_version(&self, repo: &str, role: &str, version: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT bytes FROM metadata WHERE repo = ?1 AND role = ?2 AND version = ?3",
+                params![repo, role, i64_of(version)?],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    // ---- assignments and campaigns -----------------------------------------
+
+    /// Cancel the pending assignment of an ECU, if any; returns whether one was.
+    pub fn cancel_pending(&self, vin: &str, serial: &str, now: i64) -> Result<bool> {
+        let n = self.0.execute(
+            "UPDATE assignments SET status = 'cancelled', updated_at = ?3 WHERE vin = ?1 AND ecu_serial = ?2 AND status = 'pending'",
+            params![vin, serial, now],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Insert a pending assignment.
+    pub fn insert_assignment(
+        &self,
+        vin: &str,
+        serial: &str,
+        image: &str,
+        campaign_id: Option<i64>,
+        now: i64,
+    ) -> Result<i64> {
+        self.0.execute(
+            "INSERT INTO assignments (vin, ecu_serial, image, campaign_id, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
+            params![vin, serial, image, campaign_id, now],
+        )?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    /// Assignments, optionally of one vehicle and/or status.
+    pub fn assignments(
+        &self,
+        vin: Option<&str>,
+        status: Option<&str>,
+        campaign: Option<i64>,
+    ) -> Result<Vec<AssignmentRow>> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {ASSIGNMENT_COLS} FROM assignments WHERE (?1 IS NULL OR vin = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR campaign_id = ?3) ORDER BY id"
+        ))?;
+        let rows = st.query_map(params![vin, status, campaign], assignment_of)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// One assignment.
+    pub fn assignment(&self, id: i64) -> Result<Option<AssignmentRow>> {
+        Ok(self
+            .0
+            .query_row(
+                &format!("SELECT {ASSIGNMENT_COLS} FROM assignments WHERE id = ?1"),
+                params![id],
+                assignment_of,
+            )
+            .optional()?)
+    }
+
+    /// Set an assignment's status.
+    pub fn set_assignment_status(&self, id: i64, status: &str, now: i64) -> Result<()> {
+        self.0.execute(
+            "UPDATE assignments SET status = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, status, now],
+        )?;
+        Ok(())
+    }
+
+    /// Insert a campaign.
+    pub fn insert_campaign(
+        &self,
+        name: &str,
+        image: &str,
+        hardware_id: &str,
+        now: i64,
+    ) -> Result<i64> {
+        self.0.execute(
+            "INSERT INTO campaigns (name, image, hardware_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![name, image, hardware_id, now],
+        )?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    /// Campaigns.
+    pub fn campaigns(&self) -> Result<Vec<CampaignRow>> {
+        let mut st = self.0.prepare(
+            "SELECT id, name, image, hardware_id, created_at FROM campaigns ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(CampaignRow {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                image: r.get(2)?,
+                hardware_id: r.get(3)?,
+                created_at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ---- events ------------------------------------------------------------
+
+    /// Append a history event.
+    pub fn event(
+        &self,
+        vin: Option<&str>,
+        serial: Option<&str>,
+        kind: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO events (vin, ecu_serial, kind, detail, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![vin, serial, kind, detail, now],
+        )?;
+        Ok(())
+    }
+
+    /// History, newest first, optionally of one vehicle.
+    pub fn events(&self, vin: Option<&str>, limit: u32) -> Result<Vec<EventRow>> {
+        let mut st = self.0.prepare(
+            "SELECT id, vin, ecu_serial, kind, detail, at FROM events WHERE (?1 IS NULL OR vin = ?1) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![vin, limit], |r| {
+            Ok(EventRow {
+                id: r.get(0)?,
+                vin: r.get(1)?,
+                ecu_serial: r.get(2)?,
+                kind: r.get(3)?,
+                detail: r.get(4)?,
+                at: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Row counts for the status endpoint.
+    pub fn counts(&self) -> Result<serde_json::Value> {
+        let count = |sql: &str| -> Result<i64> { Ok(self.0.query_row(sql, [], |r| r.get(0))?) };
+        Ok(serde_json::json!({
+            "vehicles": count("SELECT COUNT(*) FROM vehicles")?,
+            "ecus": count("SELECT COUNT(*) FROM ecus")?,
+            "images": count("SELECT COUNT(*) FROM images")?,
+            "campaigns": count("SELECT COUNT(*) FROM campaigns")?,
+            "assignments_pending": count("SELECT COUNT(*) FROM assignments WHERE status = 'pending'")?,
+            "assignments_completed": count("SELECT COUNT(*) FROM assignments WHERE status = 'completed'")?,
+            "manifests": count("SELECT COUNT(*) FROM manifests")?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_set_user_version() {
+        let db = Db::open_in_memory().unwrap();
+        assert_eq!(db.schema_version().unwrap() as usize, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn failed_write_leaves_nothing_behind() {
+        let db = Db::open_in_memory().unwrap();
+        let r: Result<()> = db.write(|tx| {
+            tx.insert_vehicle("V1", "P1", 0)?;
+            tx.insert_ecu("V1", "P1", "hw", "did:key:z", None, 0)?;
+            // Same ECU twice: the primary key refuses it, the whole write rolls back.
+            tx.insert_ecu("V1", "P1", "hw", "did:key:z", None, 0)?;
+            Ok(())
+        });
+        assert!(r.is_err());
+        assert!(db.read(|tx| tx.vehicle("V1")).unwrap().is_none());
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest() {
+        let db = Db::open_in_memory().unwrap();
+        db.write(|tx| {
+            tx.insert_vehicle("V1", "P1", 0)?;
+            for v in 1..=10u64 {
+                tx.insert_meta("r", "snapshot", v, 0, b"x")?;
+                tx.insert_manifest("V1", v, b"{}", 0)?;
+                tx.event(Some("V1"), None, "k", "d", 0)?;
+            }
+            tx.prune_meta("r", "snapshot", 3)?;
+            tx.prune_vehicle_history("V1", 4, 2)?;
+            Ok(())
+        })
+        .unwrap();
+        db.read(|tx| {
+            assert!(tx.meta_version("r", "snapshot", 7)?.is_none());
+            assert!(tx.meta_version("r", "snapshot", 8)?.is_some());
+            assert_eq!(tx.latest_meta("r", "snapshot")?.unwrap().version, 10);
+            assert_eq!(tx.events(Some("V1"), 100)?.len(), 2);
+            Ok(())
+        })
+        .unwrap();
+        let n: i64 = db
+            .lock()
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM manifests", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 4);
+    }
+
+    #[test]
+    fn one_pending_assignment_per_ecu() {
+        let db = Db::open_in_memory().unwrap();
+        db.write(|tx| {
+            tx.insert_vehicle("V1", "P1", 0)?;
+            tx.insert_ecu("V1", "P1", "hw", "did:key:z", None, 0)?;
+            tx.insert_blob("aa", 1, 0)?;
+            tx.upsert_image(
+                &ImageRow {
+                    name: "fw".into(),
+                    sha256: "aa".into(),
+                    sha512: None,
+                    length: 1,
+                    hardware_ids: vec!["hw".into()],
+                    release_counter: None,
+                    version: None,
+                    encryption: None,
+                    encrypted: false,
+                    targets_version: 1,
+                    content_key: None,
+                },
+                0,
+            )?;
+            tx.insert_assignment("V1", "P1", "fw", None, 0)?;
+            Ok(())
+        })
+        .unwrap();
+        assert!(db
+            .write(|tx| tx.insert_assignment("V1", "P1", "fw", None, 0))
+            .is_err());
+    }
+}

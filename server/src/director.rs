@@ -1,0 +1,402 @@
+//! The Director: per-vehicle targets, snapshot and timestamp, signed with
+//! online keys, and the shared Director root.
+//!
+//! A vehicle's Director targets list one entry per assigned image, naming each
+//! ECU it is for (`custom.ecuIdentifiers`), the release counter and, for an
+//! encrypted image, the content key wrapped for each of those ECUs' X25519
+//! keys (`custom.encryption`). `signed.custom.vin` names the vehicle, so the
+//! metadata cannot be replayed to another vehicle (Uptane 2.1 §5.2.3.1). The
+//! metadata is regenerated when the vehicle's assignments change and, lazily on
+//! the vehicle's next request, when a role nears expiry.
+
+use crate::db::Tx;
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::repo::{self, director_repo, needs_refresh};
+use secureev_uptane::builder::{sign_metadata, TARGETS_LIFETIME_SECS};
+use secureev_uptane::custom::{EcuIdentifier, TargetCustom};
+use secureev_uptane::encryption::{ContentKey, EcuEncryptionPublicKey, EncryptionInfo};
+use secureev_uptane::metadata::{Common, TargetFile, Targets};
+use secureev_uptane::{SigningKey, Timestamp};
+use serde_json::{json, Map};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Lifetime of Director targets: shorter than the Image repository's, since the
+/// Director re-signs online.
+pub const DIRECTOR_TARGETS_LIFETIME_SECS: i64 = 30 * 86_400;
+
+/// The Director's signing keys (all online).
+#[derive(Debug, Clone)]
+pub struct DirectorKeys {
+    /// Root keys (used to sign the shared root at `init` and on rotation).
+    pub root: Vec<SigningKey>,
+    /// Targets keys.
+    pub targets: Vec<SigningKey>,
+    /// Snapshot keys.
+    pub snapshot: Vec<SigningKey>,
+    /// Timestamp keys.
+    pub timestamp: Vec<SigningKey>,
+}
+
+impl DirectorKeys {
+    /// Fresh keys, one per role.
+    pub fn generate() -> Self {
+        DirectorKeys {
+            root: vec![SigningKey::generate_p256()],
+            targets: vec![SigningKey::generate_p256()],
+            snapshot: vec![SigningKey::generate_p256()],
+            timestamp: vec![SigningKey::generate_p256()],
+        }
+    }
+
+    /// Load from `<data_dir>/keys/director/<role>/`.
+    pub fn load(data_dir: &Path) -> Result<Self> {
+        let base = data_dir.join(layout::KEYS);
+        Ok(DirectorKeys {
+            root: layout::load_keys(&base, repo::DIRECTOR, "root")?,
+            targets: layout::load_keys(&base, repo::DIRECTOR, "targets")?,
+            snapshot: layout::load_keys(&base, repo::DIRECTOR, "snapshot")?,
+            timestamp: layout::load_keys(&base, repo::DIRECTOR, "timestamp")?,
+        })
+    }
+
+    /// Store under `<data_dir>/keys/director/<role>/`.
+    pub fn store(&self, data_dir: &Path) -> Result<()> {
+        let base = data_dir.join(layout::KEYS);
+        for (role, keys) in [
+            ("root", &self.root),
+            ("targets", &self.targets),
+            ("snapshot", &self.snapshot),
+            ("timestamp", &self.timestamp),
+        ] {
+            for k in keys {
+                layout::store_key(&base, repo::DIRECTOR, role, k)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The shared Director root, version `version`, signed by the root keys.
+    pub fn root_bytes(&self, version: u64, now: i64) -> Result<Vec<u8>> {
+        let roles = repo::RoleSet {
+            roles: vec![
+                ("root", repo::public_keys(&self.root), 1),
+                ("targets", repo::public_keys(&self.targets), 1),
+                ("snapshot", repo::public_keys(&self.snapshot), 1),
+                ("timestamp", repo::public_keys(&self.timestamp), 1),
+            ],
+        };
+        let root = repo::root_metadata(
+            version,
+            Timestamp::from_unix(now + secureev_uptane::builder::ROOT_LIFETIME_SECS),
+            &roles,
+        );
+        let signers: Vec<&SigningKey> = self.root.iter().collect();
+        Ok(sign_metadata(&root, &signers)?)
+    }
+}
+
+/// Build, sign and store new Director targets, snapshot and timestamp for
+/// `vin` from its pending assignments.
+pub fn regenerate(tx: &Tx<'_>, keys: &DirectorKeys, vin: &str, now: i64) -> Result<u64> {
+    let repo_name = director_repo(vin);
+    let version = tx
+        .latest_meta(&repo_name, "targets")?
+        .map_or(1, |m| m.version + 1);
+    let expires = now + DIRECTOR_TARGETS_LIFETIME_SECS.min(TARGETS_LIFETIME_SECS);
+    let mut entries: BTreeMap<String, (TargetFile, TargetCustom, Option<EncryptionInfo>)> =
+        BTreeMap::new();
+    for a in tx.assignments(Some(vin), Some(crate::db::PENDING), None)? {
+        let image = tx
+            .image(&a.image)?
+            .ok_or_else(|| Error::Internal(format!("assigned image {} missing", a.image)))?;
+        let ecu = tx
+            .ecu(vin, &a.ecu_serial)?
+            .ok_or_else(|| Error::Internal(format!("assigned ECU {} missing", a.ecu_serial)))?;
+        let entry = entries.entry(image.name.clone()).or_insert_with(|| {
+            let mut hashes = BTreeMap::from([("sha256".to_owned(), image.sha256.clone())]);
+            if let Some(h) = &image.sha512 {
+                hashes.insert("sha512".to_owned(), h.clone());
+            }
+            let custom = TargetCustom {
+                release_counter: image.release_counter,
+                ..TargetCustom::default()
+            };
+            let info = image
+                .encryption
+                .as_ref()
+                .and_then(|v| serde_json::from_value::<EncryptionInfo>(v.clone()).ok());
+            (
+                TargetFile {
+                    length: image.length,
+                    hashes,
+                    custom: None,
+                    unrecognized: Map::new(),
+                },
+                custom,
+                info,
+            )
+        });
+        entry.1.ecu_identifiers.insert(
+            ecu.serial.clone(),
+            EcuIdentifier {
+                hardware_id: ecu.hardware_id.clone(),
+                unrecognized: Map::new(),
+            },
+        );
+        if let Some(info) = entry.2.as_mut() {
+            // Uptane 2.1 §5.2.3.1.1: for an encrypted image, "a symmetric
+            // encryption key encrypted by the ECU's asymmetric key" goes into
+            // the Director's metadata, one per ECU.
+            let content_key = image
+                .content_key
+                .as_deref()
+                .and_then(repo::base64_decode_32)
+                .ok_or_else(|| Error::Internal(format!("content key of {} missing", image.name)))?;
+            let ecu_key = ecu.encryption_key.as_deref().ok_or_else(|| {
+                Error::Conflict(format!(
+                    "ECU {} has no encryption key for encrypted image {}",
+                    ecu.serial, image.name
+                ))
+            })?;
+            let ecu_key = EcuEncryptionPublicKey::from_hex(ecu_key)?;
+            info.wrap_key_for(
+                &image.name,
+                &ecu.serial,
+                &ContentKey::from_bytes(&content_key),
+                &ecu_key,
+            )?;
+        }
+    }
+    let targets: BTreeMap<String, TargetFile> = entries
+        .into_iter()
+        .map(|(name, (mut t, mut custom, info))| {
+            if let Some(info) = info {
+                custom.encryption = serde_json::to_value(info).ok();
+            }
+            t.custom = Some(custom.to_value());
+            (name, t)
+        })
+        .collect();
+    let mut unrecognized = Map::new();
+    // Uptane 2.1 §5.2.3.1: the vehicle identifier, always (also when no image
+    // is assigned), so Director targets cannot be replayed to another vehicle.
+    unrecognized.insert("custom".into(), json!({ "vin": vin }));
+    let meta = Targets {
+        common: Common::new("targets", version, Timestamp::from_unix(expires)),
+        targets,
+        delegations: None,
+        unrecognized,
+    };
+    let signers: Vec<&SigningKey> = keys.targets.iter().collect();
+    let bytes = sign_metadata(&meta, &signers)?;
+    tx.insert_meta(&repo_name, "targets", version, expires, &bytes)?;
+    tx.prune_meta(&repo_name, "targets", repo::VERSIONS_KEPT)?;
+    repo::publish_snapshot(tx, &repo_name, &keys.snapshot, now)?;
+    repo::publish_timestamp(tx, &repo_name, &keys.timestamp, now)?;
+    Ok(version)
+}
+
+/// Re-sign what nears expiry for `vin` (targets, then snapshot and timestamp).
+pub fn refresh(tx: &Tx<'_>, keys: &DirectorKeys, vin: &str, now: i64) -> Result<()> {
+    let repo_name = director_repo(vin);
+    match tx.latest_meta(&repo_name, "targets")? {
+        Some(m) if !needs_refresh(m.expires, DIRECTOR_TARGETS_LIFETIME_SECS, now) => {
+            repo::refresh_online(tx, &repo_name, &keys.snapshot, &keys.timestamp, now)?;
+        }
+        _ => {
+            regenerate(tx, keys, vin, now)?;
+        }
+    }
+    Ok(())
+}
+
+/// The vehicle's current timestamp when no role needs re-signing at `now`
+/// (the read-only fast path of a check-in); `None` when [`refresh`] must run.
+pub fn fresh_timestamp(tx: &Tx<'_>, vin: &str, now: i64) -> Result<Option<Vec<u8>>> {
+    let repo_name = director_repo(vin);
+    let (Some(tg), Some(sn), Some(ts)) = (
+        tx.latest_meta(&repo_name, "targets")?,
+        tx.latest_meta(&repo_name, "snapshot")?,
+        tx.latest_meta(&repo_name, "timestamp")?,
+    ) else {
+        return Ok(None);
+    };
+    let stale = needs_refresh(tg.expires, DIRECTOR_TARGETS_LIFETIME_SECS, now)
+        || needs_refresh(
+            sn.expires,
+            secureev_uptane::builder::SNAPSHOT_LIFETIME_SECS,
+            now,
+        )
+        || needs_refresh(
+            ts.expires,
+            secureev_uptane::builder::TIMESTAMP_LIFETIME_SECS,
+            now,
+        );
+    Ok((!stale).then_some(ts.bytes))
+}
+
+/// Rotate a Director role's keys: a fresh key replaces or joins the role, a
+/// new root version is signed by the old root keys and (for `root`) the new
+/// ones, and every vehicle's metadata is re-signed with the new keys, in one
+/// transaction. Returns the new keys and the new root version.
+pub fn rotate(
+    tx: &Tx<'_>,
+    data_dir: &Path,
+    current: &DirectorKeys,
+    role: &str,
+    mode: repo::RotationMode,
+    threshold: Option<u32>,
+    now: i64,
+) -> Result<(DirectorKeys, u64, SigningKey)> {
+    let root = tx
+        .latest_meta(repo::DIRECTOR, "root")?
+        .ok_or_else(|| Error::Internal("no director root".into()))?;
+    let key = SigningKey::generate_p256();
+    let signed = repo::next_root(
+        &root.bytes,
+        role,
+        &[key.public_key().clone()],
+        mode,
+        threshold,
+        now,
+    )?;
+    let mut next = current.clone();
+    let slot = match role {
+        "root" => &mut next.root,
+        "targets" => &mut next.targets,
+        "snapshot" => &mut next.snapshot,
+        "timestamp" => &mut next.timestamp,
+        other => return Err(Error::BadRequest(format!("unknown role {other:?}"))),
+    };
+    if mode == repo::RotationMode::Replace {
+        slot.clear();
+    }
+    slot.push(key.clone());
+    // TUF 1.0 §5.3.4: the new root is signed by the old root keys and its own.
+    let mut signers: Vec<&SigningKey> = current.root.iter().collect();
+    for k in &next.root {
+        if !signers.iter().any(|s| s.keyid() == k.keyid()) {
+            signers.push(k);
+        }
+    }
+    let bytes = secureev_uptane::builder::sign_value(signed, &signers)?;
+    let mut trusted = secureev_uptane::trusted::TrustedRepository::new("director", &root.bytes)?;
+    trusted.update_root(&bytes)?;
+    let version = root.version + 1;
+    let expires = trusted.root().common.expires_at()?.unix();
+    tx.insert_meta(repo::DIRECTOR, "root", version, expires, &bytes)?;
+    if role != "root" {
+        for v in tx.vehicles()? {
+            regenerate(tx, &next, &v.vin, now)?;
+        }
+    }
+    layout::store_key(&data_dir.join(layout::KEYS), repo::DIRECTOR, role, &key)?;
+    tx.event(
+        None,
+        None,
+        "director-rotation",
+        &format!(
+            "director {role} key {} ({mode:?}); root version {version}",
+            key.keyid()
+        ),
+        now,
+    )?;
+    Ok((next, version, key))
+}
+
+/// Move a role's key files that `keys` no longer lists to `<role>.retired/`.
+pub fn retire_old_keys(data_dir: &Path, role: &str, keys: &[SigningKey]) -> Result<()> {
+    let dir = layout::role_dir(&data_dir.join(layout::KEYS), repo::DIRECTOR, role);
+    let retired = layout::role_dir(
+        &data_dir.join(layout::KEYS),
+        repo::DIRECTOR,
+        &format!("{role}.retired"),
+    );
+    let entries =
+        std::fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    for e in entries.flatten() {
+        let path = e.path();
+        let keep = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .is_some_and(|id| keys.iter().any(|k| k.keyid() == id));
+        if !keep {
+            std::fs::create_dir_all(&retired)
+                .map_err(|e| Error::io("creating retired key dir", e))?;
+            if let Some(name) = path.file_name() {
+                std::fs::rename(&path, retired.join(name))
+                    .map_err(|e| Error::io("retiring key", e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+    use secureev_uptane::trusted::TrustedRepository;
+
+    fn versions(db: &Db, vin: &str) -> (u64, u64, u64) {
+        let r = director_repo(vin);
+        db.read(|tx| {
+            let v =
+                |role| -> Result<u64> { Ok(tx.latest_meta(&r, role)?.map_or(0, |m| m.version)) };
+            Ok((v("targets")?, v("snapshot")?, v("timestamp")?))
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn empty_director_targets_name_the_vehicle_and_verify() {
+        let db = Db::open_in_memory().unwrap();
+        let keys = DirectorKeys::generate();
+        let t0 = 1_900_000_000;
+        let root = keys.root_bytes(1, t0).unwrap();
+        db.write(|tx| regenerate(tx, &keys, "VIN1", t0)).unwrap();
+        let (ts, sn, tg) = db
+            .read(|tx| {
+                let r = director_repo("VIN1");
+                let get = |role| {
+                    tx.latest_meta(&r, role)
+                        .map(|m| m.map(|m| m.bytes).unwrap_or_default())
+                };
+                Ok((get("timestamp")?, get("snapshot")?, get("targets")?))
+            })
+            .unwrap();
+        let now = Timestamp::from_unix(t0 + 10);
+        let mut repo = TrustedRepository::new("director", &root).unwrap();
+        repo.update_timestamp(&ts, now).unwrap();
+        repo.update_snapshot(&sn, now, false).unwrap();
+        repo.update_targets(&tg, now).unwrap();
+        let targets = repo.targets().unwrap();
+        assert_eq!(secureev_uptane::custom::director_vin(targets), Some("VIN1"));
+        assert!(targets.targets.is_empty());
+    }
+
+    // Regression guard for lazy re-signing: a check-in late in a role's
+    // lifetime gets fresh metadata without any admin action.
+    #[test]
+    fn refresh_resigns_only_what_nears_expiry() {
+        let db = Db::open_in_memory().unwrap();
+        let keys = DirectorKeys::generate();
+        let t0 = 1_900_000_000;
+        db.write(|tx| regenerate(tx, &keys, "VIN1", t0)).unwrap();
+        assert_eq!(versions(&db, "VIN1"), (1, 1, 1));
+        db.write(|tx| refresh(tx, &keys, "VIN1", t0 + 3600))
+            .unwrap();
+        assert_eq!(versions(&db, "VIN1"), (1, 1, 1));
+        db.write(|tx| refresh(tx, &keys, "VIN1", t0 + 13 * 3600))
+            .unwrap();
+        assert_eq!(versions(&db, "VIN1"), (1, 1, 2));
+        db.write(|tx| refresh(tx, &keys, "VIN1", t0 + 4 * 86_400))
+            .unwrap();
+        assert_eq!(versions(&db, "VIN1"), (1, 2, 3));
+        db.write(|tx| refresh(tx, &keys, "VIN1", t0 + 16 * 86_400))
+            .unwrap();
+        assert_eq!(versions(&db, "VIN1"), (2, 3, 4));
+    }
+}

@@ -1,0 +1,135 @@
+//! `secureev-server init`: a data directory with a development PKI, all
+//! repository keys, the initial metadata and an admin token; and an offline
+//! key directory with the Image repository's root and targets keys.
+
+use crate::config::{Config, CONFIG_FILE};
+use crate::db::Db;
+use crate::director::DirectorKeys;
+use crate::error::{Error, Result};
+use crate::layout::{self, write_private, write_public};
+use crate::repo::{self, IMAGE};
+use secureev_uptane::builder::{sign_metadata, ROOT_LIFETIME_SECS, TARGETS_LIFETIME_SECS};
+use secureev_uptane::metadata::{Common, Targets};
+use secureev_uptane::{SigningKey, Timestamp};
+use serde_json::Map;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// What `init` needs.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Data directory to create (must not exist or be empty).
+    pub data_dir: PathBuf,
+    /// Offline key directory to create.
+    pub offline_dir: PathBuf,
+    /// Names the server certificate is valid for.
+    pub hostnames: Vec<String>,
+    /// Listen address written to the config.
+    pub listen: SocketAddr,
+}
+
+/// What `init` made.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    /// The configuration file.
+    pub config_file: PathBuf,
+    /// The admin token.
+    pub admin_token: String,
+}
+
+fn ensure_empty(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        if entries.next().is_some() {
+            return Err(Error::Config(format!(
+                "{} exists and is not empty",
+                dir.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+}
+
+/// Create the data and offline directories.
+pub fn init(opts: &InitOptions) -> Result<InitReport> {
+    ensure_empty(&opts.data_dir)?;
+    ensure_empty(&opts.offline_dir)?;
+    let data = &opts.data_dir;
+    let now = crate::unix_now();
+
+    let pki = crate::tls::generate_dev_pki(&opts.hostnames)?;
+    write_public(&data.join(layout::CA_CERT), pki.ca_cert.as_bytes())?;
+    write_private(&data.join(layout::CA_KEY), pki.ca_key.as_bytes())?;
+    write_public(&data.join(layout::SERVER_CERT), pki.server_cert.as_bytes())?;
+    write_private(&data.join(layout::SERVER_KEY), pki.server_key.as_bytes())?;
+
+    let token =
+        secureev_uptane::manifest::random_nonce() + &secureev_uptane::manifest::random_nonce();
+    write_private(&data.join(layout::ADMIN_TOKEN), token.as_bytes())?;
+    std::fs::create_dir_all(data.join(layout::BLOBS))
+        .map_err(|e| Error::io("creating blob directory", e))?;
+
+    // Image repository: root and targets offline, snapshot and timestamp online.
+    let image_root = SigningKey::generate_p256();
+    let image_targets = SigningKey::generate_p256();
+    let image_snapshot = SigningKey::generate_p256();
+    let image_timestamp = SigningKey::generate_p256();
+    layout::store_key(&opts.offline_dir, IMAGE, "root", &image_root)?;
+    layout::store_key(&opts.offline_dir, IMAGE, "targets", &image_targets)?;
+    let keys_dir = data.join(layout::KEYS);
+    layout::store_key(&keys_dir, IMAGE, "snapshot", &image_snapshot)?;
+    layout::store_key(&keys_dir, IMAGE, "timestamp", &image_timestamp)?;
+
+    let director = DirectorKeys::generate();
+    director.store(data)?;
+
+    let roles = repo::RoleSet {
+        roles: vec![
+            ("root", vec![image_root.public_key().clone()], 1),
+            ("targets", vec![image_targets.public_key().clone()], 1),
+            ("snapshot", vec![image_snapshot.public_key().clone()], 1),
+            ("timestamp", vec![image_timestamp.public_key().clone()], 1),
+        ],
+    };
+    let root_expires = now + ROOT_LIFETIME_SECS;
+    let root = repo::root_metadata(1, Timestamp::from_unix(root_expires), &roles);
+    let root_bytes = sign_metadata(&root, &[&image_root])?;
+    let targets_expires = now + TARGETS_LIFETIME_SECS;
+    let targets = Targets {
+        common: Common::new("targets", 1, Timestamp::from_unix(targets_expires)),
+        targets: BTreeMap::new(),
+        delegations: None,
+        unrecognized: Map::new(),
+    };
+    let targets_bytes = sign_metadata(&targets, &[&image_targets])?;
+    let director_root = director.root_bytes(1, now)?;
+
+    let db = Db::open(&data.join(layout::DB_FILE))?;
+    db.write(|tx| {
+        tx.insert_meta(IMAGE, "root", 1, root_expires, &root_bytes)?;
+        tx.insert_meta(IMAGE, "targets", 1, targets_expires, &targets_bytes)?;
+        repo::publish_snapshot(tx, IMAGE, std::slice::from_ref(&image_snapshot), now)?;
+        repo::publish_timestamp(tx, IMAGE, std::slice::from_ref(&image_timestamp), now)?;
+        tx.insert_meta(repo::DIRECTOR, "root", 1, root_expires, &director_root)?;
+        tx.event(None, None, "init", "data directory created", now)?;
+        Ok(())
+    })?;
+
+    let config_file = data.join(CONFIG_FILE);
+    let abs = std::fs::canonicalize(data).unwrap_or_else(|_| data.clone());
+    let text = format!(
+        "# secureev-server configuration (written by `secureev-server init`)\n\
+         data_dir = {:?}\nlisten = \"{}\"\n",
+        abs.display().to_string(),
+        opts.listen
+    );
+    write_public(&config_file, text.as_bytes())?;
+    // Validate what we wrote.
+    Config::parse_str(&text)?;
+    Ok(InitReport {
+        config_file,
+        admin_token: token,
+    })
+}

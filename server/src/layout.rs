@@ -1,0 +1,147 @@
+//! The data directory layout and the on-disk key store.
+//!
+//! ```text
+//! <data_dir>/
+//!   server.toml                 configuration written by `init`
+//!   admin-token                 bearer token of the admin API (0600)
+//!   db.sqlite                   registry, metadata, assignments, manifests, events
+//!   blobs/sha256/<hex>          image blobs, content-addressed
+//!   tls/ca.pem, tls/ca-key.pem  development CA (`init` only)
+//!   tls/server.pem, tls/server-key.pem
+//!   keys/director/<role>/<keyid>.pem   Director keys (all online)
+//!   keys/image/{snapshot,timestamp}/<keyid>.pem  Image repository online keys
+//! <offline_dir>/
+//!   image/{root,targets}/<keyid>.pem   Image repository offline keys; `serve`
+//!                                       never reads this directory
+//! ```
+
+use crate::error::{Error, Result};
+use secureev_uptane::SigningKey;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// SQLite database file.
+pub const DB_FILE: &str = "db.sqlite";
+/// Admin token file.
+pub const ADMIN_TOKEN: &str = "admin-token";
+/// Development CA certificate.
+pub const CA_CERT: &str = "tls/ca.pem";
+/// Development CA private key.
+pub const CA_KEY: &str = "tls/ca-key.pem";
+/// Server certificate chain.
+pub const SERVER_CERT: &str = "tls/server.pem";
+/// Server private key.
+pub const SERVER_KEY: &str = "tls/server-key.pem";
+/// Blob directory.
+pub const BLOBS: &str = "blobs/sha256";
+/// Key directory.
+pub const KEYS: &str = "keys";
+
+/// Create `path` with mode 0600 and write `data`; refuses to overwrite.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// Create `path` with mode 0644 and write `data`; refuses to overwrite.
+pub fn write_public(path: &Path, data: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    f.write_all(data)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// Directory of one role's keys: `<base>/<repo>/<role>`.
+pub fn role_dir(base: &Path, repo: &str, role: &str) -> PathBuf {
+    base.join(repo).join(role)
+}
+
+/// Store a private key as `<base>/<repo>/<role>/<keyid>.pem` (0600).
+pub fn store_key(base: &Path, repo: &str, role: &str, key: &SigningKey) -> Result<()> {
+    let path = role_dir(base, repo, role).join(format!("{}.pem", key.keyid()));
+    write_private(&path, key.to_pkcs8_pem().as_bytes())
+}
+
+/// Load every key of a role. An empty or missing directory is an error: a
+/// role without keys cannot sign.
+pub fn load_keys(base: &Path, repo: &str, role: &str) -> Result<Vec<SigningKey>> {
+    let dir = role_dir(base, repo, role);
+    let entries =
+        std::fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+        .collect();
+    paths.sort();
+    let mut keys = Vec::new();
+    for p in paths {
+        let pem = std::fs::read_to_string(&p)
+            .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+        keys.push(SigningKey::from_pkcs8_pem(&pem)?);
+    }
+    if keys.is_empty() {
+        return Err(Error::Config(format!(
+            "no {repo} {role} keys in {}",
+            dir.display()
+        )));
+    }
+    Ok(keys)
+}
+
+/// After a rotation: make `keys` the role's keys on disk. Keys in
+/// `<role>.pending/` that are in `keys` move into `<role>/`; keys in `<role>/`
+/// that are not move to `<role>.retired/`; unused pending keys stay pending.
+pub fn promote_keys(base: &Path, repo: &str, role: &str, keys: &[SigningKey]) -> Result<()> {
+    let dir = role_dir(base, repo, role);
+    let pending = role_dir(base, repo, &format!("{role}.pending"));
+    let retired = role_dir(base, repo, &format!("{role}.retired"));
+    let wanted = |p: &Path| {
+        p.file_stem()
+            .and_then(|s| s.to_str())
+            .is_some_and(|id| keys.iter().any(|k| k.keyid() == id))
+    };
+    let mv = |from: &Path, to_dir: &Path| -> Result<()> {
+        std::fs::create_dir_all(to_dir)
+            .map_err(|e| Error::io(format!("creating {}", to_dir.display()), e))?;
+        if let Some(name) = from.file_name() {
+            std::fs::rename(from, to_dir.join(name))
+                .map_err(|e| Error::io(format!("moving {}", from.display()), e))?;
+        }
+        Ok(())
+    };
+    if let Ok(entries) = std::fs::read_dir(&pending) {
+        for p in entries.flatten().map(|e| e.path()) {
+            if wanted(&p) {
+                mv(&p, &dir)?;
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for p in entries.flatten().map(|e| e.path()) {
+            if !wanted(&p) {
+                mv(&p, &retired)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! Test harness: a real server over TLS on loopback, and a simulated vehicle.
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
+
+use secureev_server::client::{http_client, AdminClient, Reply, VehicleClient};
+use secureev_server::config::Config;
+use secureev_server::init::{init, InitOptions};
+use secureev_server::layout;
+use secureev_uptane::encryption::EcuDecryptionKey;
+use secureev_uptane::manifest::{
+    sign_ecu_report, sign_manifest, EcuVersionReport, VehicleManifest,
+};
+use secureev_uptane::trusted::TrustedRepository;
+use secureev_uptane::uptane::{full_verification, EcuInfo, FullVerification, UpdatePlan, Vehicle};
+use secureev_uptane::{did, SigningKey, Timestamp, Verified};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub struct Harness {
+    pub base: String,
+    pub admin: AdminClient,
+    pub http: reqwest::Client,
+    pub data: PathBuf,
+    pub offline: PathBuf,
+    pub root: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn temp_root(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let p = std::env::temp_dir().join(format!(
+        "secureev-server-{tag}-{}-{n}-{}",
+        std::process::id(),
+        secureev_server::unix_now()
+    ));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+pub async fn start(tag: &str) -> Harness {
+    let root = temp_root(tag);
+    let data = root.join("data");
+    let offline = root.join("offline");
+    init(&InitOptions {
+        data_dir: data.clone(),
+        offline_dir: offline.clone(),
+        hostnames: vec!["localhost".into(), "127.0.0.1".into()],
+        listen: "127.0.0.1:0".parse().unwrap(),
+    })
+    .unwrap();
+    let mut config = Config::load(&data.join("server.toml")).unwrap();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let server = secureev_server::bind(config).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(server.serve(async move {
+        let _ = rx.await;
+    }));
+    let base = format!("https://{addr}");
+    let ca = std::fs::read(data.join(layout::CA_CERT)).unwrap();
+    let http = http_client(Some(&ca)).unwrap();
+    let token = std::fs::read_to_string(data.join(layout::ADMIN_TOKEN)).unwrap();
+    let admin = AdminClient::new(http.clone(), &base, &token);
+    Harness {
+        base,
+        admin,
+        http,
+        data,
+        offline,
+        root,
+        stop: Some(tx),
+    }
+}
+
+pub struct TestEcu {
+    pub serial: String,
+    pub hardware_id: String,
+    pub key: SigningKey,
+    pub enc: EcuDecryptionKey,
+    pub counter: u64,
+}
+
+pub struct TestVehicle {
+    pub vin: String,
+    pub primary: String,
+    pub ecus: Vec<TestEcu>,
+    pub client: VehicleClient,
+    pub counter: u64,
+}
+
+impl TestVehicle {
+    pub fn new(h: &Harness, vin: &str, ecus: &[(&str, &str)]) -> Self {
+        let ecus: Vec<TestEcu> = ecus
+            .iter()
+            .map(|(s, hw)| TestEcu {
+                serial: (*s).into(),
+                hardware_id: (*hw).into(),
+                key: SigningKey::generate_p256(),
+                enc: EcuDecryptionKey::generate(),
+                counter: 0,
+            })
+            .collect();
+        let client = VehicleClient::new(h.http.clone(), &h.base, vin, ecus[0].key.clone());
+        TestVehicle {
+            vin: vin.into(),
+            primary: ecus[0].serial.clone(),
+            ecus,
+            client,
+            counter: 0,
+        }
+    }
+
+    pub fn registration(&self) -> Value {
+        json!({
+            "vin": self.vin,
+            "primary_serial": self.primary,
+            "ecus": self.ecus.iter().map(|e| json!({
+                "serial": e.serial,
+                "hardware_id": e.hardware_id,
+                "public_key": did::to_did(&e.key.verifying_key()),
+                "encryption_key": e.enc.public().to_hex(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    pub async fn register(&self, h: &Harness) {
+        let r = h
+            .admin
+            .post("/admin/vehicles", &self.registration())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+
+    pub fn ecu(&self, serial: &str) -> &TestEcu {
+        self.ecus.iter().find(|e| e.serial == serial).unwrap()
+    }
+
+    pub fn uptane_vehicle(
+        &self,
+        installed: &[(&str, secureev_uptane::uptane::InstalledImage)],
+    ) -> Vehicle {
+        Vehicle::new(
+            &self.vin,
+            &self.primary,
+            self.ecus.iter().map(|e| EcuInfo {
+                serial: e.serial.clone(),
+                hardware_id: e.hardware_id.clone(),
+                installed: installed
+                    .iter()
+                    .find(|(s, _)| *s == e.serial)
+                    .map(|(_, i)| i.clone()),
+            }),
+        )
+    }
+
+    async fn fetch_repo(
+        &self,
+        h: &Harness,
+        name: &str,
+        prefix: &str,
+        root: &[u8],
+        now: Timestamp,
+    ) -> TrustedRepository {
+        let _ = h;
+        let mut repo = TrustedRepository::new(name, root).unwrap();
+        let ts = self
+            .client
+            .get(&format!("{prefix}/timestamp.json"))
+            .await
+            .unwrap();
+        assert_eq!(
+            ts.status,
+            200,
+            "{name} timestamp: {}",
+            String::from_utf8_lossy(&ts.body)
+        );
+        repo.update_timestamp(&ts.body, now).unwrap();
+        let req = repo.snapshot_request().unwrap();
+        let sn = self
+            .client
+            .get(&format!("{prefix}/{}.snapshot.json", req.version.unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(sn.status, 200);
+        repo.update_snapshot(&sn.body, now, false).unwrap();
+        let req = repo.targets_request("targets").unwrap();
+        let tg = self
+            .client
+            .get(&format!("{prefix}/{}.targets.json", req.version.unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(tg.status, 200);
+        repo.update_targets(&tg.body, now).unwrap();
+        repo
+    }
+
+    /// A Primary's full verification against both repositories.
+    pub async fn full_verification(
+        &self,
+        h: &Harness,
+        installed: &[(&str, secureev_uptane::uptane::InstalledImage)],
+    ) -> Verified<UpdatePlan> {
+        let now = Timestamp::from_unix(secureev_server::unix_now());
+        let droot = h
+            .admin
+            .get("/admin/director/root")
+            .await
+            .unwrap()
+            .ok()
+            .unwrap()
+            .body;
+        let iroot = h
+            .admin
+            .get("/admin/image/root")
+            .await
+            .unwrap()
+            .ok()
+            .unwrap()
+            .body;
+        let director = self
+            .fetch_repo(
+                h,
+                "director",
+                &format!("/director/{}", self.vin),
+                &droot,
+                now,
+            )
+            .await;
+        let image = self.fetch_repo(h, "image", "/image", &iroot, now).await;
+        match full_verification(&director, &image, &self.uptane_vehicle(installed)).unwrap() {
+            FullVerification::Done(plan) => plan,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Build a signed manifest; `installed` maps serial → (name, bytes, release counter).
+    pub fn manifest(&mut self, installed: &[(&str, &str, &[u8], u64)]) -> Vec<u8> {
+        let now = Timestamp::from_unix(secureev_server::unix_now());
+        self.counter += 1;
+        let mut m = VehicleManifest::new(&self.vin, &self.primary, self.counter);
+        for e in &mut self.ecus {
+            e.counter += 1;
+            let mut r = EcuVersionReport::new(&e.serial, &e.hardware_id, now, e.counter);
+            if let Some((_, name, bytes, rc)) = installed.iter().find(|(s, ..)| *s == e.serial) {
+                let tf = secureev_uptane::builder::target_file(bytes, None);
+                r = r.with_installed_image(
+                    secureev_uptane::manifest::InstalledImage::new(*name, tf.length, tf.hashes)
+                        .with_release_counter(*rc),
+                );
+            }
+            m.add_report(sign_ecu_report(&r, &e.key).unwrap()).unwrap();
+        }
+        serde_json::to_vec(&sign_manifest(&m, &self.ecus[0].key).unwrap()).unwrap()
+    }
+
+    pub async fn send_manifest(&self, body: &[u8]) -> Reply {
+        self.client
+            .put_json(&format!("/director/{}/manifest", self.vin), body)
+            .await
+            .unwrap()
+    }
+}
+
+pub fn error_code(r: &Reply) -> String {
+    r.json()["error"]
+        .as_str()
+        .unwrap_or("<no JSON error body>")
+        .to_owned()
+}
