@@ -84,6 +84,9 @@ struct Inner {
     operation: Option<CancellationToken>,
     installing: bool,
     attacks: Vec<Attack>,
+    /// How start-up settled an install that a shutdown or kill interrupted:
+    /// reported in the next manifest as the installation result.
+    recovered: Option<(bool, String, String)>,
 }
 
 /// The update agent (see the module documentation).
@@ -138,6 +141,7 @@ fn error_code(e: &Error) -> ErrorCode {
 fn attack_of(e: &Error) -> Option<Attack> {
     match e {
         Error::Uptane { source, .. } => source.attack(),
+        Error::SlowRetrieval { .. } => Some(Attack::SlowRetrieval),
         _ => None,
     }
 }
@@ -162,7 +166,32 @@ impl Agent {
             inhibit_dir,
         });
         agent.publish_ecus();
+        agent.note_recovery();
         agent
+    }
+
+    /// Turn the start-up recovery of an interrupted install into a history
+    /// entry and the next manifest's installation result.
+    fn note_recovery(&self) {
+        use crate::install::Recovery;
+        let (ok, code, facts) = match &self.daemon.recovery {
+            Recovery::Clean => return,
+            Recovery::Completed(f) => (true, "completed-after-restart", f),
+            Recovery::NotInstalled(f) => (false, "interrupted-not-installed", f),
+            Recovery::Interrupted(f) => (false, "interrupted", f),
+        };
+        let message = format!(
+            "install of {} on {} was interrupted by a shutdown: {code}",
+            facts.name, facts.ecu_serial
+        );
+        tracing::warn!("{message}");
+        let error = if ok {
+            ErrorCode::Ok
+        } else {
+            ErrorCode::InstallFailed
+        };
+        self.history("install", "", error, &message);
+        self.lock().recovered = Some((ok, code.to_owned(), message));
     }
 
     /// The state handle (for tests and the D-Bus service).
@@ -633,6 +662,12 @@ impl Agent {
                     .with_release_counter(r.release_counter),
             );
         }
+        // An interrupted install is reported once: in this manifest, unless
+        // a new install result supersedes it.
+        let recovered = self.lock().recovered.take();
+        let result = result.or(recovered
+            .as_ref()
+            .map(|(ok, code, message)| (*ok, code.as_str(), message.as_str())));
         if let Some((success, code, message)) = result {
             report = report.with_installation_result(
                 secureev_uptane::manifest::InstallationResult::new(success, code, message),
@@ -756,10 +791,7 @@ impl Agent {
         let targets = match self.download(&plan, &cancel).await {
             Ok(t) => t,
             Err(e) => {
-                if let Some(a) = attack_of(&e).or(match &e {
-                    Error::SlowRetrieval { .. } => None,
-                    _ => None,
-                }) {
+                if let Some(a) = attack_of(&e) {
                     self.lock().attacks.push(a);
                     let attacks = self.lock().attacks.clone();
                     if let Err(r) = self.report(&attacks, None).await {

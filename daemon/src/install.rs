@@ -189,6 +189,23 @@ fn sha256_of(path: &Path) -> Result<Option<String>> {
     }
 }
 
+/// Remove `.<name>.tmp-*` files that an earlier, killed process left beside
+/// `path` (the state lock guarantees no other daemon is writing them).
+fn remove_stale_side_files(path: &Path) {
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(path.file_name().unwrap_or_default());
+    prefix.push(".tmp-");
+    let prefix = prefix.to_string_lossy().into_owned();
+    let Ok(dir) = std::fs::read_dir(parent(path)) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn side_path(path: &Path, tag: &str) -> PathBuf {
     let mut name = std::ffi::OsString::from(".");
     name.push(path.file_name().unwrap_or_default());
@@ -316,6 +333,15 @@ impl Installer for FileInstaller {
         facts: &'a TargetFacts,
     ) -> BoxFuture<'a, Result<InstallCheck>> {
         Box::pin(async move {
+            // Regression (e2e_crash): a kill mid-install left the temporary
+            // copy behind, one image of disk per kill.
+            match &self.target {
+                FileTarget::Single(p) => remove_stale_side_files(p),
+                FileTarget::AbSlots { slots, current } => {
+                    slots.iter().for_each(|s| remove_stale_side_files(s));
+                    remove_stale_side_files(current);
+                }
+            }
             let Some(active) = self.active_file() else {
                 return Ok(InstallCheck::NotInstalled);
             };

@@ -336,6 +336,9 @@ pub enum Attack {
     MixAndMatch,
     /// Endless data.
     EndlessData,
+    /// Slow retrieval: data arrives below the minimum rate (detected by the
+    /// I/O side; the core never sees a clock).
+    SlowRetrieval,
     /// Image for other hardware.
     WrongHardwareId,
     /// Image for another ECU or vehicle.
@@ -353,6 +356,7 @@ impl Attack {
             Attack::Freeze => "freeze",
             Attack::MixAndMatch => "mix-and-match",
             Attack::EndlessData => "endless-data",
+            Attack::SlowRetrieval => "slow-retrieval",
             Attack::WrongHardwareId => "wrong-hardware-id",
             Attack::WrongEcu => "wrong-ecu",
             Attack::ReleaseCounterRollback => "release-counter-rollback",
