@@ -97,6 +97,8 @@ pub struct Agent {
     inner: Mutex<Inner>,
     trigger: Mutex<Option<Trigger>>,
     inhibit_dir: PathBuf,
+    /// One transport per `[[secondary]]` (UDS over ISO-TP or DoIP).
+    secondaries: BTreeMap<String, Arc<dyn crate::install::SecondaryTransport>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -157,7 +159,20 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_INHIBIT_DIR));
         daemon.downloader.set_signer(backend.image_signer());
+        let clock = daemon.clock.clone();
+        let secondaries = match crate::secondary::transports_from_config_with(
+            &daemon.config,
+            Arc::new(move || clock.now().now.unix()),
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                // Each such ECU is then reported unreachable; the others update.
+                tracing::error!("secondary transports: {e}");
+                BTreeMap::new()
+            }
+        };
         let agent = Arc::new(Agent {
+            secondaries,
             daemon,
             backend,
             state,
@@ -559,13 +574,8 @@ impl Agent {
             let result = if target.ecu_serial() == primary {
                 self.install_primary(target, path).await
             } else {
-                // Secondary transports (UDS over ISO-TP, DoIP) plug in here;
-                // without one, the ECU is reported unreachable and the other
-                // ECUs' updates go on.
-                Err(Error::Secondary {
-                    ecu: target.ecu_serial().to_owned(),
-                    reason: "no transport is available for this secondary in this build".into(),
-                })
+                self.install_secondary(target, path, done - target.length(), total)
+                    .await
             };
             match result {
                 Ok(()) => installed.push(target.ecu_serial().to_owned()),
@@ -585,6 +595,68 @@ impl Agent {
             Some(e) => Err(e),
             None => Ok(installed),
         }
+    }
+
+    /// Forward a verified image to a secondary: its metadata (partial or full
+    /// verification on the ECU), the image as served (still encrypted when the
+    /// Director wrapped a key for the ECU), then activation. A failure touches
+    /// only this ECU.
+    async fn install_secondary(
+        &self,
+        target: &UpdateTarget,
+        path: &Path,
+        base: u64,
+        total: u64,
+    ) -> Result<()> {
+        let serial = target.ecu_serial();
+        let unreachable = |reason: &str| Error::Secondary {
+            ecu: serial.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let transport = self
+            .secondaries
+            .get(serial)
+            .ok_or_else(|| unreachable("no [[secondary]] transport is configured for this ECU"))?;
+        let verification = self
+            .daemon
+            .config
+            .secondaries
+            .iter()
+            .find(|s| s.serial == serial)
+            .map(|s| s.verification)
+            .unwrap_or_default();
+        let bundle = crate::secondary::metadata_bundle(&self.daemon.store, verification)?;
+        transport.send_metadata(&bundle).await?;
+        let mut facts = TargetFacts::for_target(target)?;
+        // The ECU checks what it receives: the bytes as served (for encrypted
+        // images it decrypts and checks the plaintext itself).
+        facts.length = target.length();
+        if let Some(h) = target.assignment.director_target.hashes.get("sha256") {
+            facts.sha256 = h.clone();
+        }
+        let name = target.name().to_owned();
+        let progress = |p: DlProgress| {
+            self.progress(
+                State::Installing,
+                base + p.done,
+                total,
+                serial,
+                &format!("sending {name} to {serial}"),
+            );
+        };
+        transport.send_image(path, &facts, &progress).await?;
+        transport.activate(&facts).await?;
+        self.daemon.store.set_installed(
+            serial,
+            InstalledRecord {
+                name: target.name().to_owned(),
+                length: target.length(),
+                hashes: target.assignment.director_target.hashes.clone(),
+                release_counter: target.release_counter,
+                installed_at: self.now().unix(),
+            },
+        )?;
+        Ok(())
     }
 
     async fn install_primary(&self, target: &UpdateTarget, path: &Path) -> Result<()> {
@@ -690,19 +762,39 @@ impl Agent {
     // ---- provisioning -----------------------------------------------------------------
 
     /// Register this vehicle and its Primary's keys with the backend's registry
-    /// (`POST /admin/vehicles`, authorised by the operator's token). Secondaries
-    /// register their own keys through the backend operator.
+    /// (`POST /admin/vehicles`, authorised by the operator's token), with
+    /// every secondary's identity read over its transport.
     async fn register(&self, base: &str, token: &str) -> Result<()> {
         let c = &self.daemon.config;
+        let mut ecus = vec![serde_json::json!({
+            "serial": c.vehicle.primary_serial,
+            "hardware_id": c.vehicle.hardware_id,
+            "public_key": self.daemon.keys.did(),
+            "encryption_key": self.daemon.keys.encryption_public().to_hex(),
+        })];
+        // Each secondary is asked for its identity over its transport; one
+        // that cannot be reached fails the registration (the vehicle would
+        // otherwise be registered without it).
+        for (serial, transport) in &self.secondaries {
+            let info = transport.info().await?;
+            let did = info.did.ok_or_else(|| Error::Secondary {
+                ecu: serial.clone(),
+                reason: "its transport cannot read the ECU's public key".into(),
+            })?;
+            let mut ecu = serde_json::json!({
+                "serial": info.serial,
+                "hardware_id": info.hardware_id,
+                "public_key": did,
+            });
+            if let Some(k) = info.encryption_key {
+                ecu["encryption_key"] = serde_json::Value::String(k.to_hex());
+            }
+            ecus.push(ecu);
+        }
         let body = serde_json::json!({
             "vin": c.vehicle.vin,
             "primary_serial": c.vehicle.primary_serial,
-            "ecus": [{
-                "serial": c.vehicle.primary_serial,
-                "hardware_id": c.vehicle.hardware_id,
-                "public_key": self.daemon.keys.did(),
-                "encryption_key": self.daemon.keys.encryption_public().to_hex(),
-            }],
+            "ecus": ecus,
         });
         let url = format!("{base}/admin/vehicles");
         let resp = self

@@ -561,6 +561,9 @@ pub struct SecondaryInfo {
     pub hardware_id: String,
     /// Its X25519 public key for image encryption, if it has one.
     pub encryption_key: Option<secureev_uptane::encryption::EcuEncryptionPublicKey>,
+    /// Its report-signing key as a `did:key`, when the transport can read it
+    /// (registered with the backend at provisioning).
+    pub did: Option<String>,
 }
 
 /// How the Primary talks to one secondary ECU (CAN/ISO-TP or DoIP). The

@@ -37,6 +37,7 @@ pub mod install;
 pub mod keys;
 pub mod notify;
 pub mod schedule;
+pub mod secondary;
 pub mod store;
 
 pub use daemon::{run, run_with, Daemon, Integrations};

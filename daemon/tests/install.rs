@@ -365,6 +365,7 @@ impl SecondaryTransport for FakeSecondary {
                 serial: "BMS-1".into(),
                 hardware_id: "bms".into(),
                 encryption_key: None,
+                did: None,
             })
         })
     }

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs inside the test VM (or directly on a host that has vcan), as root.
+# Called by run-vm.sh as: guest.sh OUT_DIR
+#   OUT_DIR/tests.list   test executables to run, one path per line
+#   OUT_DIR/bench.list   benchmark executables (optional)
+# Writes OUT_DIR/logs/*.log, OUT_DIR/results.tsv (name, exit code, seconds),
+# OUT_DIR/bench.md and finally the marker OUT_DIR/guest-done.
+set -uo pipefail
+
+out="$1"
+mkdir -p "$out/logs"
+date +%s.%N > "$out/guest-start"
+exec > >(tee -a "$out/logs/guest.log") 2>&1
+
+echo "guest: kernel $(uname -r), $(nproc) cpus, uptime $(cut -d' ' -f1 /proc/uptime) s"
+fail() { echo "guest: FATAL: $*"; echo "fatal: $*" > "$out/guest-fatal"; exit 1; }
+
+for m in can can-raw can-isotp vcan; do
+    modprobe "$m" || fail "modprobe $m"
+done
+# vcan0: classic CAN (MTU 16); vcan1: CAN FD (MTU 72).
+for spec in vcan0:16 vcan1:72; do
+    dev="${spec%%:*}" mtu="${spec##*:}"
+    ip link show "$dev" >/dev/null 2>&1 || ip link add dev "$dev" type vcan || fail "ip link add $dev"
+    ip link set "$dev" down
+    ip link set "$dev" mtu "$mtu" || fail "mtu $mtu on $dev"
+    ip link set "$dev" up || fail "ip link set $dev up"
+done
+ip -d link show vcan0 | head -2
+ip -d link show vcan1 | head -2
+echo "guest: can-isotp max PDU: $(cat /sys/module/can_isotp/parameters/max_pdu_size 2>/dev/null || echo 'built-in (no max_pdu_size parameter)')"
+
+export SECUREEV_VCAN=vcan0 SECUREEV_VCAN_FD=vcan1 SECUREEV_REQUIRE_VCAN=1
+export RUST_BACKTRACE=1
+
+: > "$out/results.tsv"
+while IFS= read -r exe; do
+    [ -n "$exe" ] || continue
+    name="$(basename "$exe")"
+    echo "guest: running $name"
+    t0=$(date +%s.%N)
+    timeout --kill-after=10 "${SECUREEV_TEST_TIMEOUT:-900}" "$exe" --test-threads=2 \
+        </dev/null > "$out/logs/$name.log" 2>&1
+    rc=$?
+    t1=$(date +%s.%N)
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    printf '%s\t%s\t%s\n' "$name" "$rc" "$secs" >> "$out/results.tsv"
+    grep -E '^test result:|FAILED|panicked' "$out/logs/$name.log" | head -20
+    echo "guest: $name exit $rc in ${secs}s"
+done < "$out/tests.list"
+
+if [ -s "$out/bench.list" ]; then
+    while IFS= read -r exe; do
+        [ -n "$exe" ] || continue
+        echo "guest: benchmark $(basename "$exe")"
+        timeout --kill-after=10 600 "$exe" --iface vcan0 --fd-iface vcan1 --mib "${SECUREEV_BENCH_MIB:-0.5}" --markdown "$out/bench.md" \
+            </dev/null > "$out/logs/bench.log" 2>&1
+        rc=$?
+        printf '%s\t%s\t-\n' "bench:$(basename "$exe")" "$rc" >> "$out/results.tsv"
+        cat "$out/logs/bench.log"
+    done < "$out/bench.list"
+fi
+
+echo "guest: done, uptime $(cut -d' ' -f1 /proc/uptime) s"
+touch "$out/guest-done"

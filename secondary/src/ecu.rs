@@ -1,0 +1,956 @@
+//! [`Ecu`]: the secondary ECU's behaviour behind the UDS protocol
+//! ([`secureev_uds::server::EcuBackend`]): the DIDs and routines of
+//! `docs/secondary-protocol.md`, Uptane verification with the time the Primary
+//! wrote, A/B slot files, and signed version reports.
+//!
+//! Time is injected: verification uses the time written to DID `TIME`, never
+//! below the persisted time floor; the host passes `Instant`s to the UDS
+//! server only for protocol timers.
+
+use crate::config::{Config, Verification, MAX_METADATA_LEN};
+use crate::error::{Error, Result};
+use crate::keys::EcuKeys;
+use crate::state::{Installed, LastInstall, Repo, Slot, State, StateDir};
+use secureev_uds::codec::{ResetType, RoutineControlType, Session};
+use secureev_uds::protocol::{
+    self, did, routine, Capabilities, MetadataRole, Region, ReportInfo, ResultCode,
+    VerificationType,
+};
+use secureev_uds::server::{Context, DownloadRequest, EcuBackend, ImageSink, Progress};
+use secureev_uds::Nrc;
+use secureev_uptane::encryption::{EncryptionInfo, StreamDecryptor};
+use secureev_uptane::manifest::{
+    sign_ecu_report, EcuVersionReport, InstallationResult, ATTACK_SEPARATOR,
+};
+use secureev_uptane::trusted::{Layout, TargetSearch, TrustedRepository};
+use secureev_uptane::uptane::{match_image, partial_verification, EcuInfo, InstalledImage};
+use secureev_uptane::Timestamp;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Metadata written by the Primary and not yet verified. Dropped on a return to
+/// the default session (`docs/secondary-protocol.md` §2).
+#[derive(Debug, Default)]
+struct Staged {
+    roles: BTreeMap<MetadataRole, Vec<u8>>,
+    director_roots: Vec<Vec<u8>>,
+    image_roots: Vec<Vec<u8>>,
+}
+
+impl Staged {
+    fn put(&mut self, role: MetadataRole, bytes: Vec<u8>) {
+        match role {
+            MetadataRole::DirectorRoot => self.director_roots.push(bytes),
+            MetadataRole::ImageRoot => self.image_roots.push(bytes),
+            other => {
+                self.roles.insert(other, bytes);
+            }
+        }
+    }
+}
+
+/// The target verify-metadata accepted for this ECU.
+#[derive(Debug, Clone)]
+struct Accepted {
+    name: String,
+    length: u64,
+    hashes: BTreeMap<String, String>,
+    release_counter: u64,
+    encryption: Option<EncryptionInfo>,
+}
+
+#[derive(Debug)]
+enum Download {
+    Metadata { role: MetadataRole, buf: Vec<u8> },
+    Image { file: File, path: PathBuf },
+}
+
+/// The outcome of an Uptane check: result code and detail.
+type Outcome = (ResultCode, String);
+
+/// The secondary ECU (see the module documentation).
+pub struct Ecu {
+    serial: String,
+    hardware_id: String,
+    verification: Verification,
+    max_pdu: u32,
+    shipped_director_root: Vec<u8>,
+    shipped_image_root: Option<Vec<u8>>,
+    slots: [PathBuf; 2],
+    keys: EcuKeys,
+    dir: StateDir,
+    state: State,
+    staged: Staged,
+    time_written: Option<i64>,
+    accepted: Option<Accepted>,
+    download: Option<Download>,
+    /// The inactive slot holds the complete download.
+    image_received: bool,
+    /// The inactive slot holds the verified (decrypted) image.
+    image_verified: bool,
+    /// The verify-image worker, while it runs.
+    job: Option<std::sync::mpsc::Receiver<secureev_uptane::Result<()>>>,
+    last_result: Outcome,
+    report: Vec<u8>,
+    resets: u64,
+}
+
+impl std::fmt::Debug for Ecu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ecu")
+            .field("serial", &self.serial)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io("read", path, e))
+}
+
+fn outcome_of(e: &secureev_uptane::Error) -> Outcome {
+    (ResultCode::from_uptane_error(e), e.to_string())
+}
+
+/// `signed.version` of a metadata file, if it parses.
+fn version_of(bytes: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    v.get("signed")?.get("version")?.as_u64()
+}
+
+impl Ecu {
+    /// Open the ECU: state directory, keys (created on first start), state, and
+    /// the shipped roots (checked to verify).
+    pub fn open(config: &Config) -> Result<Self> {
+        let dir = StateDir::open(&config.state_dir)?;
+        let keys = crate::keys::load_or_create(dir.path())?;
+        let state = dir.load()?;
+        let shipped_director_root = read_file(&config.director_root)?;
+        TrustedRepository::new("director", &shipped_director_root).map_err(|e| Error::Root {
+            path: config.director_root.clone(),
+            error: Box::new(e),
+        })?;
+        let shipped_image_root = match (&config.image_root, config.verification) {
+            (Some(p), Verification::Full) => {
+                let b = read_file(p)?;
+                TrustedRepository::new("image", &b).map_err(|e| Error::Root {
+                    path: p.clone(),
+                    error: Box::new(e),
+                })?;
+                Some(b)
+            }
+            _ => None,
+        };
+        Ok(Ecu {
+            serial: config.serial.clone(),
+            hardware_id: config.hardware_id.clone(),
+            verification: config.verification,
+            max_pdu: config.max_pdu,
+            shipped_director_root,
+            shipped_image_root,
+            slots: [
+                config.in_state(&config.slot_a),
+                config.in_state(&config.slot_b),
+            ],
+            keys,
+            dir,
+            state,
+            staged: Staged::default(),
+            time_written: None,
+            accepted: None,
+            download: None,
+            image_received: false,
+            image_verified: false,
+            job: None,
+            last_result: (ResultCode::NoUpdate, String::new()),
+            report: Vec::new(),
+            resets: 0,
+        })
+    }
+
+    /// The persistent state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The ECU's keys.
+    pub fn keys(&self) -> &EcuKeys {
+        &self.keys
+    }
+
+    /// The file of a slot.
+    pub fn slot_path(&self, slot: Slot) -> &Path {
+        match slot {
+            Slot::A => &self.slots[0],
+            Slot::B => &self.slots[1],
+        }
+    }
+
+    /// ECUReset requests accepted so far (the host restarts nothing: the new
+    /// slot is already recorded as active).
+    pub fn resets(&self) -> u64 {
+        self.resets
+    }
+
+    fn inactive_path(&self) -> PathBuf {
+        self.slot_path(self.state.active_slot.other()).to_owned()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            version: protocol::PROTOCOL_VERSION,
+            verification: match self.verification {
+                Verification::Partial => VerificationType::Partial,
+                Verification::Full => VerificationType::Full,
+            },
+            max_pdu: self.max_pdu,
+            encryption: true,
+        }
+    }
+
+    fn save_state(&self) -> std::result::Result<(), Nrc> {
+        self.dir.save(&self.state).map_err(|e| {
+            tracing::error!("cannot save state: {e}");
+            Nrc::GeneralProgrammingFailure
+        })
+    }
+
+    fn record_attack(&mut self, code: ResultCode) {
+        let b = code.as_byte();
+        if (0x10..=0x17).contains(&b) {
+            let name = code.name().to_owned();
+            if !self.state.attacks.contains(&name) {
+                self.state.attacks.push(name);
+            }
+            let _ = self.save_state();
+        }
+    }
+
+    fn ecu_info(&self) -> EcuInfo {
+        EcuInfo {
+            serial: self.serial.clone(),
+            hardware_id: self.hardware_id.clone(),
+            installed: self.state.installed.as_ref().map(|i| InstalledImage {
+                name: i.name.clone(),
+                length: i.length,
+                hashes: i.hashes.clone(),
+                release_counter: i.release_counter,
+            }),
+        }
+    }
+
+    // ---- verify-metadata ----------------------------------------------------------
+
+    fn verify_metadata(&mut self) -> Outcome {
+        self.accepted = None;
+        self.image_received = false;
+        self.image_verified = false;
+        self.job = None;
+        let outcome = match self.verify_metadata_inner() {
+            Ok(o) => o,
+            Err(e) => outcome_of(&e),
+        };
+        if !outcome.0.is_success() {
+            self.record_attack(outcome.0);
+        }
+        tracing::info!(code = outcome.0.name(), detail = %outcome.1, "verify-metadata");
+        outcome
+    }
+
+    /// Apply a staged root chain; roots not newer than the trusted one are
+    /// skipped (the Primary cannot know which version this ECU trusts).
+    fn apply_roots(repo: &mut TrustedRepository, roots: &[Vec<u8>]) -> secureev_uptane::Result<()> {
+        for r in roots {
+            if version_of(r).is_some_and(|v| v <= repo.root().common.version) {
+                continue;
+            }
+            // Uptane 2.1 §5.4.4.3 (1)-(4): N+1, signed by a threshold of the
+            // old and of its own keys.
+            repo.update_root(r)?;
+        }
+        Ok(())
+    }
+
+    fn trusted_root(&self, repo: Repo) -> Result<Vec<u8>, secureev_uptane::Error> {
+        let shipped = match repo {
+            Repo::Director => Some(self.shipped_director_root.clone()),
+            Repo::Image => self.shipped_image_root.clone(),
+        };
+        let stored = self.dir.metadata(repo, "root").ok().flatten();
+        stored
+            .or(shipped)
+            .ok_or_else(|| secureev_uptane::Error::Workflow("no trusted root".into()))
+    }
+
+    /// TUF roles of one repository for full verification: stored copies are
+    /// the rollback reference, staged ones the new state. Returns the bytes to
+    /// persist on success.
+    fn update_tuf(
+        &self,
+        repo: &mut TrustedRepository,
+        which: Repo,
+        now: Timestamp,
+    ) -> secureev_uptane::Result<Vec<(&'static str, Vec<u8>)>> {
+        use MetadataRole as R;
+        let (ts_role, snap_role, tgt_role) = match which {
+            Repo::Director => (
+                R::DirectorTimestamp,
+                R::DirectorSnapshot,
+                R::DirectorTargets,
+            ),
+            Repo::Image => (R::ImageTimestamp, R::ImageSnapshot, R::ImageTargets),
+        };
+        let stored = |role: &str| self.dir.metadata(which, role).ok().flatten();
+        let staged = |r: MetadataRole| self.staged.roles.get(&r).cloned();
+        let repo_name = repo.name().to_owned();
+        let missing = |role: &str| {
+            secureev_uptane::Error::Workflow(format!("{repo_name} {role} was not sent"))
+        };
+        let mut save = Vec::new();
+        // Uptane 2.1 §5.4.4.4: timestamp, with the stored one as the rollback
+        // reference.
+        let local_ts = stored("timestamp").map(|b| repo.update_timestamp_local(&b, now));
+        match staged(ts_role) {
+            Some(b) => {
+                repo.update_timestamp(&b, now)?;
+                save.push(("timestamp", b));
+            }
+            None => {
+                local_ts.ok_or_else(|| missing("timestamp"))??;
+            }
+        }
+        // §5.4.4.5: snapshot.
+        match (staged(snap_role), stored("snapshot")) {
+            (Some(b), old) => {
+                if let Some(old) = old {
+                    let _ = repo.update_snapshot(&old, now, true);
+                }
+                repo.update_snapshot(&b, now, false)?;
+                save.push(("snapshot", b));
+            }
+            (None, Some(old)) => repo.update_snapshot(&old, now, true)?,
+            (None, None) => return Err(missing("snapshot")),
+        }
+        // §5.4.4.6: targets.
+        match staged(tgt_role) {
+            Some(b) => {
+                repo.update_targets(&b, now)?;
+                save.push(("targets", b));
+            }
+            None => {
+                repo.update_targets(&stored("targets").ok_or_else(|| missing("targets"))?, now)?
+            }
+        }
+        Ok(save)
+    }
+
+    fn verify_metadata_inner(&mut self) -> secureev_uptane::Result<Outcome> {
+        let Some(written) = self.time_written else {
+            return Ok((ResultCode::NoTime, "no time written since power-up".into()));
+        };
+        // The ECU's clock never goes below the latest attested time.
+        let now = Timestamp::from_unix(written.max(self.state.time_floor.unwrap_or(i64::MIN)));
+        let ecu = self.ecu_info();
+
+        let mut director = TrustedRepository::new("director", &self.trusted_root(Repo::Director)?)?;
+        Self::apply_roots(&mut director, &self.staged.director_roots)?;
+        let mut save: Vec<(Repo, &'static str, Vec<u8>)> = Vec::new();
+        let mut image_repo = None;
+        match self.verification {
+            Verification::Partial => {
+                // Uptane 2.1 §5.4.4.1: "Load and verify the current time", then
+                // the Director targets against the Director root.
+                director = director.with_layout(Layout::RootAndTargetsOnly);
+                let targets = match self.staged.roles.get(&MetadataRole::DirectorTargets) {
+                    Some(b) => b.clone(),
+                    None => self
+                        .dir
+                        .metadata(Repo::Director, "targets")
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| {
+                            secureev_uptane::Error::Workflow(
+                                "director targets were not sent".into(),
+                            )
+                        })?,
+                };
+                director.update_targets(&targets, now)?;
+                save.push((Repo::Director, "targets", targets));
+            }
+            Verification::Full => {
+                // Uptane 2.1 §5.4.4.2 steps 2-5: the Director repository.
+                for (role, b) in self.update_tuf(&mut director, Repo::Director, now)? {
+                    save.push((Repo::Director, role, b));
+                }
+                // Steps 7-9: the Image repository.
+                let mut image = TrustedRepository::new("image", &self.trusted_root(Repo::Image)?)?;
+                Self::apply_roots(&mut image, &self.staged.image_roots)?;
+                for (role, b) in self.update_tuf(&mut image, Repo::Image, now)? {
+                    save.push((Repo::Image, role, b));
+                }
+                image_repo = Some(image);
+            }
+        }
+        // §5.4.4.6 (3): the Director targets version must not roll back. With
+        // root-and-targets only this is the one rollback reference.
+        let version = director.targets().map(|t| t.common.version).unwrap_or(0);
+        if let Some(trusted) = self.state.director_targets_version {
+            if version < trusted {
+                return Err(secureev_uptane::Error::Rollback {
+                    role: "targets".into(),
+                    trusted,
+                    offered: version,
+                });
+            }
+        }
+        // §5.4.4.6 (5)-(6) and this ECU's entry: hardware ID, release counter.
+        let assignment = partial_verification(&director, &ecu)?;
+        let accepted = match assignment {
+            None => None,
+            Some(a) if a.is_installed_on(&ecu) => None,
+            Some(a) => {
+                let release_counter = match &image_repo {
+                    // §5.4.4.2 step 10: the Image repository entry matches.
+                    Some(image) => self.match_in_image(image, &a, &ecu, now)?,
+                    None => a.custom.release_counter.unwrap_or(0),
+                };
+                let encryption = match &a.custom.encryption {
+                    None => None,
+                    Some(v) => {
+                        let info = EncryptionInfo::from_value(&a.name, v)?;
+                        if !info.keys.contains_key(&self.serial) {
+                            return Ok((
+                                ResultCode::Unsupported,
+                                format!("{}: no content key wrapped for this ECU", a.name),
+                            ));
+                        }
+                        Some(info)
+                    }
+                };
+                Some(Accepted {
+                    name: a.name.clone(),
+                    length: a.director_target.length,
+                    hashes: a.director_target.hashes.clone(),
+                    release_counter,
+                    encryption,
+                })
+            }
+        };
+        // Verified: persist the new trust, then the time floor.
+        let final_root = director.root().raw().to_vec();
+        self.dir
+            .save_metadata(Repo::Director, "root", &final_root)
+            .map_err(|e| secureev_uptane::Error::Workflow(e.to_string()))?;
+        if let Some(image) = &image_repo {
+            self.dir
+                .save_metadata(Repo::Image, "root", image.root().raw())
+                .map_err(|e| secureev_uptane::Error::Workflow(e.to_string()))?;
+        }
+        for (repo, role, bytes) in &save {
+            self.dir
+                .save_metadata(*repo, role, bytes)
+                .map_err(|e| secureev_uptane::Error::Workflow(e.to_string()))?;
+        }
+        self.state.director_targets_version = Some(version);
+        self.state.time_floor = Some(now.unix());
+        self.dir
+            .save(&self.state)
+            .map_err(|e| secureev_uptane::Error::Workflow(e.to_string()))?;
+        self.staged = Staged::default();
+        Ok(match accepted {
+            None => (ResultCode::NoUpdate, "nothing new for this ECU".into()),
+            Some(t) => {
+                let detail = format!("{} ({} bytes)", t.name, t.length);
+                self.accepted = Some(t);
+                (ResultCode::Ok, detail)
+            }
+        })
+    }
+
+    fn match_in_image(
+        &self,
+        image: &TrustedRepository,
+        a: &secureev_uptane::uptane::Assignment,
+        ecu: &EcuInfo,
+        now: Timestamp,
+    ) -> secureev_uptane::Result<u64> {
+        let bundle = match self.staged.roles.get(&MetadataRole::ImageDelegations) {
+            Some(b) => protocol::decode_delegations(b)
+                .map_err(|e| secureev_uptane::Error::Workflow(format!("delegation bundle: {e}")))?,
+            None => Vec::new(),
+        };
+        let mut image = image.clone();
+        loop {
+            match image.find_target(&a.name)? {
+                TargetSearch::Found { role, target } => {
+                    return Ok(match_image(a, ecu, &role, &target)?.release_counter)
+                }
+                TargetSearch::NeedRole { role, parent } => {
+                    let bytes = bundle
+                        .iter()
+                        .find(|(n, _)| *n == role)
+                        .map(|(_, b)| b)
+                        .ok_or_else(|| {
+                            secureev_uptane::Error::Workflow(format!(
+                                "delegated role {role} was not sent"
+                            ))
+                        })?;
+                    image.update_delegated_targets(bytes, &role, &parent, now)?;
+                }
+                TargetSearch::NotFound => {
+                    return Err(secureev_uptane::Error::TargetMismatch {
+                        target: a.name.clone(),
+                        field: "not listed by the image repository".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    // ---- verify-image and activate ------------------------------------------------
+
+    /// verify-image: hashing and decrypting run on a worker thread, so the
+    /// server answers `7F 31 78` until the result is ready
+    /// (`docs/secondary-protocol.md` §3).
+    fn verify_image(&mut self) -> std::result::Result<Progress<Outcome>, Nrc> {
+        // docs/secondary-protocol.md §7: without a verified target, 0x22.
+        let Some(t) = self.accepted.clone() else {
+            return Err(Nrc::ConditionsNotCorrect);
+        };
+        if let Some(job) = &self.job {
+            let result = match job.try_recv() {
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(Progress::Busy),
+                Ok(r) => r,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(
+                    secureev_uptane::Error::Workflow("verify-image worker died".into()),
+                ),
+            };
+            self.job = None;
+            let outcome = match result {
+                Ok(()) => {
+                    self.image_verified = true;
+                    (ResultCode::Ok, format!("{} verified", t.name))
+                }
+                Err(e) => {
+                    self.image_received = false;
+                    outcome_of(&e)
+                }
+            };
+            if !outcome.0.is_success() {
+                self.record_attack(outcome.0);
+            }
+            tracing::info!(code = outcome.0.name(), detail = %outcome.1, "verify-image");
+            return Ok(Progress::Ready(outcome));
+        }
+        if self.image_verified {
+            // A repeated request (its response was lost): the slot already
+            // holds the verified, decrypted image; never decrypt it twice.
+            return Ok(Progress::Ready((
+                ResultCode::Ok,
+                format!("{} verified", t.name),
+            )));
+        }
+        if !self.image_received {
+            return Ok(Progress::Ready((
+                ResultCode::MissingMetadata,
+                "the image was not sent".into(),
+            )));
+        }
+        let path = self.inactive_path();
+        let serial = self.serial.clone();
+        let key = secureev_uptane::encryption::EcuDecryptionKey::from_bytes(
+            &self.keys.decryption.to_bytes(),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("verify-image".into())
+            .spawn(move || {
+                let _ = tx.send(check_image(&t, &path, &serial, &key));
+            })
+            .map_err(|e| {
+                tracing::error!("cannot start the verify-image worker: {e}");
+                Nrc::ConditionsNotCorrect
+            })?;
+        self.job = Some(rx);
+        Ok(Progress::Busy)
+    }
+
+    fn activate(&mut self) -> std::result::Result<Outcome, Nrc> {
+        let (Some(t), true) = (self.accepted.clone(), self.image_verified) else {
+            return Err(Nrc::ConditionsNotCorrect);
+        };
+        // The switch: one atomic write of state.json.
+        self.state.active_slot = self.state.active_slot.other();
+        self.state.installed = Some(Installed {
+            name: t.name.clone(),
+            length: t.length,
+            hashes: t.hashes.clone(),
+            release_counter: t.release_counter,
+        });
+        self.state.last_install = Some(LastInstall {
+            success: true,
+            code: "OK".into(),
+            message: format!("{} installed in slot {:?}", t.name, self.state.active_slot),
+        });
+        self.save_state()?;
+        self.accepted = None;
+        self.image_received = false;
+        self.image_verified = false;
+        tracing::info!(target = %t.name, slot = ?self.state.active_slot, "activated");
+        Ok((ResultCode::Ok, format!("{} active", t.name)))
+    }
+
+    // ---- version report ---------------------------------------------------------
+
+    fn generate_report(&mut self, nonce: &[u8]) -> std::result::Result<Vec<u8>, Nrc> {
+        if nonce.len() != secureev_uptane::manifest::NONCE_LEN {
+            return Err(Nrc::IncorrectMessageLengthOrInvalidFormat);
+        }
+        let counter = self.state.report_counter;
+        let time = Timestamp::from_unix(self.state.time_floor.unwrap_or(0));
+        let mut report = EcuVersionReport::new(&self.serial, &self.hardware_id, time, counter)
+            .with_nonce(hex::encode(nonce));
+        if let Some(i) = &self.state.installed {
+            report = report.with_installed_image(
+                secureev_uptane::manifest::InstalledImage::new(&i.name, i.length, i.hashes.clone())
+                    .with_release_counter(i.release_counter),
+            );
+        }
+        report.attacks_detected = self.state.attacks.join(ATTACK_SEPARATOR);
+        if let Some(l) = &self.state.last_install {
+            report = report.with_installation_result(InstallationResult::new(
+                l.success,
+                l.code.clone(),
+                l.message.clone(),
+            ));
+        }
+        let envelope = sign_ecu_report(&report, &self.keys.signing).map_err(|e| {
+            tracing::error!("cannot sign the version report: {e}");
+            Nrc::GeneralReject
+        })?;
+        let bytes = serde_json::to_vec(&envelope).map_err(|_| Nrc::GeneralReject)?;
+        let chunk = u16::try_from(self.max_pdu.saturating_sub(3))
+            .unwrap_or(u16::MAX)
+            .min(protocol::CLASSIC_REPORT_CHUNK);
+        let info = ReportInfo::for_report(&bytes, chunk).map_err(|_| Nrc::ResponseTooLong)?;
+        // The counter is spent and the attacks reported before the report
+        // leaves (a counter is never used twice).
+        self.state.report_counter = counter + 1;
+        self.state.attacks.clear();
+        self.state.last_install = None;
+        self.save_state()?;
+        self.report = bytes;
+        let mut status = vec![ResultCode::Ok.as_byte()];
+        status.extend(info.encode());
+        Ok(status)
+    }
+
+    fn report_chunk(&self, index: u16) -> std::result::Result<Vec<u8>, Nrc> {
+        if self.report.is_empty() {
+            return Err(Nrc::RequestOutOfRange);
+        }
+        let chunk = u16::try_from(self.max_pdu.saturating_sub(3))
+            .unwrap_or(u16::MAX)
+            .min(protocol::CLASSIC_REPORT_CHUNK);
+        let info =
+            ReportInfo::for_report(&self.report, chunk).map_err(|_| Nrc::RequestOutOfRange)?;
+        let index = u8::try_from(index).map_err(|_| Nrc::RequestOutOfRange)?;
+        info.chunk(&self.report, index)
+            .map(<[u8]>::to_vec)
+            .ok_or(Nrc::RequestOutOfRange)
+    }
+
+    fn metadata_allowed(&self, role: MetadataRole) -> bool {
+        self.verification == Verification::Full
+            || matches!(
+                role,
+                MetadataRole::DirectorRoot | MetadataRole::DirectorTargets
+            )
+    }
+}
+
+/// Uptane 2.1 §5.4.3.4 step 7 (length and hashes of the image as the
+/// Director signed them); for encrypted images step 6 (unwrap the content
+/// key with the ECU key) and step 7 again on the plaintext, which then
+/// replaces the ciphertext in the slot.
+fn check_image(
+    t: &Accepted,
+    path: &Path,
+    serial: &str,
+    ecu_key: &secureev_uptane::encryption::EcuDecryptionKey,
+) -> secureev_uptane::Result<()> {
+    let io =
+        |e: std::io::Error| secureev_uptane::Error::Workflow(format!("{}: {e}", path.display()));
+    let mut verifier = secureev_uptane::verify::StreamVerifier::new(&t.name, t.length, &t.hashes)?;
+    let mut f = File::open(path).map_err(io)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        verifier.update(&buf[..n])?;
+    }
+    verifier.finish()?;
+    let Some(info) = &t.encryption else {
+        return Ok(());
+    };
+    let key = info.unwrap_key_for(&t.name, serial, ecu_key)?;
+    let mut dec = StreamDecryptor::new(&t.name, &key, info)?;
+    let tmp = crate::fsutil::side_path(path, "decrypt");
+    let result = (|| {
+        let mut input = File::open(path).map_err(io)?;
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::fsutil::FILE_MODE)
+            .open(&tmp)
+            .map_err(io)?;
+        let mut plain = Vec::new();
+        loop {
+            let n = input.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            plain.clear();
+            dec.update(&buf[..n], &mut plain)?;
+            out.write_all(&plain).map_err(io)?;
+        }
+        // Checks the plaintext length and hashes from the signed
+        // `encryption` object.
+        dec.finish()?;
+        out.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl ImageSink for Ecu {
+    fn begin(&mut self, d: &DownloadRequest) -> std::result::Result<(), Nrc> {
+        match Region::from_address(d.address) {
+            None => Err(Nrc::RequestOutOfRange),
+            Some(Region::Metadata(role)) => {
+                if d.data_format != protocol::data_format::PLAIN
+                    || !self.metadata_allowed(role)
+                    || d.size > MAX_METADATA_LEN
+                {
+                    return Err(Nrc::RequestOutOfRange);
+                }
+                self.download = Some(Download::Metadata {
+                    role,
+                    buf: Vec::with_capacity(d.size as usize),
+                });
+                Ok(())
+            }
+            Some(Region::Image) => {
+                // docs/secondary-protocol.md §7: no verified target → 0x22;
+                // another size or format than the verified target's → 0x31.
+                let Some(t) = &self.accepted else {
+                    return Err(Nrc::ConditionsNotCorrect);
+                };
+                let format = if t.encryption.is_some() {
+                    protocol::data_format::ENCRYPTED
+                } else {
+                    protocol::data_format::PLAIN
+                };
+                if d.size != t.length || d.data_format != format {
+                    return Err(Nrc::RequestOutOfRange);
+                }
+                let path = self.inactive_path();
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(crate::fsutil::FILE_MODE)
+                    .open(&path)
+                    .map_err(|e| {
+                        tracing::error!("open {}: {e}", path.display());
+                        Nrc::UploadDownloadNotAccepted
+                    })?;
+                self.image_received = false;
+                self.image_verified = false;
+                self.job = None;
+                self.download = Some(Download::Image { file, path });
+                Ok(())
+            }
+        }
+    }
+
+    fn write(&mut self, _offset: u64, data: &[u8]) -> std::result::Result<(), Nrc> {
+        match &mut self.download {
+            Some(Download::Metadata { buf, .. }) => {
+                buf.extend_from_slice(data);
+                Ok(())
+            }
+            Some(Download::Image { file, path }) => file.write_all(data).map_err(|e| {
+                tracing::error!("write {}: {e}", path.display());
+                Nrc::GeneralProgrammingFailure
+            }),
+            None => Err(Nrc::RequestSequenceError),
+        }
+    }
+
+    fn finish(&mut self) -> std::result::Result<Progress<Vec<u8>>, Nrc> {
+        match self.download.take() {
+            Some(Download::Metadata { role, buf }) => {
+                self.staged.put(role, buf);
+                Ok(Progress::Ready(vec![]))
+            }
+            Some(Download::Image { file, path }) => {
+                file.sync_all().map_err(|e| {
+                    tracing::error!("fsync {}: {e}", path.display());
+                    Nrc::GeneralProgrammingFailure
+                })?;
+                self.image_received = true;
+                Ok(Progress::Ready(vec![]))
+            }
+            None => Err(Nrc::RequestSequenceError),
+        }
+    }
+
+    fn abort(&mut self) {
+        self.download = None;
+    }
+}
+
+impl EcuBackend for Ecu {
+    fn read_did(&mut self, d: u16, _cx: &Context) -> std::result::Result<Vec<u8>, Nrc> {
+        Ok(match d {
+            did::ECU_SERIAL => self.serial.as_bytes().to_vec(),
+            did::HARDWARE_ID => self.hardware_id.as_bytes().to_vec(),
+            did::PUBLIC_KEY => {
+                secureev_uptane::did::to_did(&self.keys.signing.verifying_key()).into_bytes()
+            }
+            did::ENCRYPTION_KEY => self.keys.decryption.public().as_bytes().to_vec(),
+            did::CAPABILITIES => self.capabilities().encode(),
+            did::TIME => protocol::encode_time(self.state.time_floor.unwrap_or(0).max(0) as u64),
+            did::LAST_RESULT => protocol::routine_status(self.last_result.0, &self.last_result.1),
+            d if (did::REPORT_CHUNK_BASE..did::REPORT_CHUNK_BASE + 16).contains(&d) => {
+                self.report_chunk(d - did::REPORT_CHUNK_BASE)?
+            }
+            _ => return Err(Nrc::RequestOutOfRange),
+        })
+    }
+
+    fn write_did(&mut self, d: u16, data: &[u8], _cx: &Context) -> std::result::Result<(), Nrc> {
+        if d == did::TIME {
+            let t =
+                protocol::decode_time(data).ok_or(Nrc::IncorrectMessageLengthOrInvalidFormat)?;
+            let t = i64::try_from(t).map_err(|_| Nrc::RequestOutOfRange)?;
+            // Never backwards: a time below the attested floor is ignored.
+            let floor = self.state.time_floor.unwrap_or(i64::MIN);
+            if t < floor {
+                tracing::warn!(
+                    written = t,
+                    floor,
+                    "time older than the attested time ignored"
+                );
+            }
+            self.time_written = Some(t.max(floor));
+            return Ok(());
+        }
+        match MetadataRole::from_did(d) {
+            Some(role) if role.writable_by_did() && self.metadata_allowed(role) => {
+                if data.len() as u64 > MAX_METADATA_LEN {
+                    return Err(Nrc::RequestOutOfRange);
+                }
+                self.staged.put(role, data.to_vec());
+                Ok(())
+            }
+            _ => Err(Nrc::RequestOutOfRange),
+        }
+    }
+
+    fn routine(
+        &mut self,
+        control: RoutineControlType,
+        r: u16,
+        data: &[u8],
+        _cx: &Context,
+    ) -> std::result::Result<Progress<Vec<u8>>, Nrc> {
+        if control != RoutineControlType::Start {
+            return Err(Nrc::SubFunctionNotSupported);
+        }
+        let status = match r {
+            routine::VERIFY_METADATA => {
+                self.last_result = self.verify_metadata();
+                protocol::routine_status(self.last_result.0, &self.last_result.1)
+            }
+            routine::ERASE_MEMORY => {
+                let loc = secureev_uds::codec::MemoryLocation::decode(0x31, data)
+                    .map_err(|_| Nrc::RequestOutOfRange)?;
+                if loc.address != u64::from(protocol::address::IMAGE) {
+                    return Err(Nrc::RequestOutOfRange);
+                }
+                let Some(t) = &self.accepted else {
+                    return Err(Nrc::ConditionsNotCorrect);
+                };
+                if loc.size != t.length {
+                    return Err(Nrc::RequestOutOfRange);
+                }
+                let path = self.inactive_path();
+                crate::fsutil::atomic_write(&path, &[]).map_err(|e| {
+                    tracing::error!("erase {}: {e}", path.display());
+                    Nrc::GeneralProgrammingFailure
+                })?;
+                self.image_received = false;
+                self.image_verified = false;
+                vec![ResultCode::Ok.as_byte()]
+            }
+            routine::VERIFY_IMAGE => match self.verify_image()? {
+                Progress::Busy => return Ok(Progress::Busy),
+                Progress::Ready(outcome) => {
+                    self.last_result = outcome;
+                    protocol::routine_status(self.last_result.0, &self.last_result.1)
+                }
+            },
+            routine::CHECK_PROGRAMMING_DEPENDENCIES => {
+                if self.image_verified {
+                    vec![ResultCode::Ok.as_byte()]
+                } else {
+                    vec![ResultCode::MissingMetadata.as_byte()]
+                }
+            }
+            routine::ACTIVATE => {
+                self.last_result = self.activate()?;
+                protocol::routine_status(self.last_result.0, &self.last_result.1)
+            }
+            routine::GENERATE_REPORT => self.generate_report(data)?,
+            _ => return Err(Nrc::RequestOutOfRange),
+        };
+        Ok(Progress::Ready(status))
+    }
+
+    fn reset(&mut self, reset_type: ResetType) -> std::result::Result<(), Nrc> {
+        match reset_type {
+            ResetType::Hard | ResetType::KeyOffOn | ResetType::Soft => {
+                // A Linux agent does not reboot the machine: the active slot is
+                // already switched in state.json; what a reboot would lose is
+                // dropped here.
+                self.resets += 1;
+                self.staged = Staged::default();
+                self.accepted = None;
+                self.image_received = false;
+                self.image_verified = false;
+                self.job = None;
+                self.time_written = None;
+                Ok(())
+            }
+            _ => Err(Nrc::SubFunctionNotSupported),
+        }
+    }
+
+    fn session_changed(&mut self, _from: Session, to: Session) {
+        if to == Session::Default {
+            self.staged = Staged::default();
+        }
+    }
+}

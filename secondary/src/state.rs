@@ -1,0 +1,162 @@
+//! Persistent state: `state.json` (active slot, installed image, counters,
+//! time floor, pending attacks) and the trusted metadata under `metadata/`.
+//! Every write is atomic; the A/B switch is one atomic write of `state.json`.
+
+use crate::error::{Error, Result};
+use crate::fsutil::{atomic_write, create_dir, read_optional};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// File name of the state record.
+pub const STATE_FILE: &str = "state.json";
+
+/// An A/B slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    /// Slot A.
+    #[default]
+    A,
+    /// Slot B.
+    B,
+}
+
+impl Slot {
+    /// The other slot.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+/// The image installed in the active slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Installed {
+    /// Target name.
+    pub name: String,
+    /// Length as the Director listed it (encrypted length for encrypted images).
+    pub length: u64,
+    /// Hashes as the Director listed them.
+    pub hashes: BTreeMap<String, String>,
+    /// Release counter (0 when none).
+    pub release_counter: u64,
+}
+
+/// Outcome of the last installation, for the next version report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastInstall {
+    /// Whether it succeeded.
+    pub success: bool,
+    /// Result code name.
+    pub code: String,
+    /// Detail.
+    pub message: String,
+}
+
+/// `state.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// The slot that runs.
+    pub active_slot: Slot,
+    /// The image in it, if one was installed through Uptane.
+    pub installed: Option<Installed>,
+    /// Next version report counter.
+    pub report_counter: u64,
+    /// The latest securely attested time (Unix seconds); the ECU's clock never
+    /// goes below it.
+    pub time_floor: Option<i64>,
+    /// Version of the trusted Director targets (rollback reference).
+    pub director_targets_version: Option<u64>,
+    /// Attack names detected since the last report.
+    #[serde(default)]
+    pub attacks: Vec<String>,
+    /// The last installation's outcome, until it is reported.
+    #[serde(default)]
+    pub last_install: Option<LastInstall>,
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+/// Which repository a stored role belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repo {
+    /// Director.
+    Director,
+    /// Image repository.
+    Image,
+}
+
+impl StateDir {
+    /// Open (create, mode 0700) the directory.
+    pub fn open(dir: &Path) -> Result<Self> {
+        for d in [
+            dir.to_owned(),
+            dir.join("metadata/director"),
+            dir.join("metadata/image"),
+        ] {
+            create_dir(&d).map_err(|e| Error::io("create", &d, e))?;
+        }
+        Ok(StateDir {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Load `state.json` (default state when absent).
+    pub fn load(&self) -> Result<State> {
+        let p = self.dir.join(STATE_FILE);
+        match read_optional(&p).map_err(|e| Error::io("read", &p, e))? {
+            None => Ok(State::default()),
+            Some(b) => serde_json::from_slice(&b).map_err(|e| Error::CorruptState {
+                path: p,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Save `state.json` atomically.
+    pub fn save(&self, state: &State) -> Result<()> {
+        let p = self.dir.join(STATE_FILE);
+        let mut b = serde_json::to_vec_pretty(state).map_err(|e| Error::CorruptState {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        b.push(b'\n');
+        atomic_write(&p, &b).map_err(|e| Error::io("write", &p, e))
+    }
+
+    fn meta_path(&self, repo: Repo, role: &str) -> PathBuf {
+        let r = match repo {
+            Repo::Director => "director",
+            Repo::Image => "image",
+        };
+        self.dir
+            .join("metadata")
+            .join(r)
+            .join(format!("{role}.json"))
+    }
+
+    /// A stored trusted role (`root`, `timestamp`, `snapshot`, `targets`).
+    pub fn metadata(&self, repo: Repo, role: &str) -> Result<Option<Vec<u8>>> {
+        let p = self.meta_path(repo, role);
+        read_optional(&p).map_err(|e| Error::io("read", &p, e))
+    }
+
+    /// Store a verified role's original bytes.
+    pub fn save_metadata(&self, repo: Repo, role: &str, bytes: &[u8]) -> Result<()> {
+        let p = self.meta_path(repo, role);
+        atomic_write(&p, bytes).map_err(|e| Error::io("write", &p, e))
+    }
+}
