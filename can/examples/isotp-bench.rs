@@ -332,6 +332,8 @@ async fn main() {
     md.push_str("|---|---|---|---|---|---|---|\n");
     for r in &rows {
         let bytes = (r.pdus * r.size) as f64;
+        // Frames are counted on the bus for every PDU sent.
+        let sent_mib = (r.sent * r.size) as f64 / MIB;
         md.push_str(&format!(
             "| {} | {} | {}/{} × {} | {:.2} | {:.3} | {:.0} | {:.0} |\n",
             r.link,
@@ -341,8 +343,8 @@ async fn main() {
             r.size,
             r.secs,
             bytes / MIB / r.secs,
-            r.frames as f64 / (bytes / MIB),
-            r.theory as f64 / (bytes / MIB),
+            r.frames as f64 / sent_mib,
+            r.theory as f64 / sent_mib,
         ));
     }
     print!("{md}");
