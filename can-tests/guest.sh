@@ -9,6 +9,9 @@ set -uo pipefail
 
 out="$1"
 mkdir -p "$out/logs"
+# SECUREEV_BIN_DIR, SECUREEV_CAN_PYTHON, SECUREEV_BENCH_MIB (written by run-vm.sh).
+# shellcheck source=/dev/null
+[ -r "$out/guest-env.sh" ] && . "$out/guest-env.sh"
 date +%s.%N > "$out/guest-start"
 exec > >(tee -a "$out/logs/guest.log") 2>&1
 
@@ -30,6 +33,30 @@ ip -d link show vcan0 | head -2
 ip -d link show vcan1 | head -2
 echo "guest: can-isotp max PDU: $(cat /sys/module/can_isotp/parameters/max_pdu_size 2>/dev/null || echo 'built-in (no max_pdu_size parameter)')"
 
+# Core dumps of anything that crashes go to OUT_DIR/cores (run-vm.sh lists
+# them; `gdb <exe> <core>` on the host).
+mkdir -p "$out/cores"
+ulimit -c unlimited
+echo "$out/cores/core.%e.%p" > /proc/sys/kernel/core_pattern || echo "guest: cannot set core_pattern"
+
+# Executables into the guest's RAM: 9p reads under emulation are slow, and a
+# process start would page the binary in over 9p again.
+if [ -d "$out/exe" ]; then
+    g=/tmp/secureev-guest
+    mkdir -p "$g/exe" "$g/bin"
+    cp "$out"/exe/* "$g/exe/" 2>/dev/null || true
+    cp "$out"/bin/* "$g/bin/" 2>/dev/null || true
+    sed "s#^$out/exe/#$g/exe/#" "$out/tests.list" > "$g/tests.list"
+    sed "s#^$out/exe/#$g/exe/#" "$out/bench.list" > "$g/bench.list"
+    export SECUREEV_BIN_DIR="$g/bin"
+    tests_list="$g/tests.list" bench_list="$g/bench.list"
+    echo "guest: executables copied to $g ($(du -sh "$g" | cut -f1)) at uptime $(cut -d' ' -f1 /proc/uptime) s"
+else
+    tests_list="$out/tests.list" bench_list="$out/bench.list"
+fi
+# The rigs' deadlines are written for a host; everything here is emulated.
+export SECUREEV_TEST_TIME_SCALE="${SECUREEV_TEST_TIME_SCALE:-5}"
+
 export SECUREEV_VCAN=vcan0 SECUREEV_VCAN_FD=vcan1 SECUREEV_REQUIRE_VCAN=1
 export RUST_BACKTRACE=1
 
@@ -47,18 +74,19 @@ while IFS= read -r exe; do
     printf '%s\t%s\t%s\n' "$name" "$rc" "$secs" >> "$out/results.tsv"
     grep -E '^test result:|FAILED|panicked' "$out/logs/$name.log" | head -20
     echo "guest: $name exit $rc in ${secs}s"
-done < "$out/tests.list"
+done < "$tests_list"
 
-if [ -s "$out/bench.list" ]; then
+if [ -s "$bench_list" ]; then
     while IFS= read -r exe; do
         [ -n "$exe" ] || continue
-        echo "guest: benchmark $(basename "$exe")"
-        timeout --kill-after=10 600 "$exe" --iface vcan0 --fd-iface vcan1 --mib "${SECUREEV_BENCH_MIB:-0.5}" --markdown "$out/bench.md" \
-            </dev/null > "$out/logs/bench.log" 2>&1
+        name="$(basename "$exe")"
+        echo "guest: benchmark $name"
+        timeout --kill-after=10 900 "$exe" --iface vcan0 --fd-iface vcan1 --mib "${SECUREEV_BENCH_MIB:-0.5}" --markdown "$out/bench-$name.md" \
+            </dev/null > "$out/logs/$name.log" 2>&1
         rc=$?
-        printf '%s\t%s\t-\n' "bench:$(basename "$exe")" "$rc" >> "$out/results.tsv"
-        cat "$out/logs/bench.log"
-    done < "$out/bench.list"
+        printf '%s\t%s\t-\n' "bench:$name" "$rc" >> "$out/results.tsv"
+        cat "$out/logs/$name.log"
+    done < "$bench_list"
 fi
 
 echo "guest: done, uptime $(cut -d' ' -f1 /proc/uptime) s"

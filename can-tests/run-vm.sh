@@ -20,7 +20,11 @@
 #   SECUREEV_VM_TIMEOUT=2400         seconds for the whole VM run
 #   SECUREEV_CAN_VENV=DIR            venv for virtme-ng (default target/can-vm-venv)
 #   SECUREEV_CAN_OUT=DIR             where results go (default: a new temp dir)
-#   SECUREEV_CAN_PACKAGES="secureev-can …"  packages whose tests run in the VM
+#   SECUREEV_CAN_TESTS="secureev-can secureev-can-tests:rig …"
+#                                    test targets to run: PACKAGE (all its tests)
+#                                    or PACKAGE:TEST (one tests/TEST.rs)
+#   SECUREEV_CAN_BENCHES="secureev-can:isotp-bench …"  benchmark examples
+#   SECUREEV_BENCH_MIB=0.5           MiB per benchmark run
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,10 +39,13 @@ CAN_ISOTP_VERSION=2.0.7
 mode="${SECUREEV_CAN_MODE:-auto}"
 vm_timeout="${SECUREEV_VM_TIMEOUT:-2400}"
 venv="${SECUREEV_CAN_VENV:-$root/target/can-vm-venv}"
-packages="${SECUREEV_CAN_PACKAGES:-secureev-can}"
+# The vcan test targets: everything that needs a CAN bus, nothing else (the
+# rest of the workspace runs on the host; here it would only be slower).
+tests_spec="${SECUREEV_CAN_TESTS:-secureev-can secureev-secondary:vcan secureev-daemon:secondary_doip secureev-can-tests}"
+benches_spec="${SECUREEV_CAN_BENCHES-secureev-can:isotp-bench}"
 out="${SECUREEV_CAN_OUT:-$(mktemp -d /tmp/secureev-can-vm.XXXXXX)}"
 mkdir -p "$out"
-rm -f "$out"/guest-* "$out"/results.tsv "$out"/bench.md
+rm -rf "$out"/guest-* "$out"/results.tsv "$out"/bench*.md "$out"/exe "$out"/bin "$out"/cores
 
 step() { printf '\n==> %s\n' "$*"; }
 die() {
@@ -80,45 +87,79 @@ need_cmd ip iproute2
 need_cmd modprobe kmod
 need_cmd isotpsend can-utils
 need_cmd python3 python3
+python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
 if [ "$mode" = vm ]; then
     need_cmd qemu-system-x86_64 qemu-system-x86
     need_cmd busybox busybox-static
     ls /boot/vmlinuz-* >/dev/null 2>&1 || apt_install linux-image-amd64
-    python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
-    if [ ! -x "$venv/bin/vng" ] || ! "$venv/bin/vng" --version 2>/dev/null | grep -q "$VIRTME_NG_VERSION"; then
-        echo "creating $venv"
-        python3 -m venv "$venv" || die "python3 -m venv failed"
-        "$venv/bin/pip" install -q --disable-pip-version-check \
-            "virtme-ng==$VIRTME_NG_VERSION" "udsoncan==$UDSONCAN_VERSION" \
-            "can-isotp==$CAN_ISOTP_VERSION" </dev/null || die "pip install virtme-ng failed"
-    fi
-    "$venv/bin/vng" --version
 fi
+# One venv: virtme-ng (the VM runner) and the interop peers udsoncan and
+# can-isotp (run inside the VM, or directly on a host with vcan).
+if [ ! -x "$venv/bin/vng" ] || ! "$venv/bin/vng" --version 2>/dev/null | grep -q "$VIRTME_NG_VERSION" \
+    || ! "$venv/bin/python" -c 'import udsoncan, isotp' 2>/dev/null; then
+    echo "creating $venv"
+    python3 -m venv "$venv" || die "python3 -m venv failed"
+    "$venv/bin/pip" install -q --disable-pip-version-check \
+        "virtme-ng==$VIRTME_NG_VERSION" "udsoncan==$UDSONCAN_VERSION" \
+        "can-isotp==$CAN_ISOTP_VERSION" </dev/null || die "pip install virtme-ng udsoncan can-isotp failed"
+fi
+"$venv/bin/vng" --version
+"$venv/bin/python" -c 'import udsoncan, isotp; print("udsoncan", udsoncan.__version__ if hasattr(udsoncan, "__version__") else "?", "can-isotp", isotp.__version__ if hasattr(isotp, "__version__") else "?")'
 
 # ---- 3. build the test binaries once, on the host ----
-step "build test binaries ($packages)"
-pkg_args=()
-for p in $packages; do pkg_args+=(-p "$p"); done
-collect() { # JSON lines of cargo on stdin -> executables of test targets
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"] == (sys.argv[1] == "test"):
-        print(m["executable"])
-' "$1"
+# `cargo test --workspace --no-run` reuses the build of the host test run (same
+# profile, same features) and lists every test executable and binary as JSON;
+# the spec picks the vcan ones. The benchmarks are examples of their packages.
+step "build test binaries ($tests_spec)"
+cargo test --workspace --locked --no-run --message-format=json-render-diagnostics </dev/null \
+    > "$out/cargo-test.json" || die "cargo test --workspace --no-run failed"
+bench_args=()
+for b in $benches_spec; do bench_args+=(-p "${b%%:*}" --example "${b##*:}"); done
+: > "$out/cargo-bench.json"
+if [ "${#bench_args[@]}" -gt 0 ]; then
+    cargo build --locked "${bench_args[@]}" --message-format=json-render-diagnostics </dev/null \
+        > "$out/cargo-bench.json" || die "building the benchmarks failed"
+fi
+python3 "$here/select-artifacts.py" "$out/cargo-test.json" "$tests_spec" test > "$out/tests.list" \
+    || die "selecting test executables failed"
+python3 "$here/select-artifacts.py" "$out/cargo-bench.json" "$benches_spec" example > "$out/bench.list" \
+    || die "selecting benchmarks failed"
+python3 "$here/select-artifacts.py" "$out/cargo-test.json" "secureev-daemon:secureev-otad secureev-secondary:secureev-ecu" bin \
+    > "$out/bins.list" || die "the secureev-otad and secureev-ecu binaries were not built"
+# Run copies: a build on the host while the VM runs (another cargo command)
+# must not swap an executable under a running test. Without debug info (a
+# fifth of the size: the guest reads every page over 9p under emulation);
+# symbols stay, so backtraces still name functions. SECUREEV_CAN_KEEP_DEBUG=1
+# keeps it.
+copy_exe() { # copy_exe SRC DST
+    if [ "${SECUREEV_CAN_KEEP_DEBUG:-0}" = 1 ] || ! command -v objcopy >/dev/null 2>&1; then
+        cp "$1" "$2"
+    else
+        objcopy --strip-debug "$1" "$2" || cp "$1" "$2"
+    fi
 }
-cargo test --locked --no-run "${pkg_args[@]}" --message-format=json-render-diagnostics </dev/null \
-    | collect test > "$out/tests.list" || die "cargo test --no-run failed"
-cargo build --locked -p secureev-can --example isotp-bench --message-format=json-render-diagnostics </dev/null \
-    | collect bin > "$out/bench.list" || die "building the benchmark failed"
+mkdir -p "$out/exe" "$out/bin"
+for list in tests bench; do
+    while IFS= read -r exe; do
+        [ -n "$exe" ] || continue
+        copy_exe "$exe" "$out/exe/$(basename "$exe")"
+        echo "$out/exe/$(basename "$exe")"
+    done < "$out/$list.list" > "$out/$list.copy"
+    mv "$out/$list.copy" "$out/$list.list"
+done
+while IFS= read -r exe; do copy_exe "$exe" "$out/bin/$(basename "$exe")"; done < "$out/bins.list"
 expected=$(grep -c . "$out/tests.list" || true)
 [ "$expected" -gt 0 ] || die "no test executables were built"
 sed 's/^/  test: /' "$out/tests.list"
 sed 's/^/  bench: /' "$out/bench.list"
+sed 's/^/  bin: /' "$out/bins.list"
+# What the guest needs besides the lists (the VM gets no environment).
+{
+    printf 'export SECUREEV_BIN_DIR=%q\n' "$out/bin"
+    printf 'export SECUREEV_CAN_PYTHON=%q\n' "$venv/bin/python"
+    printf 'export SECUREEV_BENCH_MIB=%q\n' "${SECUREEV_BENCH_MIB:-0.5}"
+    printf 'export SECUREEV_WORKSPACE=%q\n' "$root"
+} > "$out/guest-env.sh"
 
 # ---- 4. run ----
 step "run ($mode)"
@@ -142,7 +183,7 @@ else
     watcher=$!
     set +e
     PATH="$venv/bin:$PATH" timeout --kill-after=30 "$vm_timeout" \
-        vng --disable-kvm --run "$kernel" --cpus 2 --memory 2G \
+        vng --disable-kvm --run "$kernel" --cpus 2 --memory 3G \
         --rwdir "$out" --exec "bash $here/guest.sh $out" \
         </dev/null > "$out/vm-console.log" 2>&1
     vm_rc=$?
@@ -168,7 +209,6 @@ fi
 passed=0 failed=0 problems=0 ok_lines=0
 while IFS=$'\t' read -r name rc secs; do
     log="$out/logs/${name#bench:}.log"
-    case "$name" in bench:*) log="$out/logs/bench.log" ;; esac
     if [[ "$name" != bench:* ]]; then
         n_ok=$(grep -c '^test result: ok' "$log" || true)
         ok_lines=$((ok_lines + n_ok))
@@ -200,7 +240,12 @@ if [ "$ok_lines" -lt "$expected" ]; then
 fi
 [ "$passed" -gt 0 ] || { echo "  no test passed" >&2; problems=$((problems + 1)); }
 
-[ -e "$out/bench.md" ] && { echo; cat "$out/bench.md"; }
+for core in "$out"/cores/core.*; do
+    [ -e "$core" ] || continue
+    echo "  crash: core dump $core (gdb <executable> $core)" >&2
+    problems=$((problems + 1))
+done
+for md in "$out"/bench-*.md; do [ -e "$md" ] && { echo; cat "$md"; }; done
 echo
 [ -e "$out/boot-seconds" ] && echo "VM boot time: $(cat "$out/boot-seconds") s"
 echo "total run time: ${total} s (mode $mode); logs in $out"

@@ -238,5 +238,43 @@ echo "  secureev-otad memory: $(grep -E 'VmHWM|VmRSS' /proc/$OTAD/status | tr -s
 
 say "the backend's view of the vehicle (manifest received, assignment completed)"
 "$BIN/secureev-server" vehicle show "$VIN" "${S[@]}"
+
+say "check: the backend completed both assignments on the ECUs' own signed reports"
+"$BIN/secureev-server" vehicle show "$VIN" "${S[@]}" >"$W/vehicle.json"
+"$BIN/secureev-server" image list "${S[@]}" >"$W/images.json"
+# The secondary reports the hash the Director signed for its target (for an
+# encrypted image, that of the served ciphertext); the published record ties
+# it to the firmware file through the signed plaintext hash.
+python3 - "$W/vehicle.json" "$W/images.json" "$HU" hu/rootfs-2.0.img "$ECU" bms/fw-1.1.bin \
+    "$(sha256sum "$W/bms-fw-1.1.bin" | cut -d' ' -f1)" <<'EOF' || die "the backend's view of the vehicle is not what was installed (see above)"
+import json, sys
+vehicle, images = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))["images"]
+hu, hu_image, ecu, fw, fw_sha = sys.argv[3:8]
+ok = True
+def fail(msg):
+    global ok
+    ok = False
+    print("  FAILED: " + msg, file=sys.stderr)
+for serial, image in ((hu, hu_image), (ecu, fw)):
+    status = [a["status"] for a in vehicle["assignments"] if a["ecu_serial"] == serial and a["image"] == image]
+    print(f"  assignment {image} -> {serial}: {', '.join(status) or 'missing'}")
+    if status != ["completed"]:
+        fail(f"assignment {image} -> {serial} is {status or 'missing'}, not completed")
+published = next((i for i in images if i["name"] == fw), None)
+ecu_row = next((e for e in vehicle["ecus"] if e["serial"] == ecu), {})
+installed = ecu_row.get("installed_sha256")
+if published is None:
+    fail(f"{fw} is not published")
+else:
+    plain = (published.get("encryption") or {}).get("plaintextHashes", {}).get("sha256")
+    if (plain or published["sha256"]) != fw_sha:
+        fail(f"the published {fw} is not the firmware file {fw_sha}")
+    if installed not in {published["sha256"], plain} - {None}:
+        fail(f"{ecu} reports sha256 {installed}, not the published {fw} ({published['sha256']})")
+    else:
+        what = "encrypted image, plaintext " + plain[:16] + "… = the firmware file" if plain else "the firmware file"
+        print(f"  {ecu} reports {ecu_row.get('installed_name')} installed, sha256 {installed[:16]}… (the published {what})")
+sys.exit(0 if ok else 1)
+EOF
 echo
 echo "demo complete: verified updates installed on the head unit and forwarded to a secondary ECU, reported."

@@ -447,3 +447,51 @@ async fn frames_per_pdu_match_the_theory() {
         assert!(tx_frames(&iface) - before >= (data + fc) as u64);
     }
 }
+
+/// Regression: a socket's second `send` used to wait for a writability edge
+/// that never came (the first send's completion wait had consumed tokio's
+/// readiness and the socket stayed writable), so every transfer after the
+/// first hung until its deadline. Many sends in a row on one socket, single
+/// and multi-frame, with and without a pause, each bounded by a deadline far
+/// below the hang, on both bus kinds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_sends_on_one_socket_do_not_hang() {
+    let iface = need!(vcan());
+    let fd_iface = need!(vcan_fd());
+    for (iface, cfg) in [
+        (iface, IsoTpConfig::new(0x7A0, 0x7A8)),
+        (fd_iface, IsoTpConfig::new(0x7A1, 0x7A9).with_fd()),
+    ] {
+        let (a, b) = pair(&iface, &cfg);
+        let sizes = [3usize, 3, 100, 100, 7, 4095, 1, 2000, 6];
+        let recv = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..sizes.len() * 2 {
+                got.push(
+                    tokio::time::timeout(Duration::from_secs(10), b.recv_vec())
+                        .await
+                        .expect("receive deadline")
+                        .unwrap(),
+                );
+            }
+            got
+        });
+        let mut sent = Vec::new();
+        for round in 0..2 {
+            for (i, &len) in sizes.iter().enumerate() {
+                let pdu = payload(len, (round * 16 + i) as u8);
+                let t0 = Instant::now();
+                tokio::time::timeout(Duration::from_secs(5), a.send(&pdu))
+                    .await
+                    .unwrap_or_else(|_| panic!("send #{} ({len} bytes) hung", sent.len() + 1))
+                    .unwrap();
+                assert!(t0.elapsed() < Duration::from_secs(5));
+                sent.push(pdu);
+            }
+            // The second round starts after the socket sat idle and writable.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let got = recv.await.unwrap();
+        assert_eq!(got, sent, "every PDU, in order, on {iface}");
+    }
+}

@@ -1,4 +1,5 @@
-//! End-to-end harness shared by `e2e_attacks.rs` and `e2e_crash.rs`:
+//! End-to-end harness shared by `e2e_attacks.rs` and `e2e_crash.rs` (and the
+//! vcan rigs in `can-tests/tests/rig.rs`, which include this file):
 //!
 //! - [`Backend`]: an HTTPS server (TLS 1.3 only, certificate from a fresh rcgen
 //!   CA) that serves whatever Director and Image repository files the test
@@ -692,7 +693,7 @@ inhibit_dir = "{d}/inhibit"
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_secureev-otad"))
+        let child = Command::new(otad_bin())
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -708,7 +709,7 @@ inhibit_dir = "{d}/inhibit"
         if self.connection.is_none() {
             self.connection = Some(self.bus.client().await.unwrap());
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + scaled(Duration::from_secs(20));
         loop {
             if self.proxy().await.state().await.is_ok() {
                 return;
@@ -824,7 +825,7 @@ inhibit_dir = "{d}/inhibit"
         let network = secureev_dbus::ErrorCode::Network.as_u32();
         self.wait_for(
             "the start-up check-in to fail",
-            Duration::from_secs(20),
+            scaled(Duration::from_secs(20)),
             |s, c| s == "error" && c == network,
         )
         .await;
@@ -835,6 +836,41 @@ impl Drop for Vehicle {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The `secureev-otad` binary: cargo's when this harness is compiled into the
+/// daemon's own tests; included from another package's tests (the vcan rigs in
+/// `can-tests/`), `$SECUREEV_BIN_DIR/secureev-otad` or the one next to the test
+/// executable's `deps/` directory.
+pub fn otad_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_secureev-otad") {
+        return PathBuf::from(p);
+    }
+    let dir = match std::env::var_os("SECUREEV_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+        }
+    };
+    let bin = dir.join("secureev-otad");
+    assert!(
+        bin.is_file(),
+        "{} is missing: cargo build -p secureev-daemon (or set SECUREEV_BIN_DIR)",
+        bin.display()
+    );
+    bin
+}
+
+/// `d` times `SECUREEV_TEST_TIME_SCALE` (default 1): the vcan rigs run this
+/// harness inside an emulated VM, several times slower than a host.
+pub fn scaled(d: Duration) -> Duration {
+    let scale = std::env::var("SECUREEV_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    d * scale
 }
 
 /// Poll `f` every `every` until it returns `Some`, or panic after `timeout`.
