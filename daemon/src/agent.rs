@@ -159,6 +159,7 @@ fn error_code(e: &Error) -> ErrorCode {
         Error::Cancelled(_) => ErrorCode::Cancelled,
         Error::Install { .. } => ErrorCode::InstallFailed,
         Error::Secondary { .. } => ErrorCode::EcuUnreachable,
+        Error::SecondaryRefused { .. } => ErrorCode::InstallFailed,
         _ => ErrorCode::Internal,
     }
 }

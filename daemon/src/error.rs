@@ -183,12 +183,22 @@ pub enum Error {
     /// The D-Bus service could not be set up.
     #[error("D-Bus: {0}")]
     Bus(String),
-    /// A secondary ECU transport failed.
+    /// A secondary ECU could not be reached or did not answer in time (the
+    /// link, its timeouts, a misconfiguration on the Primary's side).
     #[error("secondary {ecu}: {reason}")]
     Secondary {
         /// ECU serial.
         ecu: String,
         /// What went wrong.
+        reason: String,
+    },
+    /// A secondary ECU answered and refused: a negative response (its own
+    /// verification failed, wrong security key, ...) or a failed routine.
+    #[error("secondary {ecu} refused: {reason}")]
+    SecondaryRefused {
+        /// ECU serial.
+        ecu: String,
+        /// The refusal, with the negative response code.
         reason: String,
     },
 }

@@ -510,7 +510,16 @@ impl<C: Connector> UdsSecondary<C> {
             Err(e) => {
                 // Start the next call from a fresh connection and session.
                 *guard = None;
-                Err(self.err(e))
+                match e {
+                    DriveError::Uds(
+                        u @ (secureev_uds::Error::NegativeResponse { .. }
+                        | secureev_uds::Error::RoutineFailed { .. }),
+                    ) => Err(Error::SecondaryRefused {
+                        ecu: self.serial.clone(),
+                        reason: format!("{} ({})", u, self.connector.describe()),
+                    }),
+                    e => Err(self.err(e)),
+                }
             }
         }
     }

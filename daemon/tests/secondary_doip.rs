@@ -231,6 +231,11 @@ async fn refusals_name_the_attack_and_a_wrong_ecu_is_detected() {
         e.to_string().contains("0x22") || e.to_string().contains("onditions"),
         "{e}"
     );
+    // The ECU answered and refused: not "unreachable".
+    assert!(
+        matches!(e, secureev_daemon::Error::SecondaryRefused { ref ecu, .. } if ecu == SERIAL),
+        "{e:?}"
+    );
 
     // Nothing listening: a prompt transport error for this ECU only.
     let closed = {

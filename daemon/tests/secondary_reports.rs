@@ -428,7 +428,8 @@ async fn a_secondarys_refusal_reaches_the_backend_in_its_own_report() {
     let mut rig = rig(dir, &repos, &[(ECU, ecu.addr)]).await;
 
     let (code, message) = rig.start_and_check(files).await;
-    assert_ne!(code, ErrorCode::Ok.as_u32(), "{message}");
+    // The ECU answered and refused: an install failure, not an unreachable ECU.
+    assert_eq!(code, ErrorCode::InstallFailed.as_u32(), "{message}");
     assert!(message.contains(ECU), "{message}");
     let ecu_keys = BTreeMap::from([(ECU.to_owned(), ecu.key.clone())]);
     let manifests = rig.verified_manifests(&ecu_keys);

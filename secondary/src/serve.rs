@@ -9,7 +9,7 @@ use secureev_uds::doip::{
     self, DiagnosticNackCode, DoipFramer, GenericNackCode, Message, RoutingActivationCode,
 };
 use secureev_uds::security::HmacSha256Algorithm;
-use secureev_uds::server::{EcuServer, ServerConfig};
+use secureev_uds::server::{EcuBackend, EcuServer, ServerConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,18 +45,49 @@ pub fn build_server(config: &Config) -> Result<SharedServer> {
     ))))
 }
 
-/// Handle one request; returns the responses to send (the first answer, then
-/// the final one after 0x78 keep-alives while the backend is busy).
-async fn handle(server: &SharedServer, request: &[u8]) -> Vec<Vec<u8>> {
-    let mut s = server.lock().await;
-    let mut out: Vec<Vec<u8>> = s.handle(request, Instant::now()).into_iter().collect();
-    while s.is_busy() {
-        tokio::time::sleep(POLL_INTERVAL).await;
-        if let Some(r) = s.poll(Instant::now()) {
-            out.push(r);
+/// One request being handled. [`Handling::next`] yields each response as
+/// soon as it exists — the first answer (a 0x78 when the work takes long),
+/// each 0x78 repeat while the backend is busy, then the final response — so
+/// the transport sends it at once. Holding a 0x78 back would let the tester's
+/// P2 timer expire and make it repeat the request.
+struct Handling<'a, B: EcuBackend> {
+    server: &'a Mutex<EcuServer<B>>,
+    first: Option<Vec<u8>>,
+}
+
+impl<'a, B: EcuBackend> Handling<'a, B> {
+    async fn start(server: &'a Mutex<EcuServer<B>>, request: &[u8]) -> Handling<'a, B> {
+        let first = server.lock().await.handle(request, Instant::now());
+        Handling { server, first }
+    }
+
+    /// The next response to send, or `None` when the request is done.
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        if let Some(r) = self.first.take() {
+            return Some(r);
+        }
+        loop {
+            {
+                let mut s = self.server.lock().await;
+                if !s.is_busy() {
+                    return None;
+                }
+                if let Some(r) = s.poll(Instant::now()) {
+                    return Some(r);
+                }
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
-    out
+}
+
+/// The periodic poll (S3 timeout) of an idle server. A busy one is polled by
+/// the transport that is handling its request, which sends what comes out.
+async fn idle_poll(server: &SharedServer) {
+    let mut s = server.lock().await;
+    if !s.is_busy() {
+        let _ = s.poll(Instant::now());
+    }
 }
 
 /// Serve DoIP (ISO 13400-2) on `listener` as the entity with
@@ -96,7 +127,7 @@ async fn poll_loop(server: SharedServer, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => { server.lock().await.poll(Instant::now()); }
+            _ = tick.tick() => idle_poll(&server).await,
         }
     }
 }
@@ -187,7 +218,8 @@ async fn doip_connection(
                             previous,
                         }))
                         .await?;
-                    for rsp in handle(&server, &data).await {
+                    let mut h = Handling::start(&server, &data).await;
+                    while let Some(rsp) = h.next().await {
                         stream
                             .write_all(&reply(Message::DiagnosticMessage {
                                 source: logical_address,
@@ -217,7 +249,7 @@ pub async fn serve_can(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => { server.lock().await.poll(Instant::now()); }
+            _ = tick.tick() => idle_poll(&server).await,
             r = sock.recv_vec() => {
                 let pdu = match r {
                     Ok(p) => p,
@@ -227,12 +259,94 @@ pub async fn serve_can(
                     }
                     Err(e) => return Err(e.into()),
                 };
-                for rsp in handle(&server, &pdu).await {
+                let mut h = Handling::start(&server, &pdu).await;
+                while let Some(rsp) = h.next().await {
                     if let Err(e) = sock.send(&rsp).await {
                         tracing::warn!(iface, "ISO-TP send: {e}");
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secureev_uds::codec::RoutineControlType;
+    use secureev_uds::nrc::Nrc;
+    use secureev_uds::server::{Context, DownloadRequest, ImageSink, Progress};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A backend whose routines stay busy until `done` is set.
+    struct Slow {
+        done: Arc<AtomicBool>,
+    }
+    impl ImageSink for Slow {
+        fn begin(&mut self, _: &DownloadRequest) -> std::result::Result<(), Nrc> {
+            Err(Nrc::ConditionsNotCorrect)
+        }
+        fn write(&mut self, _: u64, _: &[u8]) -> std::result::Result<(), Nrc> {
+            Err(Nrc::ConditionsNotCorrect)
+        }
+        fn finish(&mut self) -> std::result::Result<Progress<Vec<u8>>, Nrc> {
+            Err(Nrc::ConditionsNotCorrect)
+        }
+    }
+    impl EcuBackend for Slow {
+        fn read_did(&mut self, _: u16, _: &Context) -> std::result::Result<Vec<u8>, Nrc> {
+            Err(Nrc::RequestOutOfRange)
+        }
+        fn write_did(&mut self, _: u16, _: &[u8], _: &Context) -> std::result::Result<(), Nrc> {
+            Err(Nrc::RequestOutOfRange)
+        }
+        fn routine(
+            &mut self,
+            _: RoutineControlType,
+            _: u16,
+            _: &[u8],
+            _: &Context,
+        ) -> std::result::Result<Progress<Vec<u8>>, Nrc> {
+            Ok(if self.done.load(Ordering::SeqCst) {
+                Progress::Ready(vec![0])
+            } else {
+                Progress::Busy
+            })
+        }
+    }
+
+    /// Regression: the 0x78 used to be sent only together with the final
+    /// response, after the work; a tester's P2 timer expired meanwhile and
+    /// it repeated the request. The 0x78 must come out while the work runs.
+    #[tokio::test]
+    async fn response_pending_goes_out_before_the_work_ends() {
+        let done = Arc::new(AtomicBool::new(false));
+        let mut config = ServerConfig::default();
+        config.timing.p2_star = Duration::from_millis(200);
+        let server = Mutex::new(EcuServer::new(
+            Slow { done: done.clone() },
+            config,
+            Box::new(HmacSha256Algorithm::new(&[7; 32]).unwrap()),
+            Box::new(rand_core::OsRng),
+        ));
+        let mut h = Handling::start(&server, &[0x10, 0x03]).await;
+        assert_eq!(h.next().await.unwrap()[0], 0x50);
+        assert_eq!(h.next().await, None);
+        // verify-metadata (0xD000) in the extended session: the backend is busy.
+        let mut h = Handling::start(&server, &[0x31, 0x01, 0xD0, 0x00]).await;
+        let first = tokio::time::timeout(Duration::from_secs(10), h.next())
+            .await
+            .expect("the 0x78 while the work runs, not after it")
+            .unwrap();
+        assert_eq!(first, [0x7F, 0x31, 0x78]);
+        // Still busy: the 0x78 is repeated every P2*/2, nothing final yet.
+        let repeat = tokio::time::timeout(Duration::from_secs(10), h.next())
+            .await
+            .expect("a repeated 0x78 within P2*")
+            .unwrap();
+        assert_eq!(repeat, [0x7F, 0x31, 0x78]);
+        done.store(true, Ordering::SeqCst);
+        assert_eq!(h.next().await.unwrap()[..4], [0x71, 0x01, 0xD0, 0x00]);
+        assert_eq!(h.next().await, None);
     }
 }
