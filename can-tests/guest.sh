@@ -89,5 +89,21 @@ if [ -s "$bench_list" ]; then
     done < "$bench_list"
 fi
 
+# The demo (real secureev-server, dbus-daemon, secureev-otad, secureevctl) with
+# its secondary ECU on vcan0 instead of DoIP.
+if [ "${SECUREEV_VM_DEMO:-0}" = 1 ] && [ -n "${SECUREEV_WORKSPACE:-}" ]; then
+    echo "guest: demo with the secondary on vcan0"
+    t0=$(date +%s.%N)
+    SECUREEV_DEMO_BIN="$SECUREEV_BIN_DIR" SECUREEV_DEMO_SECONDARY=can SECUREEV_DEMO_CAN_IFACE=vcan0 \
+        SECUREEV_DEMO_IMAGE_MIB=2 timeout --kill-after=10 900 bash "$SECUREEV_WORKSPACE/scripts/demo.sh" \
+        </dev/null > "$out/logs/demo-can.log" 2>&1
+    rc=$?
+    t1=$(date +%s.%N)
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    printf '%s\t%s\t%s\n' "demo:can" "$rc" "$secs" >> "$out/results.tsv"
+    grep -E 'demo complete|^demo: |assignment ' "$out/logs/demo-can.log" | head -10
+    echo "guest: demo exit $rc in ${secs}s"
+fi
+
 echo "guest: done, uptime $(cut -d' ' -f1 /proc/uptime) s"
 touch "$out/guest-done"

@@ -25,6 +25,8 @@
 #                                    or PACKAGE:TEST (one tests/TEST.rs)
 #   SECUREEV_CAN_BENCHES="secureev-can:isotp-bench …"  benchmark examples
 #   SECUREEV_BENCH_MIB=0.5           MiB per benchmark run
+#   SECUREEV_VM_DEMO=1               also run scripts/demo.sh with its secondary
+#                                    on vcan0 (0: skip)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -124,8 +126,8 @@ python3 "$here/select-artifacts.py" "$out/cargo-test.json" "$tests_spec" test > 
     || die "selecting test executables failed"
 python3 "$here/select-artifacts.py" "$out/cargo-bench.json" "$benches_spec" example > "$out/bench.list" \
     || die "selecting benchmarks failed"
-python3 "$here/select-artifacts.py" "$out/cargo-test.json" "secureev-daemon:secureev-otad secureev-secondary:secureev-ecu" bin \
-    > "$out/bins.list" || die "the secureev-otad and secureev-ecu binaries were not built"
+python3 "$here/select-artifacts.py" "$out/cargo-test.json" "secureev-daemon:secureev-otad secureev-secondary:secureev-ecu secureev-server:secureev-server secureev-cli:secureevctl" bin \
+    > "$out/bins.list" || die "the secureev-otad, secureev-ecu, secureev-server and secureevctl binaries were not built"
 # Run copies: a build on the host while the VM runs (another cargo command)
 # must not swap an executable under a running test. Without debug info (a
 # fifth of the size: the guest reads every page over 9p under emulation);
@@ -159,6 +161,7 @@ sed 's/^/  bin: /' "$out/bins.list"
     printf 'export SECUREEV_CAN_PYTHON=%q\n' "$venv/bin/python"
     printf 'export SECUREEV_BENCH_MIB=%q\n' "${SECUREEV_BENCH_MIB:-0.5}"
     printf 'export SECUREEV_WORKSPACE=%q\n' "$root"
+    printf 'export SECUREEV_VM_DEMO=%q\n' "${SECUREEV_VM_DEMO:-1}"
 } > "$out/guest-env.sh"
 
 # ---- 4. run ----
@@ -209,7 +212,10 @@ fi
 passed=0 failed=0 problems=0 ok_lines=0
 while IFS=$'\t' read -r name rc secs; do
     log="$out/logs/${name#bench:}.log"
-    if [[ "$name" != bench:* ]]; then
+    case "$name" in demo:*) log="$out/logs/demo-${name#demo:}.log" ;; esac
+    if [[ "$name" == demo:* ]]; then
+        if [ "$rc" = 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+    elif [[ "$name" != bench:* ]]; then
         n_ok=$(grep -c '^test result: ok' "$log" || true)
         ok_lines=$((ok_lines + n_ok))
         p=$(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1/p' "$log" | awk '{ s += $1 } END { print s + 0 }')
@@ -223,13 +229,13 @@ while IFS=$'\t' read -r name rc secs; do
     fi
     if [ "$rc" != 0 ]; then
         echo "  $name: exit code $rc" >&2
-        grep -E 'panicked|FAILED|^---- ' "$log" | head -30 >&2 || true
+        grep -E 'panicked|FAILED|^---- |^demo: ' "$log" | head -30 >&2 || true
         problems=$((problems + 1))
         [[ "$name" == bench:* ]] && failed=$((failed + 1))
     fi
     printf '  %-40s exit %s  %ss\n' "$name" "$rc" "$secs"
 done < "$out/results.tsv"
-ran=$(grep -vc '^bench:' "$out/results.tsv" || true)
+ran=$(grep -Evc '^(bench|demo):' "$out/results.tsv" || true)
 if [ "$ran" -ne "$expected" ]; then
     echo "  only $ran of $expected test executables ran" >&2
     problems=$((problems + 1))

@@ -11,8 +11,17 @@
 #
 # Everything runs in a temporary directory; nothing is installed system-wide
 # except, when missing and running as root, the Debian packages dbus and curl.
-# Set SECUREEV_DEMO_KEEP=1 to keep the directory, SECUREEV_DEMO_SECONDARY=1 is
-# reserved for the secondary-ECU demo.
+# Environment:
+#   SECUREEV_DEMO_KEEP=1            keep the temporary directory
+#   SECUREEV_DEMO_PROFILE=debug     use the debug build (default release)
+#   SECUREEV_DEMO_BIN=DIR           use the binaries in DIR, build nothing
+#   SECUREEV_DEMO_IMAGE_MIB=16      size of the head-unit image
+#   SECUREEV_DEMO_SECONDARY=auto|can|doip
+#                                   how the secondary ECU is reached: UDS over
+#                                   kernel ISO-TP on SECUREEV_DEMO_CAN_IFACE
+#                                   (default vcan0), or DoIP on loopback; auto
+#                                   (the default) takes CAN when that interface
+#                                   is up and the kernel has CAN_ISOTP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -48,13 +57,34 @@ fi
 # SECUREEV_DEMO_PROFILE=debug reuses the test build (CI runs the demo as its
 # end-to-end test after `cargo test` built everything).
 PROFILE="${SECUREEV_DEMO_PROFILE:-release}"
-say "building secureev-server, secureev-otad, secureevctl, secureev-ecu ($PROFILE)"
-if [ "$PROFILE" = release ]; then
-    cargo build --release --locked -q -p secureev-server -p secureev-daemon -p secureev-cli -p secureev-secondary
+if [ -n "${SECUREEV_DEMO_BIN:-}" ]; then
+    BIN="$SECUREEV_DEMO_BIN"
+    say "using the binaries in $BIN"
 else
-    cargo build --locked -q -p secureev-server -p secureev-daemon -p secureev-cli -p secureev-secondary
+    say "building secureev-server, secureev-otad, secureevctl, secureev-ecu ($PROFILE)"
+    if [ "$PROFILE" = release ]; then
+        cargo build --release --locked -q -p secureev-server -p secureev-daemon -p secureev-cli -p secureev-secondary
+    else
+        cargo build --locked -q -p secureev-server -p secureev-daemon -p secureev-cli -p secureev-secondary
+    fi
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
 fi
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
+
+# The secondary's transport: CAN where the host has it, DoIP otherwise.
+CAN_IFACE="${SECUREEV_DEMO_CAN_IFACE:-vcan0}"
+SECONDARY="${SECUREEV_DEMO_SECONDARY:-auto}"
+have_can() {
+    ip link show "$CAN_IFACE" 2>/dev/null | grep -q ',UP' &&
+        python3 -c 'import socket; socket.socket(socket.AF_CAN, socket.SOCK_DGRAM, socket.CAN_ISOTP).close()' 2>/dev/null
+}
+if [ "$SECONDARY" = auto ]; then
+    if have_can; then SECONDARY=can; else SECONDARY=doip; fi
+fi
+case "$SECONDARY" in
+    can) have_can || die "SECUREEV_DEMO_SECONDARY=can but $CAN_IFACE is not up or the kernel has no CAN_ISOTP" ;;
+    doip) ;;
+    *) die "SECUREEV_DEMO_SECONDARY must be auto, can or doip, not '$SECONDARY'" ;;
+esac
 
 W="$(mktemp -d /tmp/secureev-demo.XXXXXX)"
 PIDS=()
@@ -107,7 +137,12 @@ dbus-daemon --config-file="$W/bus.conf" --nofork --nopidfile >"$W/bus.log" 2>&1 
 PIDS+=($!)
 BUS="unix:path=$W/bus.sock"
 for _ in $(seq 50); do [ -S "$W/bus.sock" ] && break; sleep 0.1; done
-say "secondary ECU: secureev-ecu (battery management) serving UDS over DoIP on loopback"
+if [ "$SECONDARY" = can ]; then
+    VIA="kernel ISO-TP on $CAN_IFACE (0x7E0/0x7E8)"
+else
+    VIA="DoIP on loopback"
+fi
+say "secondary ECU: secureev-ecu (battery management) serving UDS over $VIA"
 ECU=BMS-0042
 ECUHW=secureev-bms-demo
 ECUPORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -128,9 +163,19 @@ director_root = "$W/vehicle/trust/director-root.json"
 
 [doip]
 logical_address = 0x0E80
+
+[can]
+tx_id = 0x7E8
+rx_id = 0x7E0
 EOF
-"$BIN/secureev-ecu" --config "$W/ecu/ecu.toml" --doip "127.0.0.1:$ECUPORT" >"$W/ecu.log" 2>&1 &
+if [ "$SECONDARY" = can ]; then
+    "$BIN/secureev-ecu" --config "$W/ecu/ecu.toml" --can-interface "$CAN_IFACE" >"$W/ecu.log" 2>&1 &
+else
+    "$BIN/secureev-ecu" --config "$W/ecu/ecu.toml" --doip "127.0.0.1:$ECUPORT" >"$W/ecu.log" 2>&1 &
+fi
 PIDS+=($!)
+for _ in $(seq 100); do grep -q "serving" "$W/ecu.log" && break; sleep 0.1; done
+grep -q "serving" "$W/ecu.log" || die "secureev-ecu did not start: $(tail -5 "$W/ecu.log")"
 "$BIN/secureev-ecu" --config "$W/ecu/ecu.toml" --print-identity |
     python3 -c 'import json,sys; i=json.load(sys.stdin); print("  ECU", i["serial"], "key", i["did"])'
 
@@ -173,12 +218,25 @@ bus = "$BUS"
 serial = "$ECU"
 hardware_id = "$ECUHW"
 verification = "partial"
+EOF
+if [ "$SECONDARY" = can ]; then
+    cat >>"$W/vehicle/otad.toml" <<EOF
+transport = "can"
+
+[secondary.can]
+interface = "$CAN_IFACE"
+tx_id = 0x7E0
+rx_id = 0x7E8
+EOF
+else
+    cat >>"$W/vehicle/otad.toml" <<EOF
 transport = "doip"
 
 [secondary.doip]
 address = "127.0.0.1:$ECUPORT"
 logical_address = 0x0E80
 EOF
+fi
 "$BIN/secureev-otad" --config "$W/vehicle/otad.toml" --print-identity >"$W/identity.json"
 python3 -c 'import json,sys; i=json.load(open(sys.argv[1])); print("  primary", i["primary_serial"], "key", i["did"])' "$W/identity.json"
 
@@ -191,7 +249,7 @@ for _ in $(seq 100); do "${CTL[@]}" status >/dev/null 2>&1 && break; sleep 0.1; 
 "${CTL[@]}" status >/dev/null || die "daemon did not start: $(tail -5 "$W/otad.log")"
 echo "  (its first check-in is refused: the backend does not know the vehicle yet)"
 
-say "UI: secureevctl provision registers the vehicle, its Primary and (read over DoIP) its secondary"
+say "UI: secureevctl provision registers the vehicle, its Primary and (read over $SECONDARY) its secondary"
 "${CTL[@]}" provision "$URL" --token "$TOKEN" --wait
 # Provisioning triggers a check-in; let it finish (nothing is assigned yet).
 wait_state idle 30
@@ -277,4 +335,4 @@ else:
 sys.exit(0 if ok else 1)
 EOF
 echo
-echo "demo complete: verified updates installed on the head unit and forwarded to a secondary ECU, reported."
+echo "demo complete: verified updates installed on the head unit and forwarded to a secondary ECU over $VIA, reported."
