@@ -450,6 +450,13 @@ async fn a_secondarys_refusal_reaches_the_backend_in_its_own_report() {
         report.installed_image
     );
     assert_eq!(report.attacks(), ["arbitrary-software"]);
+    // ...and its own failed installation result.
+    let own = report
+        .installation_result
+        .as_ref()
+        .expect("the ECU reports its failed install");
+    assert!(!own.success, "{own:?}");
+    assert_eq!(own.code, "arbitrary-software", "{own:?}");
     let raw: Value = serde_json::from_slice(last.manifest().raw()).unwrap();
     assert_eq!(
         raw["signed"]["ecu_version_reports"][ECU]["signed"]["attacks_detected"],

@@ -218,15 +218,23 @@ impl Ecu {
         })
     }
 
-    fn record_attack(&mut self, code: ResultCode) {
+    /// A refused verification: the attack it names (result codes 0x10–0x17)
+    /// and the failed installation go into the next version report.
+    fn record_failure(&mut self, outcome: &Outcome) {
+        let (code, message) = outcome;
         let b = code.as_byte();
         if (0x10..=0x17).contains(&b) {
             let name = code.name().to_owned();
             if !self.state.attacks.contains(&name) {
                 self.state.attacks.push(name);
             }
-            let _ = self.save_state();
         }
+        self.state.last_install = Some(LastInstall {
+            success: false,
+            code: code.name().to_owned(),
+            message: message.clone(),
+        });
+        let _ = self.save_state();
     }
 
     fn ecu_info(&self) -> EcuInfo {
@@ -254,7 +262,7 @@ impl Ecu {
             Err(e) => outcome_of(&e),
         };
         if !outcome.0.is_success() {
-            self.record_attack(outcome.0);
+            self.record_failure(&outcome);
         }
         tracing::info!(code = outcome.0.name(), detail = %outcome.1, "verify-metadata");
         outcome
@@ -540,7 +548,7 @@ impl Ecu {
                 }
             };
             if !outcome.0.is_success() {
-                self.record_attack(outcome.0);
+                self.record_failure(&outcome);
             }
             tracing::info!(code = outcome.0.name(), detail = %outcome.1, "verify-image");
             return Ok(Progress::Ready(outcome));
