@@ -210,19 +210,9 @@ impl Backend {
     }
 }
 
-/// Percent-encode everything but unreserved characters (as Python's
+/// Percent-encode one URL path segment or file name component (as Python's
 /// `urllib.parse.quote(s, safe="")`), for role names and target path parts.
-pub fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use secureev_uptane::quote::quote_component as quote;
 
 #[cfg(test)]
 mod tests {

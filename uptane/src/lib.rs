@@ -34,6 +34,7 @@ pub mod error;
 pub mod keys;
 pub mod manifest;
 pub mod metadata;
+pub mod quote;
 pub mod request_auth;
 pub mod time;
 pub mod trusted;
