@@ -44,7 +44,7 @@ venv="${SECUREEV_CAN_VENV:-$root/target/can-vm-venv}"
 # The vcan test targets: everything that needs a CAN bus, nothing else (the
 # rest of the workspace runs on the host; here it would only be slower).
 tests_spec="${SECUREEV_CAN_TESTS:-secureev-can secureev-secondary:vcan secureev-daemon:secondary_doip secureev-can-tests}"
-benches_spec="${SECUREEV_CAN_BENCHES-secureev-can:isotp-bench}"
+benches_spec="${SECUREEV_CAN_BENCHES-secureev-can:isotp-bench secureev-can-tests:uds-flash-bench}"
 out="${SECUREEV_CAN_OUT:-$(mktemp -d /tmp/secureev-can-vm.XXXXXX)}"
 mkdir -p "$out"
 rm -rf "$out"/guest-* "$out"/results.tsv "$out"/bench*.md "$out"/exe "$out"/bin "$out"/cores
