@@ -50,21 +50,68 @@ pub fn build_server(config: &Config) -> Result<SharedServer> {
 /// each 0x78 repeat while the backend is busy, then the final response — so
 /// the transport sends it at once. Holding a 0x78 back would let the tester's
 /// P2 timer expire and make it repeat the request.
-struct Handling<'a, B: EcuBackend> {
-    server: &'a Mutex<EcuServer<B>>,
+///
+/// The backend may also take long inside the request itself (verify-metadata
+/// checks every signature before it answers). The request therefore runs on
+/// a blocking thread; if it has not answered within half of the announced
+/// P2server, the transport sends `7F <SID> 78` on the server's behalf, repeats
+/// it every P2*/2, and sends the answer when it comes (ISO 14229-1: a server
+/// that cannot answer within P2 sends ResponsePending).
+struct Handling<'a, B: EcuBackend + Send + 'static> {
+    server: &'a Arc<Mutex<EcuServer<B>>>,
+    sid: u8,
     first: Option<Vec<u8>>,
+    running: Option<tokio::task::JoinHandle<Option<Vec<u8>>>>,
+    repeat_every: Duration,
 }
 
-impl<'a, B: EcuBackend> Handling<'a, B> {
-    async fn start(server: &'a Mutex<EcuServer<B>>, request: &[u8]) -> Handling<'a, B> {
-        let first = server.lock().await.handle(request, Instant::now());
-        Handling { server, first }
+impl<'a, B: EcuBackend + Send + 'static> Handling<'a, B> {
+    async fn start(server: &'a Arc<Mutex<EcuServer<B>>>, request: &[u8]) -> Handling<'a, B> {
+        let sid = request.first().copied().unwrap_or(0);
+        let (p2, repeat_every) = {
+            let s = server.lock().await;
+            let t = &s.config().timing;
+            (t.p2 / 2, t.p2_star / 2)
+        };
+        let (srv, req) = (server.clone(), request.to_vec());
+        let mut task =
+            tokio::task::spawn_blocking(move || srv.blocking_lock().handle(&req, Instant::now()));
+        let mut h = Handling {
+            server,
+            sid,
+            first: None,
+            running: None,
+            repeat_every,
+        };
+        match tokio::time::timeout(p2, &mut task).await {
+            Ok(r) => h.first = r.unwrap_or(None),
+            Err(_) => {
+                h.first = Some(vec![0x7F, sid, 0x78]);
+                h.running = Some(task);
+            }
+        }
+        h
     }
 
     /// The next response to send, or `None` when the request is done.
     async fn next(&mut self) -> Option<Vec<u8>> {
         if let Some(r) = self.first.take() {
             return Some(r);
+        }
+        if let Some(task) = self.running.as_mut() {
+            match tokio::time::timeout(self.repeat_every, &mut *task).await {
+                Err(_) => return Some(vec![0x7F, self.sid, 0x78]),
+                Ok(r) => {
+                    self.running = None;
+                    // A pending answer of the server itself repeats our 0x78:
+                    // the tester is already waiting P2*, so skip it.
+                    match r.ok().flatten() {
+                        Some(rsp) if rsp == [0x7F, self.sid, 0x78] => {}
+                        Some(rsp) => return Some(rsp),
+                        None => {}
+                    }
+                }
+            }
         }
         loop {
             {
@@ -294,7 +341,12 @@ mod tests {
         }
     }
     impl EcuBackend for Slow {
-        fn read_did(&mut self, _: u16, _: &Context) -> std::result::Result<Vec<u8>, Nrc> {
+        fn read_did(&mut self, did: u16, _: &Context) -> std::result::Result<Vec<u8>, Nrc> {
+            if did == 0xF1A0 {
+                // Work done inside the request itself, far beyond P2.
+                std::thread::sleep(Duration::from_millis(400));
+                return Ok(b"slow".to_vec());
+            }
             Err(Nrc::RequestOutOfRange)
         }
         fn write_did(&mut self, _: u16, _: &[u8], _: &Context) -> std::result::Result<(), Nrc> {
@@ -323,12 +375,12 @@ mod tests {
         let done = Arc::new(AtomicBool::new(false));
         let mut config = ServerConfig::default();
         config.timing.p2_star = Duration::from_millis(200);
-        let server = Mutex::new(EcuServer::new(
+        let server = Arc::new(Mutex::new(EcuServer::new(
             Slow { done: done.clone() },
             config,
             Box::new(HmacSha256Algorithm::new(&[7; 32]).unwrap()),
             Box::new(rand_core::OsRng),
-        ));
+        )));
         let mut h = Handling::start(&server, &[0x10, 0x03]).await;
         assert_eq!(h.next().await.unwrap()[0], 0x50);
         assert_eq!(h.next().await, None);
@@ -347,6 +399,39 @@ mod tests {
         assert_eq!(repeat, [0x7F, 0x31, 0x78]);
         done.store(true, Ordering::SeqCst);
         assert_eq!(h.next().await.unwrap()[..4], [0x71, 0x01, 0xD0, 0x00]);
+        assert_eq!(h.next().await, None);
+    }
+
+    /// Work inside the request (no `Progress::Busy`) that outlasts P2: the
+    /// transport answers 0x78 on the server's behalf first, then the answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_request_gets_a_response_pending_within_p2() {
+        let mut config = ServerConfig::default();
+        config.timing.p2_star = Duration::from_millis(200);
+        let server = Arc::new(Mutex::new(EcuServer::new(
+            Slow {
+                done: Arc::new(AtomicBool::new(true)),
+            },
+            config,
+            Box::new(HmacSha256Algorithm::new(&[7; 32]).unwrap()),
+            Box::new(rand_core::OsRng),
+        )));
+        let t0 = std::time::Instant::now();
+        let mut h = Handling::start(&server, &[0x22, 0xF1, 0xA0]).await;
+        let first = h.next().await.unwrap();
+        let first_after = t0.elapsed();
+        assert_eq!(first, [0x7F, 0x22, 0x78]);
+        assert!(first_after < Duration::from_millis(400), "{first_after:?}");
+        let mut rest = Vec::new();
+        while let Some(r) = h.next().await {
+            rest.push(r);
+        }
+        let last = rest.pop().expect("the final answer");
+        assert_eq!(last, b"\x62\xF1\xA0slow");
+        assert!(rest.iter().all(|r| r == &[0x7F, 0x22, 0x78]), "{rest:02X?}");
+        // Fast requests are answered directly, without a 0x78.
+        let mut h = Handling::start(&server, &[0x22, 0x12, 0x34]).await;
+        assert_eq!(h.next().await.unwrap(), [0x7F, 0x22, 0x31]);
         assert_eq!(h.next().await, None);
     }
 }
