@@ -152,6 +152,12 @@ pub async fn serve_doip(
             r = listener.accept() => {
                 let (stream, peer) = r.map_err(|e| Error::Net { what: "accept".into(), error: e })?;
                 tracing::info!(%peer, "DoIP connection");
+                // Each UDS exchange is a small acknowledgement then a small
+                // response: with Nagle's algorithm the response would wait
+                // for the tester's delayed ACK (about 40 ms per request).
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::warn!(%peer, "TCP_NODELAY: {e}");
+                }
                 let (server, shutdown) = (server.clone(), shutdown.clone());
                 tokio::spawn(async move {
                     tokio::select! {
