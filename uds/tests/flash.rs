@@ -634,3 +634,28 @@ fn hmac_default_algorithm_is_what_client_and_server_share() {
     let key = alg.compute_key(protocol::SECURITY_LEVEL, &[1; 16]);
     assert!(alg.verify_key(protocol::SECURITY_LEVEL, &[1; 16], &key));
 }
+
+/// Regression: a verify-image answer that arrives late (after the client
+/// repeated the request on P2 expiry, so the ECU answers twice) used to fail
+/// the next step with "routine 0xD001, asked 0xFF01". Late answers to an
+/// earlier request are ignored.
+#[test]
+fn a_late_duplicate_routine_answer_is_ignored() {
+    let image = vec![0x5A; 10_000];
+    let mut server = server_with(TestEcu::default(), ServerConfig::default());
+    let mut delayed = false;
+    let mut c = client(flash_plan(&image, 4095), ClientConfig::default());
+    run(&mut c, &mut server, &mut Instant::now(), |req, rsp| {
+        let verify = [0x31, 0x01, 0xD0, 0x01];
+        if req.len() >= 4 && req[..4] == verify && rsp.first() == Some(&0x71) && !delayed {
+            delayed = true;
+            return Fate::Delay;
+        }
+        Fate::Deliver
+    })
+    .unwrap();
+    assert!(delayed, "the verify-image answer was delayed");
+    assert!(c.is_done());
+    assert!(c.stats().retries >= 1, "{:?}", c.stats());
+    assert!(c.stats().ignored >= 1, "{:?}", c.stats());
+}
