@@ -427,6 +427,7 @@ impl Agent {
                 break;
             };
             t.update_root(&bytes).map_err(|e| uptane(&file, e))?;
+            store.save_root_version(repo, next, &bytes)?;
             store.save_metadata(repo, Role::Root, &bytes)?;
         }
         let mut changed = true;

@@ -865,8 +865,9 @@ fn decode_file_name(stem: &str) -> Option<String> {
 /// The metadata a secondary verifies, from the daemon's stored trusted
 /// metadata (original bytes): Director root and targets for partial
 /// verification; every stored Director and Image role, delegated roles
-/// included, for full verification. Only the newest root is stored, so an ECU
-/// more than one root version behind cannot follow a rotation.
+/// included, for full verification. "root" is the chain of every root version
+/// the Primary verified, oldest first (the ECU skips the ones it already
+/// trusts), so an ECU that missed several rotations can follow them.
 pub fn metadata_bundle(store: &Store, verification: Verification) -> Result<MetadataBundle> {
     let roles: &[(&str, Role<'static>)] = match verification {
         Verification::Partial => &[("root", Role::Root), ("targets", Role::Targets)],
@@ -879,7 +880,13 @@ pub fn metadata_bundle(store: &Store, verification: Verification) -> Result<Meta
     };
     let mut bundle = MetadataBundle::default();
     for (name, role) in roles {
-        if let Some(b) = store.load_metadata(Repo::Director, *role)? {
+        if *role == Role::Root {
+            bundle.director.extend(
+                root_chain(store, Repo::Director)?
+                    .into_iter()
+                    .map(|b| ("root".to_owned(), b)),
+            );
+        } else if let Some(b) = store.load_metadata(Repo::Director, *role)? {
             bundle.director.push(((*name).to_owned(), b));
         }
     }
@@ -891,7 +898,13 @@ pub fn metadata_bundle(store: &Store, verification: Verification) -> Result<Meta
     }
     if verification == Verification::Full {
         for (name, role) in roles {
-            if let Some(b) = store.load_metadata(Repo::Image, *role)? {
+            if *role == Role::Root {
+                bundle.image.extend(
+                    root_chain(store, Repo::Image)?
+                        .into_iter()
+                        .map(|b| ("root".to_owned(), b)),
+                );
+            } else if let Some(b) = store.load_metadata(Repo::Image, *role)? {
                 bundle.image.push(((*name).to_owned(), b));
             }
         }
@@ -922,6 +935,19 @@ pub fn metadata_bundle(store: &Store, verification: Verification) -> Result<Meta
         bundle.image.extend(delegated);
     }
     Ok(bundle)
+}
+
+/// The kept root versions of `repo` ending with the trusted `root.json`
+/// (which is also the newest kept one, unless the state directory predates
+/// kept roots or holds only the initial root).
+fn root_chain(store: &Store, repo: Repo) -> Result<Vec<Vec<u8>>> {
+    let mut chain = store.root_chain(repo)?;
+    if let Some(current) = store.load_metadata(repo, Role::Root)? {
+        if chain.last() != Some(&current) {
+            chain.push(current);
+        }
+    }
+    Ok(chain)
 }
 
 #[cfg(test)]

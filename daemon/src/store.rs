@@ -6,6 +6,7 @@
 //! ```text
 //! metadata/director/{root,timestamp,snapshot,targets}.json   original bytes
 //! metadata/director/delegated/<role, percent-encoded>.json
+//! metadata/director/roots/<version>.root.json                every root version verified
 //! metadata/image/...                                         the same for the Image repository
 //! installed.json        ECU serial -> installed image
 //! report-counter.json   the next ECU version report counter
@@ -285,8 +286,10 @@ impl Store {
         for repo in [Repo::Director, Repo::Image] {
             let meta = store.metadata_dir(repo);
             create_dir(&meta.join("delegated"))?;
+            create_dir(&meta.join("roots"))?;
             remove_stale_temps(&meta)?;
             remove_stale_temps(&meta.join("delegated"))?;
+            remove_stale_temps(&meta.join("roots"))?;
         }
         Ok(store)
     }
@@ -342,6 +345,42 @@ impl Store {
     /// Store the original bytes of a verified role.
     pub fn save_metadata(&self, repo: Repo, role: Role<'_>, bytes: &[u8]) -> Result<()> {
         atomic_write(&self.metadata_path(repo, role), bytes)
+    }
+
+    /// Keep root `version` of `repo` (original bytes) for secondaries that are
+    /// more than one root version behind: they need the whole chain.
+    pub fn save_root_version(&self, repo: Repo, version: u64, bytes: &[u8]) -> Result<()> {
+        let path = self
+            .metadata_dir(repo)
+            .join("roots")
+            .join(format!("{version}.root.json"));
+        atomic_write(&path, bytes)
+    }
+
+    /// Every kept root of `repo`, oldest first (empty for a state directory
+    /// written before roots were kept; callers fall back to `root.json`).
+    pub fn root_chain(&self, repo: Repo) -> Result<Vec<Vec<u8>>> {
+        let dir = self.metadata_dir(repo).join("roots");
+        let mut found: Vec<(u64, PathBuf)> = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("read", dir, e)),
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(v) = name
+                .strip_suffix(".root.json")
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                found.push((v, e.path()));
+            }
+        }
+        found.sort();
+        found
+            .into_iter()
+            .map(|(_, p)| fs::read(&p).map_err(|e| Error::io("read", p, e)))
+            .collect()
     }
 
     /// Delete a stored role (e.g. timestamp and snapshot after a key rotation,

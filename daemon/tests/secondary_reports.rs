@@ -463,3 +463,48 @@ async fn a_secondarys_refusal_reaches_the_backend_in_its_own_report() {
         "arbitrary-software"
     );
 }
+
+/// A secondary that slept through two Director root rotations (it trusts
+/// root v1; the Director is at v3 and its targets key changed in v3) gets the
+/// whole chain v2, v3 from the Primary, follows it, and installs. With only the
+/// newest root it could not: v3 is not signed by v1's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_two_root_versions_behind_follows_the_chain() {
+    use secureev_uptane::SigningKey;
+    let dir = tempfile::tempdir().unwrap();
+    let mut repos = Repos::new();
+    let ecu = start_ecu(&dir.path().join("ecu"), &repos.director_root).await;
+    repos
+        .director
+        .rotate_keys("root", vec![SigningKey::generate_p256()], 1);
+    repos.director.publish_root().unwrap();
+    repos
+        .director
+        .rotate_keys("root", vec![SigningKey::generate_p256()], 1);
+    repos
+        .director
+        .rotate_keys("targets", vec![SigningKey::generate_p256()], 1);
+    let v3 = repos.director.publish_root().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&v3).unwrap()["signed"]["version"],
+        3
+    );
+    let firmware = image_bytes(8 * 1024, 11);
+    let files = assign_to_secondary(&mut repos, "bms/fw-9.bin", &firmware, 9);
+    let mut rig = rig(dir, &repos, &[(ECU, ecu.addr)]).await;
+
+    let (code, message) = rig.start_and_check(files).await;
+    assert_eq!(
+        code,
+        ErrorCode::Ok.as_u32(),
+        "{message}\n{}",
+        rig.vehicle.log()
+    );
+    let ecu_keys = BTreeMap::from([(ECU.to_owned(), ecu.key.clone())]);
+    let manifests = rig.verified_manifests(&ecu_keys);
+    let report = manifests.last().unwrap().report(ECU).unwrap();
+    assert_eq!(
+        report.installed_image.as_ref().map(|i| i.filepath.as_str()),
+        Some("bms/fw-9.bin")
+    );
+}
