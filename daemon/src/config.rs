@@ -405,6 +405,10 @@ pub struct SecondaryConfig {
     /// `[secondary.doip]`, for `transport = "doip"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub doip: Option<DoipConfig>,
+    /// The SecurityAccess secret of this ECU (hex, 32 bytes); default
+    /// `<keys.dir>/secondaries/<serial>.secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_secret_file: Option<PathBuf>,
 }
 
 /// `[[secondary]] verification`.

@@ -768,9 +768,18 @@ fn file_name_for(serial: &str) -> String {
     out
 }
 
-/// Where the SecurityAccess secret of ECU `serial` is expected:
-/// `<keys.dir>/secondaries/<serial>.secret` (hex).
+/// Where the SecurityAccess secret of ECU `serial` is read from (hex): its
+/// `[[secondary]] security_secret_file`, else
+/// `<keys.dir>/secondaries/<serial>.secret`.
 pub fn secret_path(config: &Config, serial: &str) -> PathBuf {
+    if let Some(p) = config
+        .secondaries
+        .iter()
+        .find(|s| s.serial == serial)
+        .and_then(|s| s.security_secret_file.clone())
+    {
+        return p;
+    }
     config
         .keys
         .dir

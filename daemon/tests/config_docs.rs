@@ -52,6 +52,7 @@ fn everything() -> Vec<Config> {
             address: "a:1".into(),
             logical_address: 3,
         }),
+        security_secret_file: Some("/etc/secureev/s.secret".into()),
     }];
     vec![c]
 }

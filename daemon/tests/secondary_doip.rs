@@ -275,9 +275,11 @@ serial = "BMS-CAN"
 hardware_id = "bms"
 transport = "can"
 can = {{ interface = "vcan-none", tx_id = 0x7E0, rx_id = 0x7E8, fd = true }}
+security_secret_file = "{}"
 "#,
         keys.display(),
-        rig.addr
+        rig.addr,
+        rig.dir.path().join("bms-secret.hex").display()
     );
     let cfg = config::parse_str(&text).unwrap();
     let transports = transports_from_config_with(&cfg, Arc::new(|| NOW)).unwrap();
@@ -290,6 +292,12 @@ can = {{ interface = "vcan-none", tx_id = 0x7E0, rx_id = 0x7E8, fd = true }}
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(&p, format!("{}\n", hex::encode(SECRET))).unwrap();
     assert_eq!(t.info().await.unwrap().serial, SERIAL);
+    // The default path, and a configured one.
+    assert_eq!(p, keys.join("secondaries").join(format!("{SERIAL}.secret")));
+    assert_eq!(
+        secret_path(&cfg, "BMS-CAN"),
+        rig.dir.path().join("bms-secret.hex")
+    );
     // CAN on a host without that interface (or without AF_CAN): an error for
     // that ECU, not a panic and not a failed start.
     let e = transports["BMS-CAN"].info().await.unwrap_err();
