@@ -499,17 +499,24 @@ impl<C: Connector> UdsSecondary<C> {
     ) -> Result<Outcome> {
         let algorithm = self.algorithm()?;
         let mut guard = self.link.lock().await;
-        let link = match guard.as_mut() {
+        // The link is taken out while it works and put back only after a
+        // complete exchange: if this future is dropped mid-exchange (a
+        // timeout), the half-used connection is dropped with it and the next
+        // call starts from a fresh connection and session, never reading a
+        // late answer meant for the abandoned request.
+        let mut link = match guard.take() {
             Some(l) => l,
-            None => guard.insert(self.connector.connect().await.map_err(|e| self.err(e))?),
+            None => self.connector.connect().await.map_err(|e| self.err(e))?,
         };
         let mut config = self.client_config.clone();
         config.max_pdu = config.max_pdu.min(link.max_pdu()).min(self.ecu_max_pdu());
-        match drive(link, plan, Box::new(algorithm), config, on_progress).await {
-            Ok(o) => Ok(o),
+        match drive(&mut link, plan, Box::new(algorithm), config, on_progress).await {
+            Ok(o) => {
+                *guard = Some(link);
+                Ok(o)
+            }
             Err(e) => {
                 // Start the next call from a fresh connection and session.
-                *guard = None;
                 match e {
                     DriveError::Uds(
                         u @ (secureev_uds::Error::NegativeResponse { .. }

@@ -249,6 +249,27 @@ async fn refusals_name_the_attack_and_a_wrong_ecu_is_detected() {
     );
 }
 
+/// A call dropped in the middle of its exchange (the caller's timeout) leaves
+/// the transport usable: the next call starts on a fresh connection and is
+/// not confused by the abandoned request's late answers.
+#[tokio::test]
+async fn a_call_dropped_mid_exchange_leaves_the_transport_usable() {
+    let rig = rig().await;
+    let t = transport(rig.addr, HW);
+    assert_eq!(t.info().await.unwrap().serial, SERIAL);
+    let mut dropped = 0;
+    for micros in [50u64, 200, 1_000, 3_000, 10_000] {
+        if tokio::time::timeout(std::time::Duration::from_micros(micros), t.info())
+            .await
+            .is_err()
+        {
+            dropped += 1;
+        }
+        assert_eq!(t.info().await.unwrap().serial, SERIAL, "after {micros} µs");
+    }
+    assert!(dropped > 0, "no call was dropped mid-exchange");
+}
+
 #[tokio::test]
 async fn transports_from_config_reads_the_secret_file() {
     let rig = rig().await;
