@@ -117,16 +117,10 @@ impl Rig {
     /// Start the daemon against the closed backend, then serve `images` with
     /// the published metadata and run one triggered check.
     async fn start_and_check(&mut self, images: &[(&str, &[u8])]) -> (u32, String) {
-        self.vehicle.start().await;
-        self.vehicle.settle_closed().await;
-        self.check_again(images).await
-    }
-
-    async fn check_again(&mut self, images: &[(&str, &[u8])]) -> (u32, String) {
         let files = self.repos.publish(images);
-        self.backend.set_files(files);
-        self.backend.set_open(true);
-        self.vehicle.check(CHECK_TIMEOUT).await
+        self.vehicle
+            .start_then_check(&self.backend, files, CHECK_TIMEOUT)
+            .await
     }
 
     fn ecu(&mut self, serial: &str) -> &mut EcuProcess {

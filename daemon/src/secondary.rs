@@ -894,18 +894,10 @@ pub fn metadata_bundle(store: &Store, verification: Verification) -> Result<Meta
             ("targets", Role::Targets),
         ],
     };
-    let mut bundle = MetadataBundle::default();
-    for (name, role) in roles {
-        if *role == Role::Root {
-            bundle.director.extend(
-                root_chain(store, Repo::Director)?
-                    .into_iter()
-                    .map(|b| ("root".to_owned(), b)),
-            );
-        } else if let Some(b) = store.load_metadata(Repo::Director, *role)? {
-            bundle.director.push(((*name).to_owned(), b));
-        }
-    }
+    let mut bundle = MetadataBundle {
+        director: stored_roles(store, Repo::Director, roles)?,
+        ..MetadataBundle::default()
+    };
     if !bundle.director.iter().any(|(n, _)| n == "targets") {
         return Err(Error::Secondary {
             ecu: String::new(),
@@ -913,17 +905,7 @@ pub fn metadata_bundle(store: &Store, verification: Verification) -> Result<Meta
         });
     }
     if verification == Verification::Full {
-        for (name, role) in roles {
-            if *role == Role::Root {
-                bundle.image.extend(
-                    root_chain(store, Repo::Image)?
-                        .into_iter()
-                        .map(|b| ("root".to_owned(), b)),
-                );
-            } else if let Some(b) = store.load_metadata(Repo::Image, *role)? {
-                bundle.image.push(((*name).to_owned(), b));
-            }
-        }
+        bundle.image = stored_roles(store, Repo::Image, roles)?;
         let dir = store
             .metadata_path(Repo::Image, Role::Delegated("x"))
             .parent()
@@ -951,6 +933,27 @@ pub fn metadata_bundle(store: &Store, verification: Verification) -> Result<Meta
         bundle.image.extend(delegated);
     }
     Ok(bundle)
+}
+
+/// `(name, bytes)` of the stored `roles` of `repo`; "root" is the chain.
+fn stored_roles(
+    store: &Store,
+    repo: Repo,
+    roles: &[(&str, Role<'static>)],
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for (name, role) in roles {
+        if *role == Role::Root {
+            out.extend(
+                root_chain(store, repo)?
+                    .into_iter()
+                    .map(|b| ("root".to_owned(), b)),
+            );
+        } else if let Some(b) = store.load_metadata(repo, *role)? {
+            out.push(((*name).to_owned(), b));
+        }
+    }
+    Ok(out)
 }
 
 /// The kept root versions of `repo` ending with the trusted `root.json`

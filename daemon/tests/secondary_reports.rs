@@ -236,11 +236,9 @@ impl Rig {
     /// Start the daemon, let its start-up check-in fail on the closed backend,
     /// serve `files`, and run one triggered check.
     async fn start_and_check(&mut self, files: Files) -> (u32, String) {
-        self.vehicle.start().await;
-        self.vehicle.settle_closed().await;
-        self.backend.set_files(files);
-        self.backend.set_open(true);
-        self.vehicle.check(CHECK_TIMEOUT).await
+        self.vehicle
+            .start_then_check(&self.backend, files, CHECK_TIMEOUT)
+            .await
     }
 
     fn primary_key(&self) -> PublicKey {

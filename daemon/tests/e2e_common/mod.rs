@@ -819,6 +819,22 @@ inhibit_dir = "{d}/inhibit"
         }
     }
 
+    /// Start the daemon while `backend` is closed (its start-up check-in fails
+    /// with 503), then serve `files`, open the backend and run one triggered
+    /// check: the scenario of every end-to-end test.
+    pub async fn start_then_check(
+        &mut self,
+        backend: &Backend,
+        files: Files,
+        timeout: Duration,
+    ) -> (u32, String) {
+        self.start().await;
+        self.settle_closed().await;
+        backend.set_files(files);
+        backend.set_open(true);
+        self.check(timeout).await
+    }
+
     /// After a start against a closed backend: wait until the start-up check-in
     /// failed, so that the next `Completed` belongs to the test's check.
     pub async fn settle_closed(&self) {
