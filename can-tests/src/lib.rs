@@ -156,6 +156,10 @@ pub struct EcuSpec {
     pub secret: [u8; 32],
     /// `full` or `partial`.
     pub verification: &'static str,
+    /// Extra lines for the ECU's `[can]` table (flow control, padding).
+    pub ecu_can: String,
+    /// Extra keys for the Primary's inline `can = { … }` of this ECU.
+    pub primary_can: String,
 }
 
 impl EcuSpec {
@@ -170,7 +174,22 @@ impl EcuSpec {
             fd: false,
             secret: [0x5C; 32],
             verification: "partial",
+            ecu_can: String::new(),
+            primary_can: String::new(),
         }
+    }
+
+    /// With these lines in the ECU's `[can]` table (e.g. `block_size = 8`).
+    pub fn with_ecu_can(mut self, toml_lines: &str) -> EcuSpec {
+        self.ecu_can = toml_lines.to_owned();
+        self
+    }
+
+    /// With these keys in the Primary's `can = { … }` for this ECU (e.g.
+    /// `padding = "strict"`).
+    pub fn with_primary_can(mut self, toml_keys: &str) -> EcuSpec {
+        self.primary_can = toml_keys.to_owned();
+        self
     }
 
     /// Use CAN FD.
@@ -227,7 +246,7 @@ impl EcuProcess {
         .expect("write secret");
         let config = format!(
             "serial = \"{}\"\nhardware_id = \"{}\"\nverification = \"{}\"\nstate_dir = \"{}\"\n\
-             director_root = \"{}\"\n[can]\ntx_id = {}\nrx_id = {}\nfd = {}\n",
+             director_root = \"{}\"\n[can]\ntx_id = {}\nrx_id = {}\nfd = {}\n{}\n",
             spec.serial,
             spec.hardware_id,
             spec.verification,
@@ -235,7 +254,8 @@ impl EcuProcess {
             dir.join("director-root.json").display(),
             spec.tx_id,
             spec.rx_id,
-            spec.fd
+            spec.fd,
+            spec.ecu_can
         );
         let config_path = dir.join("ecu.toml");
         std::fs::write(&config_path, config).expect("write ECU config");

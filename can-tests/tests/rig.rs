@@ -46,8 +46,15 @@ struct Rig {
 fn secondary_toml(spec: &EcuSpec) -> String {
     format!(
         "[[secondary]]\nserial = \"{}\"\nhardware_id = \"{}\"\nverification = \"partial\"\n\
-         transport = \"can\"\ncan = {{ interface = \"{}\", tx_id = {}, rx_id = {}, fd = {} }}\n",
-        spec.serial, spec.hardware_id, spec.iface, spec.rx_id, spec.tx_id, spec.fd
+         transport = \"can\"\ncan = {{ interface = \"{}\", tx_id = {}, rx_id = {}, fd = {}{}{} }}\n",
+        spec.serial,
+        spec.hardware_id,
+        spec.iface,
+        spec.rx_id,
+        spec.tx_id,
+        spec.fd,
+        if spec.primary_can.is_empty() { "" } else { ", " },
+        spec.primary_can
     )
 }
 
@@ -176,7 +183,14 @@ async fn three_secondaries_classic_29bit_and_fd_in_one_cycle() {
     let classic = need!(vcan());
     let fd = need!(vcan_fd());
     let specs = vec![
-        EcuSpec::new("BMS-1", "bms-v2", &classic, 0x7E8, 0x7E0).with_secret([0x11; 32]),
+        // BMS-1 asks for blocks of 8 frames at 500 µs, and both ends pad
+        // with 0xAA and require padding: a typical OEM bootloader.
+        EcuSpec::new("BMS-1", "bms-v2", &classic, 0x7E8, 0x7E0)
+            .with_secret([0x11; 32])
+            .with_ecu_can(
+                "block_size = 8\nst_min_us = 500\npadding = \"strict\"\npadding_byte = 0xAA",
+            )
+            .with_primary_can("padding = \"strict\", padding_byte = 0xAA"),
         EcuSpec::new("INV-1", "inverter-v1", &classic, 0x18DA_F110, 0x18DA_10F1)
             .with_secret([0x22; 32]),
         EcuSpec::new("ADAS-1", "adas-v3", &fd, 0x7E9, 0x7E1)
@@ -192,6 +206,8 @@ async fn three_secondaries_classic_29bit_and_fd_in_one_cycle() {
     rig.assign("BMS-1", "bms-v2", "bms/fw-7.bin", &bms, 7);
     rig.assign("INV-1", "inverter-v1", "inv/fw-3.bin", &inv, 3);
     rig.assign("ADAS-1", "adas-v3", "adas/fw-9.bin", &adas, 9);
+    let bus = RawCanSocket::open(&classic).unwrap();
+    bus.set_recv_buffer(16 << 20).unwrap();
     let (code, message) = rig
         .start_and_check(&[
             ("hu/rootfs-2.img", &hu),
@@ -202,6 +218,36 @@ async fn three_secondaries_classic_29bit_and_fd_in_one_cycle() {
         .await;
     assert_eq!(code, ok(), "{message}\n{}", rig.logs());
     assert_eq!(std::fs::read(&rig.hu_target).unwrap(), hu);
+    // What went over the classic bus to and from BMS-1: its flow control
+    // carries its block size and STmin, and every frame both ends sent is
+    // padded to 8 bytes with 0xAA.
+    let (mut fc, mut to_bms) = (0, 0);
+    while let Ok(f) = bus.recv_timeout(Duration::from_millis(200)).await {
+        match f.id {
+            0x7E8 if f.data.first() == Some(&0x30) => {
+                fc += 1;
+                assert_eq!(f.data[..3], [0x30, 8, 0xF5], "BMS-1 flow control");
+                assert_eq!(f.data.len(), 8, "{:02X?}", f.data);
+            }
+            0x7E0 => {
+                to_bms += 1;
+                assert_eq!(f.data.len(), 8, "unpadded frame to BMS-1: {:02X?}", f.data);
+                if f.data[0] >> 4 == 0 {
+                    let used = 1 + usize::from(f.data[0] & 0x0F);
+                    assert!(
+                        f.data[used..].iter().all(|&b| b == 0xAA),
+                        "single frame padding: {:02X?}",
+                        f.data
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        fc > 100 && to_bms > 1000,
+        "{fc} flow controls, {to_bms} frames to BMS-1"
+    );
     for (serial, image, name) in [
         ("BMS-1", &bms, "bms/fw-7.bin"),
         ("INV-1", &inv, "inv/fw-3.bin"),

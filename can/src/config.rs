@@ -123,6 +123,26 @@ impl StMin {
         }
     }
 
+    /// From a duration in whole microseconds, as configuration files give it:
+    /// 0, 100 … 900 µs, or whole milliseconds up to 127 000 µs.
+    ///
+    /// ```
+    /// use secureev_can::StMin;
+    /// assert_eq!(StMin::from_micros_total(300).unwrap().as_byte(), 0xF3);
+    /// assert_eq!(StMin::from_micros_total(5_000).unwrap().as_byte(), 5);
+    /// assert!(StMin::from_micros_total(1_500).is_err());
+    /// ```
+    pub fn from_micros_total(us: u32) -> Result<StMin, Error> {
+        match us {
+            0 => Ok(StMin::ZERO),
+            100..=900 if us.is_multiple_of(100) => StMin::micros(us as u16),
+            1_000..=127_000 if us.is_multiple_of(1_000) => StMin::millis((us / 1_000) as u8),
+            _ => Err(Error::InvalidConfig(format!(
+                "STmin {us} µs: give 0, 100 … 900 µs or whole milliseconds up to 127 ms"
+            ))),
+        }
+    }
+
     /// From the wire byte; reserved values are refused.
     pub fn from_byte(b: u8) -> Result<StMin, Error> {
         match b {

@@ -59,6 +59,7 @@ mod sys;
 
 pub use config::{
     frames_for_pdu, kernel_max_pdu, Addressing, FdConfig, IsoTpConfig, Padding, StMin,
+    DEFAULT_PAD_BYTE,
 };
 pub use error::{Error, Op};
 pub use isotp::{probe_isotp, IsoTpSocket};

@@ -445,6 +445,90 @@ pub struct CanConfig {
     /// Use CAN FD frames.
     #[serde(default)]
     pub fd: bool,
+    /// CAN FD: data length of transmitted frames (8, 12, 16, 20, 24, 32, 48
+    /// or 64).
+    #[serde(default = "default_fd_tx_dl")]
+    pub fd_tx_dl: u8,
+    /// CAN FD: bit rate switch in the data phase.
+    #[serde(default = "default_true")]
+    pub fd_brs: bool,
+    /// Padding of frames: `"tx"` (pad ours, accept the secondary's padded or
+    /// not), `"strict"` (pad ours, refuse unpadded ones) or `"none"`.
+    #[serde(default)]
+    pub padding: CanPadding,
+    /// The padding byte.
+    #[serde(default = "default_padding_byte")]
+    pub padding_byte: u8,
+    /// Block size in the Primary's flow control (0: no further flow control).
+    #[serde(default)]
+    pub block_size: u8,
+    /// STmin the Primary asks the secondary for in its flow control, in µs
+    /// (0, 100 … 900, or whole milliseconds up to 127 000).
+    #[serde(default)]
+    pub st_min_us: u32,
+    /// Minimum gap between the Primary's consecutive frames in µs, whatever
+    /// STmin the secondary asks for: a cap on the bus load of a flash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_gap_us: Option<u32>,
+    /// ISO-TP extended addressing: `[address the Primary sends, address it
+    /// expects]` as the first data byte of each frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extended_addresses: Option<[u8; 2]>,
+}
+
+/// `[secondary.can] padding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CanPadding {
+    /// Pad transmitted frames; accept received frames padded or not.
+    #[default]
+    Tx,
+    /// Pad transmitted frames and require received ones to be padded.
+    Strict,
+    /// No padding.
+    None,
+}
+
+fn default_fd_tx_dl() -> u8 {
+    64
+}
+fn default_true() -> bool {
+    true
+}
+fn default_padding_byte() -> u8 {
+    secureev_can::DEFAULT_PAD_BYTE
+}
+
+impl CanConfig {
+    /// The kernel ISO-TP configuration of the Primary's end.
+    pub fn isotp(&self) -> std::result::Result<secureev_can::IsoTpConfig, secureev_can::Error> {
+        use secureev_can::{Addressing, FdConfig, IsoTpConfig, Padding, StMin};
+        let mut c = IsoTpConfig::new(self.tx_id, self.rx_id);
+        if self.tx_id > 0x7FF || self.rx_id > 0x7FF {
+            c = c.with_extended_ids();
+        }
+        if self.fd {
+            c.fd = Some(FdConfig {
+                tx_dl: self.fd_tx_dl,
+                bit_rate_switch: self.fd_brs,
+            });
+        }
+        c.padding = match self.padding {
+            CanPadding::Tx => Padding::Tx(self.padding_byte),
+            CanPadding::Strict => Padding::Strict(self.padding_byte),
+            CanPadding::None => Padding::None,
+        };
+        c.block_size = self.block_size;
+        c.st_min = StMin::from_micros_total(self.st_min_us)?;
+        c.force_tx_st_min = self
+            .tx_gap_us
+            .map(|us| std::time::Duration::from_micros(u64::from(us)));
+        if let Some([tx, rx]) = self.extended_addresses {
+            c.addressing = Addressing::Extended { tx, rx };
+        }
+        c.to_sockopts()?;
+        Ok(c)
+    }
 }
 
 /// `[secondary.doip]`.
@@ -829,6 +913,9 @@ impl Config {
                                 ));
                             }
                         }
+                        if let Err(e) = c.isotp() {
+                            return Err(p.invalid(&["secondary", &idx, "can"], e.to_string()));
+                        }
                     }
                 },
                 TransportKind::Doip => {
@@ -1008,6 +1095,59 @@ hardware_id = "hu"
             matches!(err, Error::ConfigUnknownKey { ref key, .. } if key == "secondary.0.can.bitrate"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn can_link_options_map_to_isotp_and_bad_ones_are_refused() {
+        let secondary = |can: &str| {
+            format!(
+                "{MINIMAL}\n[[secondary]]\nserial = \"B\"\nhardware_id = \"h\"\ntransport = \"can\"\ncan = {{ interface = \"can0\", tx_id = 0x7E0, rx_id = 0x7E8, {can} }}\n"
+            )
+        };
+        let c = parse_str(&secondary(
+            "fd = true, fd_tx_dl = 32, fd_brs = false, padding = \"strict\", padding_byte = 0xAA, \
+             block_size = 8, st_min_us = 500, tx_gap_us = 1000, extended_addresses = [0x10, 0xF1]",
+        ))
+        .unwrap();
+        let isotp = c.secondaries[0].can.as_ref().unwrap().isotp().unwrap();
+        assert_eq!(
+            isotp.fd,
+            Some(secureev_can::FdConfig {
+                tx_dl: 32,
+                bit_rate_switch: false
+            })
+        );
+        assert_eq!(isotp.padding, secureev_can::Padding::Strict(0xAA));
+        assert_eq!(isotp.block_size, 8);
+        assert_eq!(isotp.st_min.as_byte(), 0xF5);
+        assert_eq!(
+            isotp.force_tx_st_min,
+            Some(std::time::Duration::from_millis(1))
+        );
+        assert_eq!(
+            isotp.addressing,
+            secureev_can::Addressing::Extended { tx: 0x10, rx: 0xF1 }
+        );
+        // Defaults: classic, padded with 0xCC, no flow-control limits.
+        let c = parse_str(&secondary("fd = false")).unwrap();
+        let isotp = c.secondaries[0].can.as_ref().unwrap().isotp().unwrap();
+        assert_eq!(isotp.padding, secureev_can::Padding::Tx(0xCC));
+        assert_eq!(
+            (isotp.fd, isotp.block_size, isotp.st_min.as_byte()),
+            (None, 0, 0)
+        );
+        for bad in [
+            "st_min_us = 1500",
+            "fd = true, fd_tx_dl = 13",
+            "padding = \"sometimes\"",
+        ] {
+            let err = parse_str(&secondary(bad)).unwrap_err();
+            assert!(
+                matches!(err, Error::ConfigInvalid { ref key, .. } if key.starts_with("secondary.0.can"))
+                    || matches!(err, Error::ConfigSyntax { .. }),
+                "{bad}: {err:?}"
+            );
+        }
     }
 
     #[test]

@@ -834,13 +834,10 @@ pub fn transports_from_config_with(
             }
             TransportKind::Can => {
                 let c = s.can.as_ref().ok_or_else(|| invalid("can"))?;
-                let mut isotp = secureev_can::IsoTpConfig::new(c.tx_id, c.rx_id);
-                if c.tx_id > 0x7FF || c.rx_id > 0x7FF {
-                    isotp = isotp.with_extended_ids();
-                }
-                if c.fd {
-                    isotp = isotp.with_fd();
-                }
+                let isotp = c.isotp().map_err(|e| Error::Secondary {
+                    ecu: s.serial.clone(),
+                    reason: format!("[secondary.can]: {e}"),
+                })?;
                 Arc::new(
                     CanSecondary::new(
                         &s.serial,

@@ -59,6 +59,59 @@ pub struct CanSection {
     /// CAN FD (64-byte frames, BRS; the interface needs MTU 72).
     #[serde(default)]
     pub fd: bool,
+    /// Block size in the ECU's flow control: how many consecutive frames the
+    /// Primary may send before it waits for the next flow control (0: all).
+    #[serde(default)]
+    pub block_size: u8,
+    /// STmin in the ECU's flow control, µs (0, 100 … 900, or whole
+    /// milliseconds up to 127 000): the gap the Primary keeps between
+    /// consecutive frames, i.e. the bus load of a flash to this ECU.
+    #[serde(default)]
+    pub st_min_us: u32,
+    /// Padding: `"tx"` (pad ours, accept unpadded), `"strict"` or `"none"`.
+    #[serde(default = "default_padding")]
+    pub padding: String,
+    /// The padding byte.
+    #[serde(default = "default_padding_byte")]
+    pub padding_byte: u8,
+}
+
+fn default_padding() -> String {
+    "tx".into()
+}
+fn default_padding_byte() -> u8 {
+    secureev_can::DEFAULT_PAD_BYTE
+}
+
+impl CanSection {
+    /// The kernel ISO-TP configuration of the ECU's end, with `max_pdu`.
+    pub fn isotp(&self, max_pdu: u32) -> Result<secureev_can::IsoTpConfig> {
+        use secureev_can::{IsoTpConfig, Padding, StMin};
+        let mut c = IsoTpConfig::new(self.tx_id, self.rx_id);
+        if self.tx_id > 0x7FF || self.rx_id > 0x7FF {
+            c = c.with_extended_ids();
+        }
+        if self.fd {
+            c = c.with_fd();
+        }
+        c.padding = match self.padding.as_str() {
+            "tx" => Padding::Tx(self.padding_byte),
+            "strict" => Padding::Strict(self.padding_byte),
+            "none" => Padding::None,
+            other => {
+                return Err(Error::Config(format!(
+                    "[can] padding {other:?}: give \"tx\", \"strict\" or \"none\""
+                )))
+            }
+        };
+        c.block_size = self.block_size;
+        c.st_min = StMin::from_micros_total(self.st_min_us)
+            .map_err(|e| Error::Config(format!("[can] st_min_us: {e}")))?;
+        c.max_pdu = max_pdu as usize;
+        c.to_sockopts()
+            .map_err(|e| Error::Config(format!("[can]: {e}")))?;
+        Ok(c)
+    }
 }
 
 fn default_tx() -> u32 {
@@ -74,6 +127,10 @@ impl Default for CanSection {
             tx_id: DEFAULT_CAN_TX_ID,
             rx_id: DEFAULT_CAN_RX_ID,
             fd: false,
+            block_size: 0,
+            st_min_us: 0,
+            padding: default_padding(),
+            padding_byte: default_padding_byte(),
         }
     }
 }
@@ -193,6 +250,7 @@ impl Config {
         if self.slot_a == self.slot_b {
             return bad("slot_a and slot_b must differ");
         }
+        self.can.isotp(self.max_pdu)?;
         Ok(())
     }
 
@@ -209,6 +267,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn can_flow_control_and_padding_options() {
+        let base = "serial = \"S\"\nhardware_id = \"h\"\ndirector_root = \"/r.json\"\n";
+        let c = parse_str(&format!(
+            "{base}[can]\nblock_size = 16\nst_min_us = 2000\npadding = \"strict\"\npadding_byte = 0x55\n"
+        ))
+        .unwrap();
+        let i = c.can.isotp(c.max_pdu).unwrap();
+        assert_eq!((i.block_size, i.st_min.as_byte()), (16, 2));
+        assert_eq!(i.padding, secureev_can::Padding::Strict(0x55));
+        assert_eq!(i.max_pdu, DEFAULT_MAX_PDU as usize);
+        for bad in ["st_min_us = 150", "padding = \"maybe\""] {
+            let e = parse_str(&format!("{base}[can]\n{bad}\n")).unwrap_err();
+            assert!(matches!(e, Error::Config(_)), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn unknown_keys_and_full_without_image_root_are_refused() {

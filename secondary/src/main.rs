@@ -120,14 +120,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(iface) = args.can_interface {
-        let mut isotp = secureev_can::IsoTpConfig::new(cfg.can.tx_id, cfg.can.rx_id);
-        if cfg.can.tx_id > 0x7FF || cfg.can.rx_id > 0x7FF {
-            isotp = isotp.with_extended_ids();
-        }
-        if cfg.can.fd {
-            isotp = isotp.with_fd();
-        }
-        isotp.max_pdu = cfg.max_pdu as usize;
+        let isotp = cfg.can.isotp(cfg.max_pdu)?;
         let (server, shutdown) = (server.clone(), shutdown.clone());
         tasks.spawn(async move {
             serve::serve_can(&iface, isotp, server, shutdown)
