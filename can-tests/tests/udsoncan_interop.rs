@@ -31,11 +31,13 @@ const SECRET: [u8; 32] = [0xA7; 32];
 const SCRIPT_DEADLINE: Duration = Duration::from_secs(600);
 /// The script's P2client floor (the script's default for emulated CAN).
 const P2_FLOOR: &str = "2";
-/// §3: every request's first response (`7F xx 78` or the answer) within
-/// P2client = 1 s. secureev-ecu answers `7F xx 78` after P2server/2 when the
-/// work takes longer (verify-metadata took 0.2–0.5 s under TCG before it
-/// did); the slowest first response is about 0.1 s here.
-const MAX_FIRST_RESPONSE: &str = "1.0";
+/// Every request's first response (`7F xx 78` or the answer) within the
+/// script's P2client, so that no request is ever repeated (a repeat makes the
+/// ECU answer twice). The time includes sending the request over ISO-TP (a
+/// 4 KB TransferData is about 600 frames); the slowest seen under TCG was
+/// 0.3 s. secureev-ecu sends `7F xx 78` after P2server/2 when its work takes
+/// longer (`secondary/src/serve.rs`, unit-tested there to the millisecond).
+const MAX_FIRST_RESPONSE: &str = "2.0";
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/udsoncan_flash.py")
