@@ -343,12 +343,28 @@ async fn secondary_vanishing_mid_transfer_fails_alone_and_recovers() {
     assert_eq!(rig.ecu("BMS-1").state()["installed"], Value::Null);
     assert_ne!(rig.ecu("BMS-1").active_image(), bms);
 
+    // The UI sees it unreachable (it answered before it vanished), the other
+    // secondary reachable, both on CAN.
+    let ecus = rig.vehicle.proxy().await.ecus().await.unwrap();
+    let bms_link = ecus.iter().find(|e| e.serial == "BMS-1").unwrap();
+    assert_eq!(
+        (bms_link.status.as_str(), bms_link.transport.as_str()),
+        ("unreachable", "can"),
+        "{bms_link:?}"
+    );
+    assert!(bms_link.last_contact > 0, "{bms_link:?}");
+    let adas_link = ecus.iter().find(|e| e.serial == "ADAS-1").unwrap();
+    assert_eq!(adas_link.status, "ok", "{adas_link:?}");
+
     // It comes back; the next cycle completes its update and only its.
     rig.ecu("BMS-1").restart();
     let (code, message) = rig.vehicle.check(CHECK_TIMEOUT).await;
     assert_eq!(code, ok(), "{message}\n{}", rig.logs());
     assert_eq!(rig.ecu("BMS-1").active_image(), bms);
     assert_eq!(rig.ecu("ADAS-1").active_image(), adas);
+    let ecus = rig.vehicle.proxy().await.ecus().await.unwrap();
+    let bms_link = ecus.iter().find(|e| e.serial == "BMS-1").unwrap();
+    assert_eq!(bms_link.status, "ok", "{bms_link:?}");
     assert_eq!(
         installed(&rig.last_report("BMS-1")),
         ("bms/fw-8.bin".to_owned(), sha256_hex(&bms)),

@@ -284,14 +284,20 @@ async fn ecus(proxy: &Ota1Proxy<'_>, json: bool) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     println!(
-        "{:<14} {:<16} {:<12} ROLE",
-        "SERIAL", "HARDWARE-ID", "VERSION"
+        "{:<14} {:<16} {:<16} {:<10} {:<9} {:<12} LAST-CONTACT",
+        "SERIAL", "HARDWARE-ID", "VERSION", "ROLE", "LINK", "STATUS"
     );
     for e in &ecus {
         let role = if e.primary { "primary" } else { "secondary" };
+        let link = if e.primary { "-" } else { e.transport.as_str() };
+        let contact = if e.primary {
+            "-".to_owned()
+        } else {
+            output::time(e.last_contact)
+        };
         println!(
-            "{:<14} {:<16} {:<12} {role}",
-            e.serial, e.hardware_id, e.installed_version
+            "{:<14} {:<16} {:<16} {:<10} {:<9} {:<12} {contact}",
+            e.serial, e.hardware_id, e.installed_version, role, link, e.status
         );
     }
     Ok(exit::OK)

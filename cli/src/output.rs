@@ -76,6 +76,7 @@ pub fn ecu_json(e: &Ecu) -> Value {
     json!({
         "serial": e.serial, "hardware-id": e.hardware_id,
         "installed-version": e.installed_version, "primary": e.primary,
+        "transport": e.transport, "status": e.status, "last-contact": e.last_contact,
     })
 }
 

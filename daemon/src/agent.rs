@@ -110,6 +110,29 @@ struct Inner {
     /// Report requests that outlived [`SECONDARY_REPORT_TIMEOUT`], by ECU
     /// serial (see [`Agent::secondary_report`]).
     late_reports: BTreeMap<String, ReportTask>,
+    /// Each secondary's link as of its last exchange: status and when it
+    /// last answered (published in `Ecus`).
+    links: BTreeMap<String, (LinkStatus, i64)>,
+}
+
+/// A secondary's link as of the last exchange (`Ecus` `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkStatus {
+    Unknown,
+    Ok,
+    Refused,
+    Unreachable,
+}
+
+impl LinkStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            LinkStatus::Unknown => "unknown",
+            LinkStatus::Ok => "ok",
+            LinkStatus::Refused => "refused",
+            LinkStatus::Unreachable => "unreachable",
+        }
+    }
 }
 
 /// The update agent (see the module documentation).
@@ -366,29 +389,58 @@ impl Agent {
     fn publish_ecus(&self) {
         let installed = self.daemon.store.installed().unwrap_or_default();
         let c = &self.daemon.config;
-        let mut ecus = vec![(
-            c.vehicle.primary_serial.clone(),
-            c.vehicle.hardware_id.clone(),
-            true,
-        )];
-        ecus.extend(
-            c.secondaries
-                .iter()
-                .map(|s| (s.serial.clone(), s.hardware_id.clone(), false)),
-        );
-        self.state.set_ecus(
-            ecus.into_iter()
-                .map(|(serial, hardware_id, primary)| Ecu {
-                    installed_version: installed
-                        .get(&serial)
-                        .map(|r| r.name.clone())
-                        .unwrap_or_default(),
-                    serial,
-                    hardware_id,
-                    primary,
-                })
-                .collect(),
-        );
+        let links = self.lock().links.clone();
+        let version = |serial: &str| {
+            installed
+                .get(serial)
+                .map(|r| r.name.clone())
+                .unwrap_or_default()
+        };
+        let mut ecus = vec![Ecu {
+            serial: c.vehicle.primary_serial.clone(),
+            hardware_id: c.vehicle.hardware_id.clone(),
+            installed_version: version(&c.vehicle.primary_serial),
+            primary: true,
+            transport: String::new(),
+            status: LinkStatus::Ok.as_str().into(),
+            last_contact: 0,
+        }];
+        for s in &c.secondaries {
+            let (status, last_contact) = links
+                .get(&s.serial)
+                .copied()
+                .unwrap_or((LinkStatus::Unknown, 0));
+            ecus.push(Ecu {
+                serial: s.serial.clone(),
+                hardware_id: s.hardware_id.clone(),
+                installed_version: version(&s.serial),
+                primary: false,
+                transport: match s.transport {
+                    crate::config::TransportKind::Can => "can".into(),
+                    crate::config::TransportKind::Doip => "doip".into(),
+                },
+                status: status.as_str().into(),
+                last_contact,
+            });
+        }
+        self.state.set_ecus(ecus);
+    }
+
+    /// Record how an exchange with secondary `serial` ended, for `Ecus`:
+    /// an answer (even a refusal) is a contact; anything else is no answer.
+    /// Errors that are not about the link (the Primary's own state) change
+    /// nothing.
+    fn note_link<T>(&self, serial: &str, outcome: &Result<T>) {
+        let now = self.now().unix();
+        let mut inner = self.lock();
+        let last = inner.links.get(serial).map_or(0, |l| l.1);
+        let link = match outcome {
+            Ok(_) => (LinkStatus::Ok, now),
+            Err(Error::SecondaryRefused { .. }) => (LinkStatus::Refused, now),
+            Err(Error::Secondary { .. }) => (LinkStatus::Unreachable, last),
+            Err(_) => return,
+        };
+        inner.links.insert(serial.to_owned(), link);
     }
 
     // ---- step 1: metadata ------------------------------------------------------
@@ -649,8 +701,11 @@ impl Agent {
             let result = if target.ecu_serial() == primary {
                 self.install_primary(target, path).await
             } else {
-                self.install_secondary(target, path, done - target.length(), total)
-                    .await
+                let r = self
+                    .install_secondary(target, path, done - target.length(), total)
+                    .await;
+                self.note_link(target.ecu_serial(), &r);
+                r
             };
             match result {
                 Ok(()) => installed.push(target.ecu_serial().to_owned()),
@@ -795,6 +850,9 @@ impl Agent {
         // First, so that the time the Primary reports and signs the request
         // with is taken after the (up to SECONDARY_REPORT_TIMEOUT) wait.
         let secondary_reports = self.secondary_reports().await;
+        if !self.secondaries.is_empty() {
+            self.publish_ecus();
+        }
         let c = &self.daemon.config;
         let now = self.now();
         let counter = self.daemon.store.next_report_counter()?;
@@ -911,17 +969,19 @@ impl Agent {
             tokio::spawn(async move { transport.report().await })
         };
         let started = std::time::Instant::now();
-        let bytes = match tokio::time::timeout(SECONDARY_REPORT_TIMEOUT, &mut task).await {
-            Ok(Ok(read)) => read?,
-            Ok(Err(e)) => return Err(failed(format!("version report request failed: {e}"))),
+        let read = match tokio::time::timeout(SECONDARY_REPORT_TIMEOUT, &mut task).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => Err(failed(format!("version report request failed: {e}"))),
             Err(_) => {
                 self.lock().late_reports.insert(serial.to_owned(), task);
-                return Err(failed(format!(
+                Err(failed(format!(
                     "no version report within {} s",
                     SECONDARY_REPORT_TIMEOUT.as_secs()
-                )));
+                )))
             }
         };
+        self.note_link(serial, &read);
+        let bytes = read?;
         tracing::debug!(
             ecu = %serial,
             bytes = bytes.len(),
@@ -948,7 +1008,10 @@ impl Agent {
         // that cannot be reached fails the registration (the vehicle would
         // otherwise be registered without it).
         for (serial, transport) in &self.secondaries {
-            let info = transport.info().await?;
+            let info = transport.info().await;
+            self.note_link(serial, &info);
+            self.publish_ecus();
+            let info = info?;
             let did = info.did.ok_or_else(|| Error::Secondary {
                 ecu: serial.clone(),
                 reason: "its transport cannot read the ECU's public key".into(),

@@ -254,20 +254,18 @@ async fn refusals_name_the_attack_and_a_wrong_ecu_is_detected() {
 /// not confused by the abandoned request's late answers.
 #[tokio::test]
 async fn a_call_dropped_mid_exchange_leaves_the_transport_usable() {
+    use futures_util::FutureExt;
     let rig = rig().await;
     let t = transport(rig.addr, HW);
     assert_eq!(t.info().await.unwrap().serial, SERIAL);
-    let mut dropped = 0;
-    for micros in [50u64, 200, 1_000, 3_000, 10_000] {
-        if tokio::time::timeout(std::time::Duration::from_micros(micros), t.info())
-            .await
-            .is_err()
-        {
-            dropped += 1;
-        }
-        assert_eq!(t.info().await.unwrap().serial, SERIAL, "after {micros} µs");
+    for round in 0..3 {
+        // Polled once: the request goes out on the kept connection, the
+        // answer cannot be there yet, and the call is dropped.
+        assert!(t.info().now_or_never().is_none(), "round {round}");
+        // Let the ECU's answer arrive (into the dropped connection).
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(t.info().await.unwrap().serial, SERIAL, "round {round}");
     }
-    assert!(dropped > 0, "no call was dropped mid-exchange");
 }
 
 #[tokio::test]

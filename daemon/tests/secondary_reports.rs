@@ -324,6 +324,12 @@ async fn manifest_carries_the_secondarys_own_signed_report() {
     let result = report.installation_result.as_ref().expect("its result");
     assert!(result.success, "{result:?}");
     assert_eq!(report.attacks_detected, "");
+    // The UI sees the secondary reached just now.
+    let ecus = rig.vehicle.proxy().await.ecus().await.unwrap();
+    let e = ecus.iter().find(|e| e.serial == ECU).unwrap();
+    assert_eq!((e.status.as_str(), e.transport.as_str()), ("ok", "doip"));
+    assert!(e.last_contact >= now().unix() - 120, "{e:?}");
+    assert_eq!(e.installed_version, "bms/fw-2.bin");
     // Fresh: it answers the nonce the Primary sent (the transport checks it).
     assert!(report.nonce.as_deref().is_some_and(|n| n.len() == 32));
     let first_counter = report.report_counter;
@@ -389,6 +395,23 @@ async fn unreachable_and_stalled_secondaries_are_left_out_and_the_manifest_goes_
         );
     }
     assert!(log.contains("no version report within"), "{log}");
+    // The UI sees both as unreachable, never contacted, on DoIP.
+    let ecus = rig.vehicle.proxy().await.ecus().await.unwrap();
+    for serial in ["BMS-GONE", "BMS-STALLED"] {
+        let e = ecus.iter().find(|e| e.serial == serial).unwrap();
+        assert_eq!(
+            (
+                e.status.as_str(),
+                e.last_contact,
+                e.transport.as_str(),
+                e.primary
+            ),
+            ("unreachable", 0, "doip", false),
+            "{e:?}"
+        );
+    }
+    let hu = ecus.iter().find(|e| e.primary).unwrap();
+    assert_eq!((hu.status.as_str(), hu.transport.as_str()), ("ok", ""));
 
     // The stalled request is still running: the ECU is not asked again (no
     // pile of requests) and the next manifest does not wait for it.
@@ -429,6 +452,12 @@ async fn a_secondarys_refusal_reaches_the_backend_in_its_own_report() {
     // The ECU answered and refused: an install failure, not an unreachable ECU.
     assert_eq!(code, ErrorCode::InstallFailed.as_u32(), "{message}");
     assert!(message.contains(ECU), "{message}");
+    // It answered (its report too): reachable, and the last exchange is the
+    // report, which it gave.
+    let ecus = rig.vehicle.proxy().await.ecus().await.unwrap();
+    let e = ecus.iter().find(|e| e.serial == ECU).unwrap();
+    assert_eq!(e.status, "ok", "{e:?}");
+    assert!(e.last_contact > 0, "{e:?}");
     let ecu_keys = BTreeMap::from([(ECU.to_owned(), ecu.key.clone())]);
     let manifests = rig.verified_manifests(&ecu_keys);
     let last = manifests

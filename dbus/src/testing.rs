@@ -123,12 +123,18 @@ pub fn sample_ecus() -> Vec<Ecu> {
             hardware_id: "secureev-bms".into(),
             installed_version: "2.0.0".into(),
             primary: false,
+            transport: "can".into(),
+            status: "ok".into(),
+            last_contact: 1_767_225_600,
         },
         Ecu {
             serial: "HU-0001".into(),
             hardware_id: "secureev-hu".into(),
             installed_version: "1.0.0".into(),
             primary: true,
+            transport: String::new(),
+            status: "ok".into(),
+            last_contact: 0,
         },
     ]
 }

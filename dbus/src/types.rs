@@ -160,6 +160,16 @@ pub struct Ecu {
     pub installed_version: String,
     /// Whether this is the primary (the head unit running the daemon).
     pub primary: bool,
+    /// How the Primary reaches it: `""` for the Primary itself, `"can"` (UDS
+    /// over ISO-TP) or `"doip"`.
+    pub transport: String,
+    /// The link as of the last exchange: `"ok"` (it answered), `"refused"`
+    /// (it answered and refused the request: see `LastError`),
+    /// `"unreachable"` (no answer), `"unknown"` (not contacted since the
+    /// daemon started). Always `"ok"` for the Primary.
+    pub status: String,
+    /// When the ECU last answered, Unix seconds (0: not since start).
+    pub last_contact: i64,
 }
 
 /// A condition that must hold before an install starts (an entry of `Preconditions`).
