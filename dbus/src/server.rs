@@ -561,7 +561,7 @@ impl Ota1Interface {
         self.state.lock().snap.pending_update_id.clone()
     }
 
-    /// Per ECU: serial (s), hardware-id (s), installed-version (s), primary (b), transport (s: "", "can", "doip"), status (s: "ok", "refused", "unreachable", "unknown"), last-contact (x: Unix seconds, 0 = not since start).
+    /// Per ECU: serial (s), hardware-id (s), installed-version (s), primary (b), transport (s: "", "can", "doip"), status (s: "ok", "refused", "unreachable", "unknown"), last-contact (x: when an exchange with it last completed, Unix seconds, 0 = not since start).
     #[zbus(property)]
     fn ecus(&self) -> Vec<Ecu> {
         self.state.lock().snap.ecus.clone()

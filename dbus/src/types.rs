@@ -168,7 +168,9 @@ pub struct Ecu {
     /// `"unreachable"` (no answer), `"unknown"` (not contacted since the
     /// daemon started). Always `"ok"` for the Primary.
     pub status: String,
-    /// When the ECU last answered, Unix seconds (0: not since start).
+    /// When an exchange with the ECU last completed (it answered every
+    /// request of it, possibly with a refusal), Unix seconds (0: not since
+    /// start).
     pub last_contact: i64,
 }
 
