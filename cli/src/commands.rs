@@ -340,6 +340,11 @@ impl Follow {
         }
         loop {
             tokio::select! {
+                // In bus order: the daemon sends the property changes of an
+                // operation before its Completed, and each stream gets its
+                // messages in arrival order, but an unbiased select may take
+                // Completed first and drop the last changes (the final state).
+                biased;
                 change = self.changes.next() => {
                     let Some(change) = change else { break };
                     let args = change.args()?;
