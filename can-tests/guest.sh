@@ -35,13 +35,16 @@ echo "guest: can-isotp max PDU: $(cat /sys/module/can_isotp/parameters/max_pdu_s
 
 # Core dumps of anything that crashes go to OUT_DIR/cores (run-vm.sh lists
 # them; `gdb <exe> <core>` on the host).
+# Only inside the VM: on a host, core_pattern is the machine's setting.
 mkdir -p "$out/cores"
-ulimit -c unlimited
-echo "$out/cores/core.%e.%p" > /proc/sys/kernel/core_pattern || echo "guest: cannot set core_pattern"
+if [ "${SECUREEV_IN_VM:-0}" = 1 ]; then
+    ulimit -c unlimited
+    echo "$out/cores/core.%e.%p" > /proc/sys/kernel/core_pattern || echo "guest: cannot set core_pattern"
+fi
 
 # Executables into the guest's RAM: 9p reads under emulation are slow, and a
 # process start would page the binary in over 9p again.
-if [ -d "$out/exe" ]; then
+if [ -d "$out/exe" ] && [ "${SECUREEV_IN_VM:-0}" = 1 ]; then
     g=/tmp/secureev-guest
     mkdir -p "$g/exe" "$g/bin"
     cp "$out"/exe/* "$g/exe/" 2>/dev/null || true

@@ -25,6 +25,7 @@
 #                                    or PACKAGE:TEST (one tests/TEST.rs)
 #   SECUREEV_CAN_BENCHES="secureev-can:isotp-bench …"  benchmark examples
 #   SECUREEV_BENCH_MIB=0.5           MiB per benchmark run
+#   SECUREEV_CAN_KEEP_EXE=1          keep the executable copies in the output dir
 #   SECUREEV_VM_DEMO=1               also run scripts/demo.sh with its secondary
 #                                    on vcan0 (0: skip)
 set -euo pipefail
@@ -162,6 +163,7 @@ sed 's/^/  bin: /' "$out/bins.list"
     printf 'export SECUREEV_BENCH_MIB=%q\n' "${SECUREEV_BENCH_MIB:-0.5}"
     printf 'export SECUREEV_WORKSPACE=%q\n' "$root"
     printf 'export SECUREEV_VM_DEMO=%q\n' "${SECUREEV_VM_DEMO:-1}"
+    if [ "$mode" = vm ]; then echo 'export SECUREEV_IN_VM=1'; else echo 'export SECUREEV_IN_VM=0'; fi
 } > "$out/guest-env.sh"
 
 # ---- 4. run ----
@@ -257,6 +259,11 @@ echo
 echo "total run time: ${total} s (mode $mode); logs in $out"
 if [ "$problems" -gt 0 ] && [ "$failed" -eq 0 ]; then
     failed=$problems
+fi
+# The executable copies (about 150 MiB) go unless something crashed (gdb
+# needs them) or SECUREEV_CAN_KEEP_EXE=1; the logs stay.
+if [ "${SECUREEV_CAN_KEEP_EXE:-0}" != 1 ] && ! ls "$out"/cores/core.* >/dev/null 2>&1; then
+    rm -rf "$out/exe" "$out/bin"
 fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$problems" -eq 0 ]
