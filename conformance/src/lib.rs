@@ -271,7 +271,7 @@ impl<F: Fetch> Client<F> {
         now: Timestamp,
     ) -> Result<()> {
         if let Ok(Some(local)) = self.metadata.load(SNAPSHOT) {
-            if repo.update_snapshot(&local, now, true).is_ok() {
+            if repo.update_snapshot_local_skip_hashes(&local, now).is_ok() {
                 return Ok(());
             }
         }
@@ -280,7 +280,7 @@ impl<F: Fetch> Client<F> {
             .map_err(Error::verify("timestamp.json"))?;
         let url = meta_url(base, &request);
         let bytes = self.fetcher.fetch(&url, request.max_length)?;
-        repo.update_snapshot(&bytes, now, false)
+        repo.update_snapshot(&bytes, now)
             .map_err(Error::verify(&url))?;
         self.metadata.store(SNAPSHOT, &bytes)
     }

@@ -143,8 +143,7 @@ fn trusted_repository_verifies_the_python_tuf_repository() {
         TimestampUpdate::Updated
     );
     assert_eq!(repo.snapshot_request().unwrap().version, Some(2));
-    repo.update_snapshot(&read("2.snapshot.json"), now, false)
-        .unwrap();
+    repo.update_snapshot(&read("2.snapshot.json"), now).unwrap();
     assert_eq!(repo.targets_request("targets").unwrap().version, Some(2));
     repo.update_targets(&read("2.targets.json"), now).unwrap();
 

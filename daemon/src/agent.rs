@@ -507,7 +507,7 @@ impl Agent {
                 TimestampUpdate::Unchanged => changed = false,
             }
             let local_ok = match store.load_metadata(repo, Role::Snapshot)? {
-                Some(local) => t.update_snapshot(&local, now, true).is_ok(),
+                Some(local) => t.update_snapshot_local_skip_hashes(&local, now).is_ok(),
                 None => false,
             };
             if !local_ok {
@@ -519,7 +519,7 @@ impl Agent {
                     None => "snapshot.json".to_owned(),
                 };
                 let bytes = self.required(which, &file, req.max_length, now).await?;
-                t.update_snapshot(&bytes, now, false)
+                t.update_snapshot(&bytes, now)
                     .map_err(|e| uptane(&file, e))?;
                 store.save_metadata(repo, Role::Snapshot, &bytes)?;
                 changed = true;

@@ -23,7 +23,8 @@ fn repo() -> &'static Published {
         let mut b = RepoBuilder::new(NOW);
         b.add_target("a.bin", b"a", None);
         b.add_delegation("targets", "role1", &["d/*"], false);
-        b.add_delegated_target("role1", "d/x.bin", b"x").expect("delegation");
+        b.add_delegated_target("role1", "d/x.bin", b"x")
+            .expect("delegation");
         b.publish().expect("publish")
     })
 }
@@ -48,23 +49,31 @@ fuzz_target!(|data: &[u8]| {
         // Self-signed roots of the fuzzer's making are acceptable as an
         // initial root: trust in the first root is the caller's decision.
     }
-    let Ok(mut t) = TrustedRepository::new("fuzz", &r.root) else { return };
+    let Ok(mut t) = TrustedRepository::new("fuzz", &r.root) else {
+        return;
+    };
     if t.clone().update_root(data).is_ok() && !genuine(data) {
         panic!("accepted a forged root");
     }
     if t.clone().update_timestamp(data, NOW).is_ok() && !genuine(data) {
         panic!("accepted a forged timestamp");
     }
-    t.update_timestamp(&r.timestamp, NOW).expect("genuine timestamp");
-    if t.clone().update_snapshot(data, NOW, false).is_ok() && !genuine(data) {
+    t.update_timestamp(&r.timestamp, NOW)
+        .expect("genuine timestamp");
+    if t.clone().update_snapshot(data, NOW).is_ok() && !genuine(data) {
         panic!("accepted a forged snapshot");
     }
-    t.update_snapshot(&r.snapshot, NOW, false).expect("genuine snapshot");
+    t.update_snapshot(&r.snapshot, NOW)
+        .expect("genuine snapshot");
     if t.clone().update_targets(data, NOW).is_ok() && !genuine(data) {
         panic!("accepted forged targets");
     }
     t.update_targets(&r.targets, NOW).expect("genuine targets");
-    if t.clone().update_delegated_targets(data, "role1", "targets", NOW).is_ok() && !genuine(data) {
+    if t.clone()
+        .update_delegated_targets(data, "role1", "targets", NOW)
+        .is_ok()
+        && !genuine(data)
+    {
         panic!("accepted a forged delegated role");
     }
     let _ = t.find_target("d/x.bin");
@@ -72,7 +81,11 @@ fuzz_target!(|data: &[u8]| {
         panic!("found a target that is not listed");
     }
     // Director side: the fuzzer's bytes as an (unsigned) director would serve.
-    let ecu = EcuInfo { serial: "E1".into(), hardware_id: "hw".into(), installed: None };
+    let ecu = EcuInfo {
+        serial: "E1".into(),
+        hardware_id: "hw".into(),
+        installed: None,
+    };
     let vehicle = Vehicle::new("VIN", "E1", [ecu.clone()]);
     let _ = full_verification(&t, &t, &vehicle);
     let _ = partial_verification(&t, &ecu);

@@ -334,12 +334,12 @@ impl Ecu {
         match (staged(snap_role), stored("snapshot")) {
             (Some(b), old) => {
                 if let Some(old) = old {
-                    let _ = repo.update_snapshot(&old, now, true);
+                    let _ = repo.update_snapshot_local_skip_hashes(&old, now);
                 }
-                repo.update_snapshot(&b, now, false)?;
+                repo.update_snapshot(&b, now)?;
                 save.push(("snapshot", b));
             }
-            (None, Some(old)) => repo.update_snapshot(&old, now, true)?,
+            (None, Some(old)) => repo.update_snapshot_local_skip_hashes(&old, now)?,
             (None, None) => return Err(missing("snapshot")),
         }
         // §5.4.4.6: targets.

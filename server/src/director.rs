@@ -370,7 +370,7 @@ mod tests {
         let now = Timestamp::from_unix(t0 + 10);
         let mut repo = TrustedRepository::new("director", &root).unwrap();
         repo.update_timestamp(&ts, now).unwrap();
-        repo.update_snapshot(&sn, now, false).unwrap();
+        repo.update_snapshot(&sn, now).unwrap();
         repo.update_targets(&tg, now).unwrap();
         let targets = repo.targets().unwrap();
         assert_eq!(secureev_uptane::custom::director_vin(targets), Some("VIN1"));

@@ -45,7 +45,6 @@ async fn chain(car: &TestVehicle, prefix: &str, root1: &[u8]) -> TrustedReposito
             .unwrap()
             .body,
         t,
-        false,
     )
     .unwrap();
     let v = repo.targets_request("targets").unwrap().version.unwrap();

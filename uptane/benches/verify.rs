@@ -72,8 +72,7 @@ fn director_repo(n: usize, image: &RepoBuilder) -> Published {
 fn load(out: &Published, name: &str) -> TrustedRepository {
     let mut t = TrustedRepository::new(name, &out.root).expect("root");
     t.update_timestamp(&out.timestamp, NOW).expect("timestamp");
-    t.update_snapshot(&out.snapshot, NOW, false)
-        .expect("snapshot");
+    t.update_snapshot(&out.snapshot, NOW).expect("snapshot");
     t.update_targets(&out.targets, NOW).expect("targets");
     t
 }

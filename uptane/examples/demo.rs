@@ -286,7 +286,7 @@ fn build_world(now: Timestamp) -> Result<World, Error> {
 fn trusted(root: &[u8], out: &Published, now: Timestamp) -> Result<TrustedRepository, Error> {
     let mut t = TrustedRepository::new("repo", root)?;
     t.update_timestamp(&out.timestamp, now)?;
-    t.update_snapshot(&out.snapshot, now, false)?;
+    t.update_snapshot(&out.snapshot, now)?;
     t.update_targets(&out.targets, now)?;
     Ok(t)
 }

@@ -18,7 +18,7 @@
 //!
 //! let mut client = TrustedRepository::new("image", &out.root).unwrap();
 //! client.update_timestamp(&out.timestamp, now).unwrap();
-//! client.update_snapshot(&out.snapshot, now, false).unwrap();
+//! client.update_snapshot(&out.snapshot, now).unwrap();
 //! client.update_targets(&out.targets, now).unwrap();
 //! assert!(client.targets().unwrap().targets.contains_key("fw.bin"));
 //! ```

@@ -131,6 +131,13 @@ pub struct TrustedRepository {
     expired_versions: BTreeMap<String, u64>,
 }
 
+/// Where an offered snapshot comes from; decides which checks apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SnapshotSource {
+    Remote,
+    Stored,
+}
+
 const ROOT: &str = "root";
 const TIMESTAMP: &str = "timestamp";
 const SNAPSHOT: &str = "snapshot";
@@ -219,7 +226,7 @@ impl TrustedRepository {
     /// Fast-forward attack recovery (TUF §5.3.11 / Uptane §5.4.4.3 (5)): when
     /// the timestamp or snapshot keys change, the locally stored timestamp and
     /// snapshot are no longer used ([`Self::update_timestamp_local`] and
-    /// [`Self::update_snapshot`] with `trusted` refuse them), so that versions
+    /// [`Self::update_snapshot_local_skip_hashes`] refuse them), so that versions
     /// rolled forward with a compromised key cannot block updates.
     pub fn update_root(&mut self, bytes: &[u8]) -> Result<()> {
         if self.timestamp.is_some() || !self.targets.is_empty() {
@@ -340,21 +347,47 @@ impl TrustedRepository {
         })
     }
 
-    /// Offer a snapshot. `trusted` is true for the locally stored copy, which
-    /// was checked against a timestamp when it was first accepted.
+    /// Offer a snapshot fetched from the repository. Every check applies.
     ///
     /// TUF 1.0 §5.5 / Uptane 2.1 §5.4.4.5: length and hashes as listed in the
     /// timestamp; threshold of root's snapshot keys; no targets file listed by
     /// the trusted snapshot may disappear or roll back; version equals the one
     /// in the timestamp; not expired.
-    pub fn update_snapshot(&mut self, bytes: &[u8], now: Timestamp, trusted: bool) -> Result<()> {
+    pub fn update_snapshot(&mut self, bytes: &[u8], now: Timestamp) -> Result<()> {
+        self.offer_snapshot(bytes, now, SnapshotSource::Remote)
+    }
+
+    /// Offer the locally stored snapshot at the start of a cycle. It skips the
+    /// timestamp's length-and-hashes check, because it was checked against a
+    /// timestamp when it was first accepted and it may legitimately be older
+    /// than the current timestamp (it is then the rollback reference for the
+    /// remote one, and an error tells the caller to fetch that). When its
+    /// version is the one the current timestamp lists, the hashes are checked
+    /// after all: Uptane 2.1 §5.4.4.2 step 4 stops only if the stored copy *is*
+    /// the current one. Refused after a rotation of timestamp or snapshot keys
+    /// (fast-forward attack recovery), like [`Self::update_timestamp_local`].
+    pub fn update_snapshot_local_skip_hashes(
+        &mut self,
+        bytes: &[u8],
+        now: Timestamp,
+    ) -> Result<()> {
+        self.offer_snapshot(bytes, now, SnapshotSource::Stored)
+    }
+
+    fn offer_snapshot(
+        &mut self,
+        bytes: &[u8],
+        now: Timestamp,
+        source: SnapshotSource,
+    ) -> Result<()> {
+        let stored = source == SnapshotSource::Stored;
         self.require_layout(Layout::Tuf, SNAPSHOT)?;
         if self.targets.contains_key(TARGETS) {
             return Err(Error::Workflow(
                 "cannot update snapshot after targets; start a new cycle".into(),
             ));
         }
-        if trusted && self.discard_local {
+        if stored && self.discard_local {
             return Err(Error::Workflow(
                 "local snapshot discarded: timestamp or snapshot keys were rotated".into(),
             ));
@@ -366,12 +399,12 @@ impl TrustedRepository {
             .map(|t| t.snapshot_meta().cloned())
             .transpose()?
             .ok_or_else(|| Error::Workflow("no trusted timestamp".into()))?;
-        if !trusted {
+        if !stored {
             check_length_and_hashes("snapshot.json", bytes, meta.length, meta.hashes.as_ref())?;
         }
         let env = Envelope::parse(SNAPSHOT, bytes)?;
         let new = verify_by_root::<Snapshot>(&env, &self.root, SNAPSHOT)?;
-        if trusted && new.common.version == meta.version {
+        if stored && new.common.version == meta.version {
             // Uptane 2.1 §5.4.4.2 step 4: a stored snapshot is the current one
             // only if its hashes, not just its version, match the timestamp.
             check_length_and_hashes("snapshot.json", bytes, meta.length, meta.hashes.as_ref())?;

@@ -303,14 +303,14 @@ fn load_repository(
             // timestamp lists is final; otherwise it stays the rollback
             // reference for the remote one.
             let local_is_final = match read_optional(&trusted.join("snapshot.json"))? {
-                Some(local) => repo.update_snapshot(&local, now, true).is_ok(),
+                Some(local) => repo.update_snapshot_local_skip_hashes(&local, now).is_ok(),
                 None => false,
             };
             if !local_is_final {
                 let snap = read(&remote.join("snapshot.json"))?;
                 core(
                     format!("{name}: snapshot.json"),
-                    repo.update_snapshot(&snap, now, false),
+                    repo.update_snapshot(&snap, now),
                 )?;
             }
         }

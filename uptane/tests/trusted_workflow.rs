@@ -37,7 +37,7 @@ fn first_key(repo: &RepoBuilder, role: &str) -> Result<SigningKey, String> {
 fn loaded_client(p: &Published) -> Result<TrustedRepository, Box<dyn std::error::Error>> {
     let mut c = TrustedRepository::new("image", root_v(p, 1)?)?;
     c.update_timestamp(&p.timestamp, now())?;
-    c.update_snapshot(&p.snapshot, now(), false)?;
+    c.update_snapshot(&p.snapshot, now())?;
     c.update_targets(&p.targets, now())?;
     Ok(c)
 }
@@ -133,7 +133,7 @@ fn expired_timestamp_is_kept_for_rollback_protection() -> TestResult {
     );
     // ... but nothing may be built on it.
     assert!(matches!(
-        c.update_snapshot(&p1.snapshot, now(), false),
+        c.update_snapshot(&p1.snapshot, now()),
         Err(Error::Expired { ref role, .. }) if role == "timestamp"
     ));
     Ok(())
@@ -150,7 +150,7 @@ fn consistent_snapshot_requests_carry_versions() -> TestResult {
     assert_eq!(req.role, "snapshot");
     assert_eq!(req.version, Some(2));
     assert_eq!(req.max_length, p.snapshot.len() as u64);
-    c.update_snapshot(&p.snapshot, now(), false)?;
+    c.update_snapshot(&p.snapshot, now())?;
     let req = c.targets_request("targets")?;
     assert_eq!(req.version, Some(2));
     assert_eq!(req.max_length, p.targets.len() as u64);
@@ -166,7 +166,7 @@ fn consistent_snapshot_requests_carry_versions() -> TestResult {
     let mut c = TrustedRepository::new("image", root_v(&p, 1)?)?;
     c.update_timestamp(&p.timestamp, now())?;
     assert_eq!(c.snapshot_request()?.version, None);
-    c.update_snapshot(&p.snapshot, now(), false)?;
+    c.update_snapshot(&p.snapshot, now())?;
     assert_eq!(c.targets_request("targets")?.version, None);
     Ok(())
 }
@@ -319,7 +319,7 @@ fn succinct_hash_bin_delegation_finds_a_target() -> TestResult {
     let root = repo.roots.get(&1).ok_or("no root")?;
     let mut c = TrustedRepository::new("image", root)?;
     c.update_timestamp(&timestamp_bytes, now())?;
-    c.update_snapshot(&snapshot_bytes, now(), false)?;
+    c.update_snapshot(&snapshot_bytes, now())?;
     c.update_targets(&top_bytes, now())?;
 
     assert_eq!(
@@ -493,9 +493,9 @@ fn stored_snapshot_must_match_timestamp_hashes() -> TestResult {
     let mut c = TrustedRepository::new("image", root_v(&p, 1)?)?;
     c.update_timestamp(&p.timestamp, now())?;
     assert!(matches!(
-        c.update_snapshot(&other, now(), true),
+        c.update_snapshot_local_skip_hashes(&other, now()),
         Err(Error::HashMismatch { .. } | Error::LengthMismatch { .. })
     ));
-    c.update_snapshot(&p.snapshot, now(), true)?;
+    c.update_snapshot_local_skip_hashes(&p.snapshot, now())?;
     Ok(())
 }

@@ -194,7 +194,7 @@ impl TestVehicle {
             .await
             .unwrap();
         assert_eq!(sn.status, 200);
-        repo.update_snapshot(&sn.body, now, false).unwrap();
+        repo.update_snapshot(&sn.body, now).unwrap();
         let req = repo.targets_request("targets").unwrap();
         let tg = self
             .client
