@@ -3,10 +3,16 @@
 # integration, doc and interop tests (python-tuf), the demo, the vcan rigs
 # (in a VM when the kernel has no CAN), and compiles fuzz targets. This is
 # the README's test command and what CI runs.
+#
+# The workspace is built once (`cargo test --workspace`); everything after it
+# reuses that build. The vcan VM step is the longest and uses the emulated
+# CPUs of its own VM, so it runs in the background beside the host-only suites
+# that follow the workspace tests; its log is printed when it ends. The script
+# fails if any step fails, including the background one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> %s   [%s, %ss]\n' "$*" "$(date -u +%H:%M:%S)" "$SECONDS"; }
 
 step "toolchain"
 cargo --version
@@ -26,13 +32,31 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (workspace)"
 cargo test --workspace --locked
 
-step "end-to-end: backend over TLS + dbus-daemon + secureev-otad + secureevctl (the demo)"
-SECUREEV_DEMO_PROFILE=debug bash scripts/demo.sh
-
-step "vcan rigs: kernel ISO-TP, secureev-otad + secureev-ecu on vcan, udsoncan and can-utils interop, CAN benchmarks"
+# ---- the vcan VM, in the background --------------------------------------
+vm_log="$(mktemp /tmp/secureev-vm-step.XXXXXX.log)"
+step "vcan rigs (background; log: $vm_log): kernel ISO-TP, secureev-otad + secureev-ecu on vcan, udsoncan and can-utils interop, CAN benchmarks"
 # On a host without CAN (this CI machine) this boots Debian's kernel under QEMU
 # and runs the vcan tests inside; it fails when they fail or did not run.
-SECUREEV_BENCH_MIB="${SECUREEV_BENCH_MIB:-0.5}" bash can-tests/run-vm.sh
+# Its own session, so that a failure here can stop it and its QEMU at once.
+SECUREEV_BENCH_MIB="${SECUREEV_BENCH_MIB:-0.5}" setsid -w bash can-tests/run-vm.sh </dev/null >"$vm_log" 2>&1 &
+vm_pid=$!
+vm_done=0
+finish_vm() {
+    [ "$vm_done" = 1 ] && return 0
+    vm_done=1
+    local rc=0
+    wait "$vm_pid" || rc=$?
+    step "vcan rigs: log of the background step (exit $rc)"
+    cat "$vm_log"
+    rm -f "$vm_log"
+    return "$rc"
+}
+# A failing foreground step still shows (and ends) the VM step.
+trap 'if [ "$vm_done" = 0 ]; then { kill -- "-$vm_pid" || kill "$vm_pid"; } 2>/dev/null || true; finish_vm || true; fi' EXIT
+
+# ---- host-only suites, in the foreground ---------------------------------
+step "end-to-end: backend over TLS + dbus-daemon + secureev-otad + secureevctl (the demo)"
+SECUREEV_DEMO_PROFILE=debug bash scripts/demo.sh
 
 step "fuzz targets compile"
 (cd fuzz && cargo check --bins --quiet)
@@ -42,3 +66,9 @@ bash systemd/tests/run.sh
 
 step "Yocto layer: crates include up to date, oelint-adv"
 bash yocto-layer/tests/run.sh
+
+step "waiting for the vcan rigs"
+finish_vm
+trap - EXIT
+
+step "all steps passed"
