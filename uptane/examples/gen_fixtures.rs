@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! cargo run -p secureev-uptane --example gen_fixtures -- uptane/tests/data
+//! cargo run -p secureev-uptane --example gen_fixtures -- uptane/tests/data <case>...
 //! ```
 //!
 //! Keys are random, so every run rewrites every file; the outcomes do not
@@ -56,7 +57,20 @@ fn main() -> Res<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data"));
     fs::create_dir_all(&out)?;
-    let cases = cases();
+    // Optional case names after the folder: write only those (keys are
+    // random, so regenerating everything rewrites every file).
+    let only: Vec<String> = std::env::args().skip(2).collect();
+    let mut cases = cases();
+    if !only.is_empty() {
+        let unknown: Vec<&String> = only
+            .iter()
+            .filter(|o| !cases.iter().any(|(n, _)| n == o))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!("unknown cases: {unknown:?}").into());
+        }
+        cases.retain(|(n, _)| only.iter().any(|o| o == n));
+    }
     for (name, build) in &cases {
         let fixture = build().map_err(|e| format!("{name}: {e}"))?;
         let dir = out.join(name);
@@ -144,6 +158,21 @@ fn cases() -> Vec<(&'static str, CaseFn)> {
         ("delegation-bad-signature", delegation_bad_signature),
         ("delegation-terminating", delegation_terminating),
         ("delegation-cycle", delegation_cycle),
+        ("delegation-diamond-a-then-b", || {
+            delegation_diamond(Diamond::SignedByA, Restart::No)
+        }),
+        ("delegation-diamond-b-then-a", || {
+            delegation_diamond(Diamond::SignedByB, Restart::No)
+        }),
+        ("delegation-diamond-stored-a-then-b", || {
+            delegation_diamond(Diamond::SignedByA, Restart::Stored)
+        }),
+        ("delegation-diamond-stored-b-then-a", || {
+            delegation_diamond(Diamond::SignedByB, Restart::Stored)
+        }),
+        ("valid-delegation-diamond", || {
+            delegation_diamond(Diamond::SignedByBoth, Restart::No)
+        }),
         ("release-counter-rollback", release_counter_rollback),
         ("unknown-hash-algorithm", unknown_hash_algorithm),
         ("wrong-type", wrong_type),
@@ -1527,6 +1556,127 @@ fn delegation_cycle() -> Res<Fixture> {
             .message("not listed")
             .done(),
     )
+}
+
+/// Who signs `release` in the delegation diamond.
+#[derive(Clone, Copy, PartialEq)]
+enum Diamond {
+    /// Only parent-a's key for `release`: trusted for team-a-* only.
+    SignedByA,
+    /// Only parent-b's key for `release`: trusted for team-b-* only.
+    SignedByB,
+    /// Both keys: trusted through both delegators (a valid diamond).
+    SignedByBoth,
+}
+
+/// Whether the ECU stored `release.json` in an earlier cycle.
+#[derive(Clone, Copy, PartialEq)]
+enum Restart {
+    No,
+    /// `image/trusted/release.json` holds the same file, stored in the cycle
+    /// before a restart; the runner offers it before the repository's.
+    Stored,
+}
+
+const TEAM_A_IMG: &str = "team-a-primary-fw-2.bin";
+const TEAM_B_IMG: &str = "team-b-bms-fw-2.bin";
+
+/// The delegation diamond: targets delegates team-a-* to parent-a and team-b-*
+/// to parent-b; parent-a delegates team-a-* to `release` with key A, parent-b
+/// delegates team-b-* to `release` with key B. `release.json` lists both
+/// images. The Director assigns the team-a image to the Primary and the team-b
+/// image to the BMS; the Primary resolves them in name order, team-a first.
+fn delegation_diamond(signers: Diamond, restart: Restart) -> Res<Fixture> {
+    let mut w = World::standard()?;
+    let a_img = image_bytes(TEAM_A_IMG, PRIMARY_LEN);
+    let b_img = image_bytes(TEAM_B_IMG, BMS_LEN);
+    w.image.targets.clear();
+    w.image.delegated.clear();
+    w.image
+        .add_delegation("targets", "parent-a", &["team-a-*"], false);
+    w.image
+        .add_delegation("targets", "parent-b", &["team-b-*"], false);
+    let a = w
+        .image
+        .add_delegation("parent-a", "release", &["team-a-*"], false);
+    let b = w
+        .image
+        .add_delegation("parent-b", "release", &["team-b-*"], false);
+    let (key_a, key_b) = (
+        w.image.delegated[a].keys[0].clone(),
+        w.image.delegated[b].keys[0].clone(),
+    );
+    w.director.targets.clear();
+    w.director.add_target(
+        TEAM_A_IMG,
+        &a_img,
+        Some(director_custom(PRIMARY, PRIMARY_HW, 2)),
+    );
+    w.director
+        .add_target(TEAM_B_IMG, &b_img, Some(director_custom(BMS, BMS_HW, 2)));
+    w.images.clear();
+    w.images.insert(TEAM_A_IMG.into(), a_img.clone());
+    w.images.insert(TEAM_B_IMG.into(), b_img.clone());
+    let (d, mut i) = w.publish()?;
+    // The builder writes one release.json per delegation entry; replace it
+    // with the one file both delegators point at.
+    let base = i.delegated.get("release").ok_or("no release.json")?.clone();
+    let listing = json!({
+        TEAM_A_IMG: target_value(&a_img, image_custom(PRIMARY_HW, 2))?,
+        TEAM_B_IMG: target_value(&b_img, image_custom(BMS_HW, 2))?,
+    });
+    let keys: Vec<&SigningKey> = match signers {
+        Diamond::SignedByA => vec![&key_a],
+        Diamond::SignedByB => vec![&key_b],
+        Diamond::SignedByBoth => vec![&key_a, &key_b],
+    };
+    let release = resign(&base, &keys, |s| s["targets"] = listing)?;
+    let meta = meta_value(version_of(&release)?, &release)?;
+    i.delegated.insert("release".into(), release.clone());
+    resnapshot(&mut w.image, &mut i, |s| s["meta"]["release.json"] = meta)?;
+    let mut image = RepoFiles::serve(&i, 1)?;
+    if restart == Restart::Stored {
+        image = image.trusting(&i);
+        image.trusted.insert("release.json".into(), release);
+    }
+    let (order, story) = match signers {
+        Diamond::SignedByA => (
+            "The first lookup (team-a, through parent-a) loads release legitimately; the \
+             second (team-b, through parent-b) must not reuse it",
+            "release is signed by key A only",
+        ),
+        Diamond::SignedByB => (
+            "The first lookup (team-a, through parent-a) already needs key A, which did \
+             not sign",
+            "release is signed by key B only",
+        ),
+        Diamond::SignedByBoth => (
+            "Each lookup verifies release again against its own delegator's key",
+            "release is signed by both keys",
+        ),
+    };
+    let when = match restart {
+        Restart::No => "All in one update cycle.",
+        Restart::Stored => {
+            "Across a restart: the ECU stored release.json (and the current timestamp \
+             and snapshot) in an earlier cycle, and the stored copy is offered first."
+        }
+    };
+    let description = format!(
+        "Delegation diamond: targets delegates team-a-* to parent-a and team-b-* to \
+         parent-b; both delegate to the same role 'release', parent-a with key A for \
+         team-a-*, parent-b with key B for team-b-*. release.json lists {TEAM_A_IMG} and \
+         {TEAM_B_IMG}, and {story}. The Director assigns both. {order}. {when} A role \
+         is trusted per delegator (keys and threshold of the delegator that leads to \
+         it), not by name."
+    );
+    let expect = match signers {
+        Diamond::SignedByBoth => Expect::Ok(vec![TEAM_A_IMG, TEAM_B_IMG]),
+        _ => fails("ThresholdNotMet", Some("arbitrary-software"))
+            .role("release")
+            .done(),
+    };
+    Ok(Fixture::new(&description, &w, RepoFiles::serve(&d, 1)?, image, expect))
 }
 
 // ---- Uptane custom fields, hashes, types ---------------------------------------------

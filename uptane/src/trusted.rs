@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::metadata::{Root, Snapshot, TargetFile, Targets, TimestampMeta};
 use crate::time::Timestamp;
 use crate::verify::{check_length_and_hashes, Envelope, Verified};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Size limits and search bounds. Defaults match python-tuf's `UpdaterConfig`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +121,12 @@ pub struct TrustedRepository {
     timestamp: Option<Verified<TimestampMeta>>,
     snapshot: Option<Verified<Snapshot>>,
     targets: BTreeMap<String, Verified<Targets>>,
+    /// Delegation edges `(delegator, role)` whose signatures were checked: the
+    /// role's bytes (in `targets`) met the threshold of the keys `delegator`
+    /// names for it. A role reached through another delegator is not trusted
+    /// until it is verified again against that delegator's keys; see
+    /// [`Self::find_target`].
+    verified_edges: BTreeSet<(String, String)>,
     /// Set when the root chain rotated timestamp or snapshot keys: locally
     /// stored timestamp and snapshot must not be used (fast-forward recovery).
     discard_local: bool,
@@ -159,6 +165,7 @@ impl TrustedRepository {
             timestamp: None,
             snapshot: None,
             targets: BTreeMap::new(),
+            verified_edges: BTreeSet::new(),
             discard_local: false,
             expired_versions: BTreeMap::new(),
         })
@@ -491,6 +498,16 @@ impl TrustedRepository {
     /// the snapshot lists them; threshold of the delegator's keys for this role;
     /// version equal to the snapshot's; not expired. Without a snapshot
     /// ([`Layout::RootAndTargetsOnly`]) the version must not roll back instead.
+    ///
+    /// Trust is per delegation edge, not per role name: TUF 1.0 §5.6.7.2.1
+    /// verifies a delegated role "with the keys and threshold of the
+    /// delegating role", so a role that two delegators name (a diamond) is
+    /// offered once per delegator, and each offer is checked against that
+    /// delegator's keys and threshold. The bytes must be the ones already
+    /// loaded for that role in this cycle: one role has one content per
+    /// snapshot, and a second, different copy is a mix-and-match
+    /// ([`Error::VersionMismatch`] would not catch it when the snapshot lists
+    /// no hashes), refused as [`Error::InvalidDelegation`].
     pub fn update_delegated_targets(
         &mut self,
         bytes: &[u8],
@@ -587,6 +604,25 @@ impl TrustedRepository {
             }
             _ => {}
         }
+        check_unique_role_names(role, &new)?;
+        if delegator != ROOT {
+            if let Some(loaded) = self.targets.get(role) {
+                // Already loaded through another delegator this cycle: the
+                // same bytes, now also verified against `delegator`'s keys.
+                if loaded.raw() != new.raw() {
+                    return Err(Error::InvalidDelegation {
+                        role: role.into(),
+                        reason: format!(
+                            "offered through {delegator} with other bytes than those loaded \
+                             earlier in this cycle"
+                        ),
+                    });
+                }
+                self.verified_edges
+                    .insert((delegator.to_owned(), role.to_owned()));
+                return Ok(());
+            }
+        }
         if let Err(e) = check_expiry(role, &new.common, now) {
             if expected_version.is_none() {
                 let v = self.expired_versions.entry(role.to_owned()).or_insert(0);
@@ -595,13 +631,17 @@ impl TrustedRepository {
             return Err(e);
         }
         self.targets.insert(role.to_owned(), new);
+        self.verified_edges
+            .insert((delegator.to_owned(), role.to_owned()));
         Ok(())
     }
 
     /// Search for `target` by pre-order depth-first traversal of the delegation
     /// graph (TUF 1.0 §5.6.7), using the roles loaded so far. When a role that
-    /// must be consulted is not loaded yet, returns [`TargetSearch::NeedRole`];
-    /// load it with [`Self::update_delegated_targets`] and search again.
+    /// must be consulted is not yet verified through the delegator that leads
+    /// to it, returns [`TargetSearch::NeedRole`] (even if the role was loaded
+    /// through another delegator); offer it with
+    /// [`Self::update_delegated_targets`] and search again.
     ///
     /// Cycles are cut (a role is visited once), the number of roles visited is
     /// bounded by [`Limits::max_delegations`], and a terminating role that is
@@ -620,8 +660,12 @@ impl TrustedRepository {
                     limit: self.limits.max_delegations,
                 });
             }
-            let Some(meta) = self.targets.get(&role) else {
-                return Ok(TargetSearch::NeedRole { role, parent });
+            // Only a role verified through *this* delegator may answer: a
+            // role of the same name loaded through another delegator was
+            // checked against other keys (the delegation diamond).
+            let meta = match self.targets.get(&role) {
+                Some(meta) if self.verified_edges.contains(&(parent.clone(), role.clone())) => meta,
+                _ => return Ok(TargetSearch::NeedRole { role, parent }),
             };
             if let Some(t) = meta.targets.get(target) {
                 return Ok(TargetSearch::Found {
@@ -662,6 +706,25 @@ impl TrustedRepository {
         }
         Ok(())
     }
+}
+
+/// TUF 1.0 §4.5 / python-tuf `Delegations`: role names in one `delegations`
+/// object are unique. Two entries of one name with different keys or paths
+/// would make "the keys of the delegating role" ambiguous.
+fn check_unique_role_names(role: &str, targets: &Targets) -> Result<()> {
+    let Some(roles) = targets.delegations.as_ref().and_then(|d| d.roles.as_ref()) else {
+        return Ok(());
+    };
+    let mut seen = HashSet::new();
+    for r in roles {
+        if !seen.insert(r.name.as_str()) {
+            return Err(Error::InvalidDelegation {
+                role: r.name.clone(),
+                reason: format!("{role} delegates to it more than once"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn delegated_role_keys(d: &crate::metadata::Delegations, role: &str) -> Option<(Vec<String>, u32)> {

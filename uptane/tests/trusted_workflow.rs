@@ -499,3 +499,61 @@ fn stored_snapshot_must_match_timestamp_hashes() -> TestResult {
     c.update_snapshot_local_skip_hashes(&p.snapshot, now())?;
     Ok(())
 }
+
+/// A diamond whose snapshot lists `release.json` by version only, so that two
+/// different files can both pass the snapshot check: parent-a's copy (key A)
+/// and parent-b's copy (key B). Trusting one role name with two contents in
+/// one cycle would let either answer for the other's paths.
+#[test]
+fn diamond_role_offered_with_other_bytes_is_refused() -> TestResult {
+    let mut repo = RepoBuilder::new(now());
+    repo.add_delegation("targets", "parent-a", &["a-*"], false);
+    repo.add_delegation("targets", "parent-b", &["b-*"], false);
+    let ia = repo.add_delegation("parent-a", "release", &["a-*"], false);
+    let ib = repo.add_delegation("parent-b", "release", &["b-*"], false);
+    let (ka, kb) = (repo.delegated[ia].keys[0].clone(), repo.delegated[ib].keys[0].clone());
+    let mut p = repo.publish()?;
+    let base = p.delegated["release"].clone();
+    let listing = json!({ "a-fw": target_file(b"a", None), "b-fw": target_file(b"b", None) });
+    let by_a = resign(&base, &[&ka], |s| s["targets"] = listing.clone())?;
+    let by_b = resign(&base, &[&kb], |s| s["targets"] = listing.clone())?;
+    let snapshot_key = first_key(&repo, "snapshot")?;
+    p.snapshot = resign(&p.snapshot, &[&snapshot_key], |s| {
+        s["meta"]["release.json"] = json!({ "version": 1 });
+    })?;
+    p.timestamp = repo.sign_timestamp(1, &p.snapshot)?;
+    let mut c = loaded_client(&p)?;
+    let mut roles = p.delegated.clone();
+    roles.insert("release".into(), by_a.clone());
+    assert!(matches!(search(&mut c, &roles, "a-fw")?, TargetSearch::Found { .. }));
+    // b-fw needs release through parent-b: parent-b's own (differently signed)
+    // copy is refused, because release was loaded with other bytes.
+    roles.insert("release".into(), by_b);
+    assert!(matches!(
+        search(&mut c, &roles, "b-fw"),
+        Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::InvalidDelegation { .. }))
+    ));
+    // The loaded copy, offered through parent-b, does not meet key B.
+    roles.insert("release".into(), by_a);
+    assert!(matches!(
+        search(&mut c, &roles, "b-fw"),
+        Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::ThresholdNotMet { .. }))
+    ));
+    Ok(())
+}
+
+#[test]
+fn delegating_one_role_name_twice_is_refused() -> TestResult {
+    let mut repo = RepoBuilder::new(now());
+    repo.add_delegation("targets", "dup", &["a-*"], false);
+    repo.add_delegation("targets", "dup", &["b-*"], false);
+    let p = repo.publish()?;
+    let mut c = TrustedRepository::new("image", root_v(&p, 1)?)?;
+    c.update_timestamp(&p.timestamp, now())?;
+    c.update_snapshot(&p.snapshot, now())?;
+    assert!(matches!(
+        c.update_targets(&p.targets, now()),
+        Err(Error::InvalidDelegation { role, .. }) if role == "dup"
+    ));
+    Ok(())
+}
