@@ -1676,7 +1676,13 @@ fn delegation_diamond(signers: Diamond, restart: Restart) -> Res<Fixture> {
             .role("release")
             .done(),
     };
-    Ok(Fixture::new(&description, &w, RepoFiles::serve(&d, 1)?, image, expect))
+    Ok(Fixture::new(
+        &description,
+        &w,
+        RepoFiles::serve(&d, 1)?,
+        image,
+        expect,
+    ))
 }
 
 // ---- Uptane custom fields, hashes, types ---------------------------------------------

@@ -218,7 +218,8 @@ impl TrustedRepository {
         self.targets.get(TARGETS)
     }
 
-    /// A trusted delegated targets role, if loaded.
+    /// A delegated targets role, if loaded (verified through at least one
+    /// delegator; [`Self::find_target`] checks the delegator on each path).
     pub fn delegated(&self, role: &str) -> Option<&Verified<Targets>> {
         self.targets.get(role)
     }
@@ -664,7 +665,13 @@ impl TrustedRepository {
             // role of the same name loaded through another delegator was
             // checked against other keys (the delegation diamond).
             let meta = match self.targets.get(&role) {
-                Some(meta) if self.verified_edges.contains(&(parent.clone(), role.clone())) => meta,
+                Some(meta)
+                    if self
+                        .verified_edges
+                        .contains(&(parent.clone(), role.clone())) =>
+                {
+                    meta
+                }
                 _ => return Ok(TargetSearch::NeedRole { role, parent }),
             };
             if let Some(t) = meta.targets.get(target) {

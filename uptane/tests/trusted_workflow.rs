@@ -511,7 +511,10 @@ fn diamond_role_offered_with_other_bytes_is_refused() -> TestResult {
     repo.add_delegation("targets", "parent-b", &["b-*"], false);
     let ia = repo.add_delegation("parent-a", "release", &["a-*"], false);
     let ib = repo.add_delegation("parent-b", "release", &["b-*"], false);
-    let (ka, kb) = (repo.delegated[ia].keys[0].clone(), repo.delegated[ib].keys[0].clone());
+    let (ka, kb) = (
+        repo.delegated[ia].keys[0].clone(),
+        repo.delegated[ib].keys[0].clone(),
+    );
     let mut p = repo.publish()?;
     let base = p.delegated["release"].clone();
     let listing = json!({ "a-fw": target_file(b"a", None), "b-fw": target_file(b"b", None) });
@@ -525,7 +528,10 @@ fn diamond_role_offered_with_other_bytes_is_refused() -> TestResult {
     let mut c = loaded_client(&p)?;
     let mut roles = p.delegated.clone();
     roles.insert("release".into(), by_a.clone());
-    assert!(matches!(search(&mut c, &roles, "a-fw")?, TargetSearch::Found { .. }));
+    assert!(matches!(
+        search(&mut c, &roles, "a-fw")?,
+        TargetSearch::Found { .. }
+    ));
     // b-fw needs release through parent-b: parent-b's own (differently signed)
     // copy is refused, because release was loaded with other bytes.
     roles.insert("release".into(), by_b);
