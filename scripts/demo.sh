@@ -97,7 +97,7 @@ trap cleanup EXIT
 
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 URL="https://127.0.0.1:$PORT"
-VIN=WSEV0DEMO00000001
+VIN=WSEV0DEM000000001
 HU=HU-0001
 HW=secureev-hu-demo
 

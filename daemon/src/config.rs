@@ -48,6 +48,22 @@ pub const DEFAULT_MIN_RATE_BYTES_PER_SEC: u64 = 4096;
 pub const DEFAULT_MIN_RATE_WINDOW_SECS: u64 = 60;
 /// `[download] timeout_secs`: connecting and receiving the response headers.
 pub const DEFAULT_DOWNLOAD_TIMEOUT_SECS: u64 = 30;
+/// `[network] connect_timeout_secs`: TCP connect and TLS handshake of every request.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 15;
+/// `[network] response_timeout_secs`: from a metadata request or the manifest
+/// PUT being sent to its response headers.
+pub const DEFAULT_RESPONSE_TIMEOUT_SECS: u64 = 30;
+/// `[network] metadata_timeout_secs`: a whole metadata fetch, first byte of the
+/// request to last byte of the body.
+pub const DEFAULT_METADATA_TIMEOUT_SECS: u64 = 120;
+/// `[network] manifest_timeout_secs`: the whole manifest PUT, request and answer.
+pub const DEFAULT_MANIFEST_TIMEOUT_SECS: u64 = 60;
+/// Length of an ISO 3779 VIN.
+pub const ISO_3779_VIN_LENGTH: usize = 17;
+/// Longest VIN with `vin_format = "free"`.
+pub const MAX_FREE_VIN_LENGTH: usize = 64;
+/// Longest ECU serial or hardware ID.
+pub const MAX_ID_LENGTH: usize = 128;
 /// `[install.file] path` when neither `path` nor `slots` is given.
 pub const DEFAULT_INSTALL_FILE_PATH: &str = "/var/lib/secureev/install/image.bin";
 
@@ -74,6 +90,9 @@ pub struct Config {
     /// `[download]`.
     #[serde(default)]
     pub download: DownloadConfig,
+    /// `[network]`.
+    #[serde(default)]
+    pub network: NetworkConfig,
     /// `[install]`.
     #[serde(default)]
     pub install: InstallConfig,
@@ -128,6 +147,64 @@ pub struct VehicleConfig {
     pub primary_serial: String,
     /// Hardware ID of the Primary.
     pub hardware_id: String,
+    /// Which VINs `vin` may be.
+    #[serde(default)]
+    pub vin_format: VinFormat,
+}
+
+/// `[vehicle] vin_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VinFormat {
+    /// ISO 3779: exactly 17 characters, digits and capital letters except
+    /// `I`, `O` and `Q` (the safe default: the VIN goes into URL paths and
+    /// signed requests).
+    #[default]
+    #[serde(rename = "iso-3779")]
+    Iso3779,
+    /// 1 to 64 ASCII letters, digits, `-` and `_` (test fleets, prototypes).
+    Free,
+}
+
+impl VinFormat {
+    /// Why `vin` is not a VIN of this format, if it is not.
+    pub fn check(self, vin: &str) -> std::result::Result<(), String> {
+        match self {
+            VinFormat::Iso3779 => {
+                if vin.chars().count() != ISO_3779_VIN_LENGTH {
+                    return Err(format!(
+                        "an ISO 3779 VIN has {ISO_3779_VIN_LENGTH} characters, this one {} \
+                         (set vin_format = \"free\" for other identifiers)",
+                        vin.chars().count()
+                    ));
+                }
+                // ISO 3779 §5: the Arabic numerals and the Roman letters except I, O, Q.
+                if let Some(c) = vin
+                    .chars()
+                    .find(|c| !(c.is_ascii_digit() || c.is_ascii_uppercase()) || "IOQ".contains(*c))
+                {
+                    return Err(format!(
+                        "{c:?} is not an ISO 3779 VIN character (0-9, A-Z except I, O, Q)"
+                    ));
+                }
+                Ok(())
+            }
+            VinFormat::Free => {
+                if vin.is_empty() || vin.len() > MAX_FREE_VIN_LENGTH {
+                    return Err(format!("must have 1 to {MAX_FREE_VIN_LENGTH} characters"));
+                }
+                if let Some(c) = vin
+                    .chars()
+                    .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+                {
+                    return Err(format!(
+                        "{c:?} is not allowed (ASCII letters, digits, '-' and '_')"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// `[keys]`: where the Primary's keys live.
@@ -137,6 +214,23 @@ pub struct KeysConfig {
     /// Directory of the signing and decryption keys (created mode 0700).
     #[serde(default = "default_keys_dir")]
     pub dir: PathBuf,
+    /// When missing keys may be created.
+    #[serde(default)]
+    pub provision: KeyProvisioning,
+}
+
+/// `[keys] provision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyProvisioning {
+    /// Create missing keys only on the first start, while the state
+    /// directory holds no trusted metadata yet. Once the vehicle has state, a
+    /// missing key (an unmounted partition, a wrong `dir`) stops start-up
+    /// instead of silently giving the vehicle a new identity.
+    #[default]
+    FirstBoot,
+    /// Never create keys: they are provisioned at the factory.
+    Never,
 }
 
 fn default_keys_dir() -> PathBuf {
@@ -147,6 +241,7 @@ impl Default for KeysConfig {
     fn default() -> Self {
         KeysConfig {
             dir: default_keys_dir(),
+            provision: KeyProvisioning::default(),
         }
     }
 }
@@ -308,6 +403,50 @@ impl Default for DownloadConfig {
             min_rate_bytes_per_sec: DEFAULT_MIN_RATE_BYTES_PER_SEC,
             min_rate_window_secs: DEFAULT_MIN_RATE_WINDOW_SECS,
             timeout_secs: DEFAULT_DOWNLOAD_TIMEOUT_SECS,
+        }
+    }
+}
+
+/// `[network]`: bounds of every request to the backend (metadata, manifest,
+/// registration). Image downloads have the bounds of `[download]` and the
+/// connect timeout of this table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Seconds to connect and complete the TLS handshake.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Seconds from sending a request to its response headers.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout_secs: u64,
+    /// Seconds for a whole metadata fetch, body included.
+    #[serde(default = "default_metadata_timeout")]
+    pub metadata_timeout_secs: u64,
+    /// Seconds for the whole manifest PUT.
+    #[serde(default = "default_manifest_timeout")]
+    pub manifest_timeout_secs: u64,
+}
+
+fn default_connect_timeout() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_SECS
+}
+fn default_response_timeout() -> u64 {
+    DEFAULT_RESPONSE_TIMEOUT_SECS
+}
+fn default_metadata_timeout() -> u64 {
+    DEFAULT_METADATA_TIMEOUT_SECS
+}
+fn default_manifest_timeout() -> u64 {
+    DEFAULT_MANIFEST_TIMEOUT_SECS
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            connect_timeout_secs: DEFAULT_CONNECT_TIMEOUT_SECS,
+            response_timeout_secs: DEFAULT_RESPONSE_TIMEOUT_SECS,
+            metadata_timeout_secs: DEFAULT_METADATA_TIMEOUT_SECS,
+            manifest_timeout_secs: DEFAULT_MANIFEST_TIMEOUT_SECS,
         }
     }
 }
@@ -663,7 +802,7 @@ pub fn read_sources(path: &Path) -> Result<Vec<Source>> {
 ///     url = "https://ota.example.com"
 ///     ca_file = "/etc/secureev/ca.pem"
 ///     [vehicle]
-///     vin = "VIN1"
+///     vin = "WSEV0000000000001"
 ///     primary_serial = "HU-1"
 ///     hardware_id = "hu"
 /// "#;
@@ -801,35 +940,223 @@ fn deserialize_error(parsed: &Parsed, e: serde_path_to_error::Error<toml::de::Er
     }
 }
 
+/// Longest timeout any `*_timeout_secs` key accepts: one day.
+pub const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
+
+fn keys(k: &[&str]) -> Vec<String> {
+    k.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// `path` without `.` components, for comparing directories as configured.
+fn normalised(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
+/// A configured file or directory: absolute, without `..`, no NUL.
+fn check_absolute(path: &Path) -> std::result::Result<(), String> {
+    if path.as_os_str().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if !path.is_absolute() {
+        return Err(format!(
+            "must be an absolute path, not {:?} (a relative path depends on the working directory)",
+            path.display().to_string()
+        ));
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err("must not contain `..`".into());
+    }
+    Ok(())
+}
+
+/// `[backend] url`: `https://host[:port][/path]`, nothing else.
+fn check_backend_url(url: &str) -> std::result::Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if parsed.scheme() != "https" {
+        return Err("must be an https:// URL".into());
+    }
+    match parsed.host_str() {
+        None | Some("") => return Err("must name a host".into()),
+        Some(_) => {}
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        // Credentials in a URL end up in logs; the vehicle authenticates with
+        // its signing key (and mutual TLS), never with a password.
+        return Err("must not contain credentials (user:password@)".into());
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    Ok(())
+}
+
+/// Whether a path template must or must not contain `{vin}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathVin {
+    Required,
+    Forbidden,
+}
+
+/// `[backend] director_path` and `image_path`: an absolute URL path whose
+/// segments are plain names, so that substituting the VIN and appending a file
+/// name cannot reach another resource on the backend.
+fn check_path_template(t: &str, vin: PathVin) -> std::result::Result<(), String> {
+    if !t.starts_with('/') {
+        return Err("must start with '/'".into());
+    }
+    let count = t.matches("{vin}").count();
+    match vin {
+        PathVin::Required if count != 1 => return Err("must contain `{vin}` exactly once".into()),
+        PathVin::Forbidden if count != 0 => {
+            return Err("must not contain `{vin}` (the Image repository is shared)".into())
+        }
+        _ => {}
+    }
+    let plain = t.replace("{vin}", "VIN");
+    if let Some(c) = plain
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.' | '~')))
+    {
+        return Err(format!(
+            "{c:?} is not allowed (letters, digits, '/', '-', '_', '.', '~' and `{{vin}}`)"
+        ));
+    }
+    let trimmed = plain.trim_end_matches('/');
+    for seg in trimmed.split('/').skip(1) {
+        match seg {
+            "" => return Err("must not contain an empty segment (`//`)".into()),
+            "." | ".." => return Err("must not contain `.` or `..` segments".into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// An ECU serial or hardware ID: non-empty, bounded, printable ASCII.
+fn check_identifier(v: &str) -> std::result::Result<(), String> {
+    if v.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if v.len() > MAX_ID_LENGTH {
+        return Err(format!("must have at most {MAX_ID_LENGTH} characters"));
+    }
+    if v.chars().any(|c| !c.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces".into());
+    }
+    Ok(())
+}
+
 impl Config {
     /// Checks that serde cannot express: URL scheme, required sub-tables, ranges.
+    /// Everything that would fail or misbehave only at run time is refused
+    /// here, so that `--check-config` catches it; each message names the key.
     fn validate_with(&self, p: &Parsed) -> Result<()> {
         let b = &self.backend;
-        if !b.url.starts_with("https://") {
-            return Err(p.invalid(&["backend", "url"], "must be an https:// URL"));
-        }
+        check_backend_url(&b.url).map_err(|r| p.invalid(&["backend", "url"], r))?;
         if b.client_cert.is_some() != b.client_key.is_some() {
             return Err(p.invalid(
                 &["backend", "client_cert"],
                 "client_cert and client_key must be given together",
             ));
         }
+        check_path_template(&b.director_path, PathVin::Required)
+            .map_err(|r| p.invalid(&["backend", "director_path"], r))?;
+        check_path_template(&b.image_path, PathVin::Forbidden)
+            .map_err(|r| p.invalid(&["backend", "image_path"], r))?;
+        self.vehicle
+            .vin_format
+            .check(&self.vehicle.vin)
+            .map_err(|r| p.invalid(&["vehicle", "vin"], r))?;
         for (key, v) in [
-            ("director_path", &b.director_path),
-            ("image_path", &b.image_path),
-        ] {
-            if !v.starts_with('/') {
-                return Err(p.invalid(&["backend", key], "must start with '/'"));
-            }
-        }
-        for (key, v) in [
-            ("vin", &self.vehicle.vin),
             ("primary_serial", &self.vehicle.primary_serial),
             ("hardware_id", &self.vehicle.hardware_id),
         ] {
-            if v.trim().is_empty() {
-                return Err(p.invalid(&["vehicle", key], "must not be empty"));
+            check_identifier(v).map_err(|r| p.invalid(&["vehicle", key], r))?;
+        }
+        let mut files: Vec<(Vec<String>, &Path)> = vec![
+            (keys(&["backend", "ca_file"]), b.ca_file.as_path()),
+            (keys(&["keys", "dir"]), self.keys.dir.as_path()),
+            (
+                keys(&["trust", "director_root"]),
+                self.trust.director_root.as_path(),
+            ),
+            (
+                keys(&["trust", "image_root"]),
+                self.trust.image_root.as_path(),
+            ),
+            (keys(&["state", "dir"]), self.state.dir.as_path()),
+            (
+                keys(&["state", "cache_dir"]),
+                self.state.cache_dir.as_path(),
+            ),
+        ];
+        for (key, v) in [
+            ("client_cert", &b.client_cert),
+            ("client_key", &b.client_key),
+        ] {
+            if let Some(v) = v {
+                files.push((keys(&["backend", key]), v.as_path()));
             }
+        }
+        if let Some(d) = &self.install.inhibit_dir {
+            files.push((keys(&["install", "inhibit_dir"]), d.as_path()));
+        }
+        if let Some(f) = &self.install.file.path {
+            files.push((keys(&["install", "file", "path"]), f.as_path()));
+        }
+        if let Some(c) = &self.install.file.current {
+            files.push((keys(&["install", "file", "current"]), c.as_path()));
+        }
+        for (i, slot) in self.install.file.slots.iter().flatten().enumerate() {
+            files.push((
+                keys(&["install", "file", "slots", &i.to_string()]),
+                slot.as_path(),
+            ));
+        }
+        for (i, s) in self.secondaries.iter().enumerate() {
+            if let Some(f) = &s.security_secret_file {
+                files.push((
+                    keys(&["secondary", &i.to_string(), "security_secret_file"]),
+                    f.as_path(),
+                ));
+            }
+        }
+        for (key, path) in &files {
+            check_absolute(path).map_err(|r| {
+                let key: Vec<&str> = key.iter().map(String::as_str).collect();
+                p.invalid(&key, r)
+            })?;
+        }
+        // The cache is pruned of every file named like a cache entry; it must not
+        // be the directory of the state or the keys.
+        for (key, other) in [("dir", &self.state.dir), ("keys", &self.keys.dir)] {
+            if normalised(&self.state.cache_dir) == normalised(other) {
+                return Err(p.invalid(
+                    &["state", "cache_dir"],
+                    format!(
+                        "must not be the same directory as {}",
+                        if key == "dir" {
+                            "state.dir"
+                        } else {
+                            "keys.dir"
+                        }
+                    ),
+                ));
+            }
+        }
+        if normalised(&self.state.dir) == normalised(&self.keys.dir) {
+            return Err(p.invalid(
+                &["keys", "dir"],
+                "must not be the same directory as state.dir",
+            ));
+        }
+        if self.state.storage_budget_bytes == 0 {
+            return Err(p.invalid(&["state", "storage_budget_bytes"], "must be at least 1"));
         }
         if self.checkin.interval_secs == 0 {
             return Err(p.invalid(&["checkin", "interval_secs"], "must be at least 1"));
@@ -845,6 +1172,23 @@ impl Config {
         }
         if self.download.timeout_secs == 0 {
             return Err(p.invalid(&["download", "timeout_secs"], "must be at least 1"));
+        }
+        let n = &self.network;
+        for (key, v) in [
+            ("connect_timeout_secs", n.connect_timeout_secs),
+            ("response_timeout_secs", n.response_timeout_secs),
+            ("metadata_timeout_secs", n.metadata_timeout_secs),
+            ("manifest_timeout_secs", n.manifest_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(p.invalid(&["network", key], "must be at least 1"));
+            }
+            if v > MAX_TIMEOUT_SECS {
+                return Err(p.invalid(
+                    &["network", key],
+                    format!("must be at most {MAX_TIMEOUT_SECS} (one day)"),
+                ));
+            }
         }
         let f = &self.install.file;
         match self.install.installer {
@@ -890,6 +1234,9 @@ impl Config {
         serials.insert(self.vehicle.primary_serial.as_str());
         for (i, s) in self.secondaries.iter().enumerate() {
             let idx = i.to_string();
+            for (key, v) in [("serial", &s.serial), ("hardware_id", &s.hardware_id)] {
+                check_identifier(v).map_err(|r| p.invalid(&["secondary", &idx, key], r))?;
+            }
             if !serials.insert(s.serial.as_str()) {
                 return Err(p.invalid(
                     &["secondary", &idx, "serial"],
@@ -977,12 +1324,14 @@ director_path = "{DEFAULT_DIRECTOR_PATH}"
 image_path = "{DEFAULT_IMAGE_PATH}"
 
 [vehicle]
-vin = "VIN-PLACEHOLDER"                  # required
+vin = "XXXXXXXXXXXXXXXXX"                # required: the 17-character VIN
 primary_serial = "HU-PLACEHOLDER"        # required
 hardware_id = "head-unit"                # required
+vin_format = "iso-3779"
 
 [keys]
 dir = "{DEFAULT_KEYS_DIR}"
+provision = "first-boot"
 
 [trust]
 director_root = "{DEFAULT_DIRECTOR_ROOT}"
@@ -1003,6 +1352,12 @@ backoff_max_secs = {DEFAULT_CHECKIN_BACKOFF_MAX_SECS}
 min_rate_bytes_per_sec = {DEFAULT_MIN_RATE_BYTES_PER_SEC}
 min_rate_window_secs = {DEFAULT_MIN_RATE_WINDOW_SECS}
 timeout_secs = {DEFAULT_DOWNLOAD_TIMEOUT_SECS}
+
+[network]
+connect_timeout_secs = {DEFAULT_CONNECT_TIMEOUT_SECS}
+response_timeout_secs = {DEFAULT_RESPONSE_TIMEOUT_SECS}
+metadata_timeout_secs = {DEFAULT_METADATA_TIMEOUT_SECS}
+manifest_timeout_secs = {DEFAULT_MANIFEST_TIMEOUT_SECS}
 
 [install]
 policy = "consent"
@@ -1038,7 +1393,7 @@ mod tests {
 url = "https://ota.example.com"
 ca_file = "/etc/ca.pem"
 [vehicle]
-vin = "VIN1"
+vin = "WSEV0000000000001"
 primary_serial = "HU-1"
 hardware_id = "hu"
 "#;
@@ -1051,7 +1406,10 @@ hardware_id = "hu"
         assert_eq!(c.checkin.interval_secs, DEFAULT_CHECKIN_INTERVAL_SECS);
         assert_eq!(c.state.storage_budget_bytes, DEFAULT_STORAGE_BUDGET_BYTES);
         assert_eq!(c.dbus.bus, Bus::System);
-        assert_eq!(c.director_url(), "https://ota.example.com/director/VIN1");
+        assert_eq!(
+            c.director_url(),
+            "https://ota.example.com/director/WSEV0000000000001"
+        );
         assert_eq!(c.image_url(), "https://ota.example.com/image");
         assert_eq!(
             c.install_file_path(),
@@ -1067,6 +1425,8 @@ hardware_id = "hu"
         assert_eq!(c.state, StateConfig::default());
         assert_eq!(c.checkin, CheckinConfig::default());
         assert_eq!(c.download, DownloadConfig::default());
+        assert_eq!(c.network, NetworkConfig::default());
+        assert_eq!(c.vehicle.vin_format, VinFormat::Iso3779);
         assert_eq!(c.install.policy, InstallPolicy::Consent);
         assert_eq!(c.watchdog, WatchdogConfig::default());
     }
@@ -1230,6 +1590,272 @@ hardware_id = "hu"
                 Error::ConfigInvalid { key: k, .. } => assert_eq!(k, key, "{extra}"),
                 other => panic!("{extra}: {other:?}"),
             }
+        }
+    }
+
+    /// Issue 11: every value `--check-config` used to accept and that failed
+    /// or misbehaved only at run time, with the key its message must name.
+    #[test]
+    fn values_that_fail_at_run_time_are_refused_up_front() {
+        let long_vin = "A".repeat(10_000);
+        let cases: Vec<(String, &str, &str)> = vec![
+            // VINs: path characters, NUL, length, ISO 3779 letters.
+            (
+                "[vehicle]\nvin = \"WSEV0000000000/..\"\n".into(),
+                "vehicle.vin",
+                "'/'",
+            ),
+            (
+                "[vehicle]\nvin = \"WSEV00000000000\\u00001\"\n".into(),
+                "vehicle.vin",
+                "ISO 3779",
+            ),
+            (
+                format!("[vehicle]\nvin = \"{long_vin}\"\n"),
+                "vehicle.vin",
+                "17 characters",
+            ),
+            (
+                "[vehicle]\nvin = \"WSEV00000000000I1\"\n".into(),
+                "vehicle.vin",
+                "'I'",
+            ),
+            (
+                "[vehicle]\nvin = \"wsev0000000000001\"\n".into(),
+                "vehicle.vin",
+                "'w'",
+            ),
+            (
+                "[vehicle]\nvin = \"\"\n".into(),
+                "vehicle.vin",
+                "17 characters",
+            ),
+            (
+                "[vehicle]\nvin_format = \"free\"\nvin = \"a/../b\"\n".into(),
+                "vehicle.vin",
+                "'/'",
+            ),
+            (
+                format!("[vehicle]\nvin_format = \"free\"\nvin = \"{long_vin}\"\n"),
+                "vehicle.vin",
+                "1 to 64",
+            ),
+            (
+                "[vehicle]\nvin_format = \"free\"\nvin = \"a\\u0000b\"\n".into(),
+                "vehicle.vin",
+                "not allowed",
+            ),
+            (
+                "[vehicle]\nprimary_serial = \"HU 1\"\n".into(),
+                "vehicle.primary_serial",
+                "printable",
+            ),
+            // URLs: no host, credentials, wrong scheme, query.
+            ("[backend]\nurl = \"https://\"\n".into(), "backend.url", ""),
+            (
+                "[backend]\nurl = \"https://user:secret@ota.example.com\"\n".into(),
+                "backend.url",
+                "credentials",
+            ),
+            (
+                "[backend]\nurl = \"https://token@ota.example.com\"\n".into(),
+                "backend.url",
+                "credentials",
+            ),
+            (
+                "[backend]\nurl = \"http://ota.example.com\"\n".into(),
+                "backend.url",
+                "https",
+            ),
+            (
+                "[backend]\nurl = \"ftp://ota.example.com\"\n".into(),
+                "backend.url",
+                "https",
+            ),
+            (
+                "[backend]\nurl = \"https://ota.example.com/?x=1\"\n".into(),
+                "backend.url",
+                "query",
+            ),
+            (
+                "[backend]\nurl = \"not a url\"\n".into(),
+                "backend.url",
+                "not a URL",
+            ),
+            // Path templates that escape, or lose the VIN.
+            (
+                "[backend]\ndirector_path = \"/director/{vin}/../../admin\"\n".into(),
+                "backend.director_path",
+                "`..`",
+            ),
+            (
+                "[backend]\ndirector_path = \"/director/./{vin}\"\n".into(),
+                "backend.director_path",
+                "`..`",
+            ),
+            (
+                "[backend]\ndirector_path = \"/director\"\n".into(),
+                "backend.director_path",
+                "{vin}",
+            ),
+            (
+                "[backend]\ndirector_path = \"/d/{vin}/{vin}\"\n".into(),
+                "backend.director_path",
+                "exactly once",
+            ),
+            (
+                "[backend]\ndirector_path = \"director/{vin}\"\n".into(),
+                "backend.director_path",
+                "start with",
+            ),
+            (
+                "[backend]\ndirector_path = \"/d//{vin}\"\n".into(),
+                "backend.director_path",
+                "empty segment",
+            ),
+            (
+                "[backend]\ndirector_path = \"/d/{vin}?admin=1\"\n".into(),
+                "backend.director_path",
+                "'?'",
+            ),
+            (
+                "[backend]\ndirector_path = \"/d/%2e%2e/{vin}\"\n".into(),
+                "backend.director_path",
+                "'%'",
+            ),
+            (
+                "[backend]\nimage_path = \"/image/..\"\n".into(),
+                "backend.image_path",
+                "`..`",
+            ),
+            (
+                "[backend]\nimage_path = \"/image/{vin}\"\n".into(),
+                "backend.image_path",
+                "{vin}",
+            ),
+            // Directories: empty, relative, `..`, shared.
+            ("[state]\ndir = \"\"\n".into(), "state.dir", "empty"),
+            ("[state]\ndir = \"state\"\n".into(), "state.dir", "absolute"),
+            ("[keys]\ndir = \"\"\n".into(), "keys.dir", "empty"),
+            ("[keys]\ndir = \"keys\"\n".into(), "keys.dir", "absolute"),
+            ("[keys]\ndir = \"./keys\"\n".into(), "keys.dir", "absolute"),
+            (
+                "[keys]\ndir = \"/var/lib/../keys\"\n".into(),
+                "keys.dir",
+                "`..`",
+            ),
+            (
+                "[state]\ncache_dir = \"cache\"\n".into(),
+                "state.cache_dir",
+                "absolute",
+            ),
+            (
+                "[state]\ncache_dir = \"/var/lib/secureev/state\"\n".into(),
+                "state.cache_dir",
+                "state.dir",
+            ),
+            (
+                "[keys]\ndir = \"/var/lib/secureev/state\"\n".into(),
+                "keys.dir",
+                "state.dir",
+            ),
+            (
+                "[trust]\ndirector_root = \"root.json\"\n".into(),
+                "trust.director_root",
+                "absolute",
+            ),
+            (
+                "[backend]\nca_file = \"ca.pem\"\n".into(),
+                "backend.ca_file",
+                "absolute",
+            ),
+            (
+                "[install]\ninhibit_dir = \"inhibit\"\n".into(),
+                "install.inhibit_dir",
+                "absolute",
+            ),
+            (
+                "[install.file]\npath = \"image.bin\"\n".into(),
+                "install.file.path",
+                "absolute",
+            ),
+            // Budgets and bounds.
+            (
+                "[state]\nstorage_budget_bytes = 0\n".into(),
+                "state.storage_budget_bytes",
+                "at least 1",
+            ),
+            (
+                "[network]\nconnect_timeout_secs = 0\n".into(),
+                "network.connect_timeout_secs",
+                "at least 1",
+            ),
+            (
+                "[network]\nresponse_timeout_secs = 0\n".into(),
+                "network.response_timeout_secs",
+                "at least 1",
+            ),
+            (
+                "[network]\nmetadata_timeout_secs = 0\n".into(),
+                "network.metadata_timeout_secs",
+                "at least 1",
+            ),
+            (
+                "[network]\nmanifest_timeout_secs = 999999999\n".into(),
+                "network.manifest_timeout_secs",
+                "at most",
+            ),
+            (
+                "[download]\ntimeout_secs = 0\n".into(),
+                "download.timeout_secs",
+                "at least 1",
+            ),
+            (
+                "[keys]\nprovision = \"always\"\n".into(),
+                "keys.provision",
+                "",
+            ),
+        ];
+        for (extra, key, needle) in &cases {
+            let err = parse_sources(&[
+                Source {
+                    file: "main.toml".into(),
+                    text: MINIMAL.into(),
+                },
+                Source {
+                    file: "drop.toml".into(),
+                    text: extra.clone(),
+                },
+            ])
+            .map(|_| ())
+            .unwrap_err();
+            match &err {
+                Error::ConfigInvalid {
+                    key: k,
+                    file,
+                    reason,
+                } => {
+                    assert_eq!(k, key, "{extra}: {err}");
+                    assert_eq!(file, Path::new("drop.toml"), "{extra}: {err}");
+                    assert!(reason.contains(needle), "{extra}: {err}");
+                    assert!(err.to_string().contains(key), "{err}");
+                }
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+        // And what stays accepted.
+        for ok in [
+            "[vehicle]\nvin = \"1HGCM82633A004352\"\n",
+            "[vehicle]\nvin_format = \"free\"\nvin = \"VIN-RUN_1\"\n",
+            "[backend]\nurl = \"https://ota.example.com:8443/base/\"\ndirector_path = \"/v1/director/{vin}/\"\nimage_path = \"/v1/image\"\n",
+            "[backend]\nurl = \"https://[::1]:8443\"\n",
+            "[keys]\nprovision = \"never\"\n",
+        ] {
+            parse_sources(&[
+                Source { file: "main.toml".into(), text: MINIMAL.into() },
+                Source { file: "drop.toml".into(), text: ok.into() },
+            ])
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
     }
 

@@ -1,7 +1,8 @@
 //! `run`: the daemon's start-up, main loop and shutdown, and the integration
 //! points where check-in and the D-Bus service plug in.
 //!
-//! Start-up, in order: provision or load the Primary's keys; open the state
+//! Start-up, in order: load the Primary's keys (creating them only where
+//! `[keys] provision` allows, see [`crate::keys::load_for`]); open the state
 //! directory; seed the trusted roots from `[trust]` when the state has none;
 //! load the time floor; settle an install a kill interrupted; open the download
 //! cache. Then the D-Bus service (if plugged in) takes its bus name, `READY=1`
@@ -15,7 +16,7 @@ use crate::config::{Config, WatchdogMode};
 use crate::download::{DownloadOptions, Downloader};
 use crate::error::{Error, Result};
 use crate::install::{installer_from_config, recover, Installer, Recovery};
-use crate::keys::{load_or_provision, PrimaryKeys};
+use crate::keys::{load_for, PrimaryKeys};
 use crate::notify::{watchdog_loop, watchdog_ping_interval_from_env, Notifier};
 use crate::schedule::{run_scheduler, Schedule, Trigger, UpdateCycle};
 use crate::store::{Repo, Role, Store};
@@ -81,7 +82,7 @@ pub fn seed_roots(config: &Config, store: &Store) -> Result<()> {
 impl Daemon {
     /// Load everything; no network. See the module documentation for the order.
     pub async fn load(config: Config, notifier: Notifier) -> Result<Self> {
-        let (keys, provisioned) = load_or_provision(&config.keys.dir)?;
+        let (keys, provisioned) = load_for(&config.keys, &config.state.dir)?;
         if provisioned.signing || provisioned.decryption {
             tracing::info!(?provisioned, "provisioned new Primary keys");
         }

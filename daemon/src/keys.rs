@@ -7,13 +7,20 @@
 //! - [`DECRYPTION_KEY_FILE`]: the X25519 key that unwraps image keys. Uptane 2.1
 //!   §5.4.1 (3): "there SHOULD be separate keys for encryption and signing."
 //!
+//! When they may be created at all is `[keys] provision` ([`load_for`]): by
+//! default only on the first start, while the state directory holds no trusted
+//! metadata, so that a missing key directory on a vehicle that has run before
+//! (an unmounted partition, a mistyped `dir`) stops start-up instead of
+//! silently giving the vehicle a new identity the backend does not know.
+//!
 //! Each is created only if absent, atomically and without ever overwriting an
 //! existing key ([`crate::store::atomic_create_new`]), so a kill during
 //! provisioning leaves either no key or a whole one, and two racing starts agree
 //! on one key.
 
+use crate::config::{KeyProvisioning, KeysConfig};
 use crate::error::{Error, Result};
-use crate::store::{atomic_create_new, create_dir, read_optional};
+use crate::store::{atomic_create_new, create_dir, has_trusted_state, read_optional};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use secureev_uptane::encryption::{EcuDecryptionKey, EcuEncryptionPublicKey};
@@ -126,6 +133,41 @@ fn read_key(path: &Path) -> Result<Option<Zeroizing<String>>> {
     Ok(Some(Zeroizing::new(text)))
 }
 
+/// Load the Primary's keys as `keys` says, creating missing ones only where
+/// [`KeyProvisioning`] allows it (see the module documentation); `state_dir`
+/// tells whether this is the first start.
+pub fn load_for(keys: &KeysConfig, state_dir: &Path) -> Result<(PrimaryKeys, Provisioned)> {
+    let dir = &keys.dir;
+    let missing: Vec<PathBuf> = [SIGNING_KEY_FILE, DECRYPTION_KEY_FILE]
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|p| !p.exists())
+        .collect();
+    let Some(first_missing) = missing.first() else {
+        return Ok((load(dir)?, Provisioned::default()));
+    };
+    let refuse = |why: String| Error::Key {
+        path: first_missing.clone(),
+        reason: format!(
+            "missing (keys.dir = {:?}); {why}",
+            dir.display().to_string()
+        ),
+    };
+    match keys.provision {
+        KeyProvisioning::Never => Err(refuse(
+            "keys.provision = \"never\": keys are provisioned at the factory, never created here"
+                .into(),
+        )),
+        KeyProvisioning::FirstBoot if has_trusted_state(state_dir) => Err(refuse(format!(
+            "the state in {:?} shows that this vehicle has started before, so a new identity \
+             is not created (keys.provision = \"first-boot\"); restore the keys or the key \
+             partition",
+            state_dir.display().to_string()
+        ))),
+        KeyProvisioning::FirstBoot => load_or_provision(dir),
+    }
+}
+
 /// Load the Primary's keys from `dir`, creating whichever is missing.
 pub fn load_or_provision(dir: &Path) -> Result<(PrimaryKeys, Provisioned)> {
     create_dir(dir)?;
@@ -213,6 +255,37 @@ mod tests {
         assert_eq!(k1.did(), k2.did());
         assert!(k1.did().starts_with("did:key:zDn"), "{}", k1.did());
         assert_eq!(k1.encryption_public(), k2.encryption_public());
+    }
+
+    #[test]
+    fn keys_are_created_only_on_the_first_boot_or_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let cfg = |provision| KeysConfig {
+            dir: dir.path().join("keys"),
+            provision,
+        };
+        // "never": nothing is created, and the message names the key.
+        let err = load_for(&cfg(KeyProvisioning::Never), &state).unwrap_err();
+        assert!(err.to_string().contains("keys.provision"), "{err}");
+        assert!(!dir.path().join("keys").exists());
+        // First boot: no state yet, so the keys are created.
+        let (k1, p) = load_for(&cfg(KeyProvisioning::FirstBoot), &state).unwrap();
+        assert!(p.signing && p.decryption);
+        // The vehicle has trusted state now; the keys vanish (a relative or
+        // mistyped keys.dir, an unmounted partition): no new identity.
+        std::fs::create_dir_all(state.join("metadata/director")).unwrap();
+        std::fs::write(state.join("metadata/director/root.json"), b"{}").unwrap();
+        let (k2, p) = load_for(&cfg(KeyProvisioning::FirstBoot), &state).unwrap();
+        assert_eq!((k1.did(), p), (k2.did(), Provisioned::default()));
+        std::fs::remove_dir_all(dir.path().join("keys")).unwrap();
+        let err = load_for(&cfg(KeyProvisioning::FirstBoot), &state).unwrap_err();
+        assert!(err.to_string().contains("keys.dir"), "{err}");
+        assert!(err.to_string().contains("started before"), "{err}");
+        assert!(!dir.path().join("keys").exists());
+        // An existing pair loads whatever the setting says.
+        load_or_provision(&dir.path().join("keys")).unwrap();
+        load_for(&cfg(KeyProvisioning::Never), &state).unwrap();
     }
 
     #[test]

@@ -109,7 +109,7 @@ fn main() -> ExitCode {
 }
 
 fn print_identity(config: &config::Config) -> anyhow::Result<()> {
-    let (keys, _) = secureev_daemon::keys::load_or_provision(&config.keys.dir)?;
+    let (keys, _) = secureev_daemon::keys::load_for(&config.keys, &config.state.dir)?;
     let identity = serde_json::json!({
         "vin": config.vehicle.vin,
         "primary_serial": config.vehicle.primary_serial,

@@ -276,6 +276,18 @@ const REPORT_COUNTER: &str = "report-counter.json";
 const TIME_FLOOR: &str = "time-floor.json";
 const JOURNAL: &str = "install-journal.json";
 
+/// Whether the state directory `dir` holds a trusted root of either
+/// repository, i.e. the vehicle has started with it before. Nothing is
+/// created.
+pub fn has_trusted_state(dir: &Path) -> bool {
+    [Repo::Director, Repo::Image].iter().any(|repo| {
+        dir.join("metadata")
+            .join(repo.as_str())
+            .join("root.json")
+            .exists()
+    })
+}
+
 impl Store {
     /// Open (and create, mode 0700) the state directory, and remove temporary
     /// files left by a killed writer.

@@ -34,7 +34,7 @@ fn setup(dir: &Path) -> std::path::PathBuf {
 url = "https://localhost:1"
 ca_file = "{d}/ca.pem"
 [vehicle]
-vin = "VIN-RUN"
+vin = "WSEV0000000000RUN"
 primary_serial = "HU-1"
 hardware_id = "hu"
 [keys]
@@ -206,7 +206,12 @@ async fn run_loads_state_notifies_systemd_and_stops_cleanly() {
     task.await.unwrap().unwrap();
     assert_eq!(
         *events.lock().unwrap(),
-        vec!["start VIN-RUN", "cycle", "cycle finished its step", "stop"]
+        vec![
+            "start WSEV0000000000RUN",
+            "cycle",
+            "cycle finished its step",
+            "stop"
+        ]
     );
 }
 
@@ -263,6 +268,32 @@ fn binary_exits_cleanly_on_sigterm_and_rejects_bad_config() {
         "{stderr}"
     );
     std::fs::remove_file(dropin_dir.join("50-typo.toml")).unwrap();
+
+    // Issue 11: a relative keys.dir once created a brand-new Primary identity
+    // under the working directory; --check-config refuses it and names the key.
+    std::fs::write(
+        dropin_dir.join("60-relative.toml"),
+        "[keys]\ndir = \"keys\"\n",
+    )
+    .unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    for args in [&["--check-config"][..], &[][..], &["--print-identity"][..]] {
+        let out = std::process::Command::new(exe)
+            .arg("--config")
+            .arg(&config_path)
+            .args(args)
+            .current_dir(cwd.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("60-relative.toml: `keys.dir`: must be an absolute path"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
+    std::fs::remove_file(dropin_dir.join("60-relative.toml")).unwrap();
 
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();

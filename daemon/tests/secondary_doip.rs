@@ -278,7 +278,7 @@ async fn transports_from_config_reads_the_secret_file() {
 url = "https://ota.example.com"
 ca_file = "/etc/ca.pem"
 [vehicle]
-vin = "VIN1"
+vin = "WSEV0000000000001"
 primary_serial = "HU-1"
 hardware_id = "hu"
 [keys]
