@@ -15,9 +15,9 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use secureev_uptane::builder::{Published, RepoBuilder};
+use secureev_uptane::client::{drive, Decision, Repo, Role, UpdateClient};
 use secureev_uptane::custom::{EcuIdentifier, TargetCustom};
-use secureev_uptane::trusted::TrustedRepository;
-use secureev_uptane::uptane::{full_verification, EcuInfo, FullVerification, Vehicle};
+use secureev_uptane::uptane::{EcuInfo, Vehicle};
 use secureev_uptane::{SigningKey, Timestamp};
 use serde_json::Map;
 
@@ -69,12 +69,44 @@ fn director_repo(n: usize, image: &RepoBuilder) -> Published {
     repo.publish().expect("publish")
 }
 
-fn load(out: &Published, name: &str) -> TrustedRepository {
-    let mut t = TrustedRepository::new(name, &out.root).expect("root");
-    t.update_timestamp(&out.timestamp, NOW).expect("timestamp");
-    t.update_snapshot(&out.snapshot, NOW).expect("snapshot");
-    t.update_targets(&out.targets, NOW).expect("targets");
-    t
+/// What a repository serves, answering the client's fetches.
+fn serve(out: &Published, role: &Role, version: Option<u64>) -> Option<Vec<u8>> {
+    match role {
+        Role::Root => version.and_then(|v| out.roots.get(&v).cloned()),
+        Role::Timestamp => Some(out.timestamp.clone()),
+        Role::Snapshot => Some(out.snapshot.clone()),
+        Role::Targets => Some(out.targets.clone()),
+        Role::Delegated(name) => out.delegated.get(name).cloned(),
+    }
+}
+
+/// One check-in through the client the daemon ships, nothing stored: both
+/// repositories (8 roles) and the Uptane match.
+fn checkin(director: &Published, image: &Published, vehicle: &Vehicle) -> Decision {
+    let mut client =
+        UpdateClient::primary(vehicle.clone(), &director.root, &image.root, NOW).expect("roots");
+    drive(
+        &mut client,
+        |req| match req.repo {
+            Repo::Director => serve(director, &req.role, req.version),
+            Repo::Image => serve(image, &req.role, req.version),
+        },
+        |_, _| None,
+        |_, _, _, _| {},
+    )
+    .expect("verify")
+}
+
+/// Loading one repository through the client (TUF mode).
+fn load(out: &Published) -> Decision {
+    let mut client = UpdateClient::tuf("image", &out.root, NOW).expect("root");
+    drive(
+        &mut client,
+        |req| serve(out, &req.role, req.version),
+        |_, _| None,
+        |_, _, _, _| {},
+    )
+    .expect("refresh")
 }
 
 fn bench(c: &mut Criterion) {
@@ -98,19 +130,15 @@ fn bench(c: &mut Criterion) {
         }),
     );
     c.bench_function("checkin_full_verification_50_targets", |b| {
-        b.iter(|| {
-            let d = load(&director, "director");
-            let i = load(&image, "image");
-            match full_verification(&d, &i, &vehicle).expect("verify") {
-                FullVerification::Done(plan) => assert_eq!(plan.targets.len(), 50),
-                FullVerification::NeedImageRole { .. } => unreachable!(),
-            }
+        b.iter(|| match checkin(&director, &image, &vehicle) {
+            Decision::Plan(plan) => assert_eq!(plan.targets.len(), 50),
+            other => unreachable!("{other:?}"),
         })
     });
 
     let (_, big) = image_repo(1000);
     c.bench_function("image_repo_1000_targets", |b| {
-        b.iter(|| black_box(load(&big, "image")))
+        b.iter(|| black_box(load(&big)))
     });
 }
 

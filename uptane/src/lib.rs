@@ -16,6 +16,9 @@
 //!   place that makes a [`Verified`].
 //! - [`trusted`]: the trusted state of one repository (root chain, timestamp,
 //!   snapshot, targets, delegations), as TUF 1.0 §5.3 and Uptane 2.1 §5.4.4.3–7.
+//! - [`client`]: [`client::UpdateClient`], the whole update workflow as one
+//!   sans-IO state machine (the order of TUF 1.0 §5.3 and Uptane 2.1 §5.4.4);
+//!   every binary drives it with a thin I/O loop.
 //! - [`uptane`]: full (§5.4.4.2) and partial (§5.4.4.1) verification across the
 //!   Director and Image repositories.
 //! - [`custom`]: the custom target fields our backend and client share.
@@ -27,6 +30,7 @@
 
 pub mod builder;
 pub mod canonical;
+pub mod client;
 pub mod custom;
 pub mod did;
 pub mod encryption;

@@ -400,6 +400,49 @@ pub fn full_verification(
     Ok(FullVerification::Done(Verified::new(plan, raw.into())))
 }
 
+/// Full verification on a Secondary (Uptane 2.1 §5.4.4.2 step 10: "A
+/// Secondary ECU can elect to perform this check only on the metadata for the
+/// image it will install"): the Director rules as [`partial_verification`]
+/// checks them, then the Image repository match for this ECU's assignment only.
+/// The plan holds at most one target. Like [`full_verification`], returns
+/// [`FullVerification::NeedImageRole`] while the search needs a delegated role.
+pub fn secondary_full_verification(
+    director: &TrustedRepository,
+    image: &TrustedRepository,
+    ecu: &EcuInfo,
+) -> Result<FullVerification> {
+    let mut plan = UpdatePlan {
+        targets: Vec::new(),
+        director_targets_version: director.targets().map(|t| t.common.version).unwrap_or(0),
+    };
+    if let Some(a) = partial_verification(director, ecu)? {
+        // Step 6: an image already installed needs no further checks.
+        if !a.is_installed_on(ecu) {
+            // Step 10 (a): resolve delegations to the Image repository entry
+            // with the identical file name.
+            match image.find_target(&a.name)? {
+                TargetSearch::Found { role, target } => {
+                    plan.targets.push(match_image(&a, ecu, &role, &target)?);
+                }
+                TargetSearch::NeedRole { role, parent } => {
+                    return Ok(FullVerification::NeedImageRole { role, parent })
+                }
+                TargetSearch::NotFound => {
+                    return Err(Error::TargetMismatch {
+                        target: a.name.clone(),
+                        field: "not listed by the image repository".into(),
+                    })
+                }
+            }
+        }
+    }
+    let raw = director
+        .targets()
+        .map(|t| t.raw().to_vec())
+        .unwrap_or_default();
+    Ok(FullVerification::Done(Verified::new(plan, raw.into())))
+}
+
 /// Partial verification for one secondary ECU (Uptane 2.1 §5.4.4.1): the
 /// Director targets (already checked against the Director root by `director`)
 /// must follow the Director rules, and the entry for this ECU must match its

@@ -1,15 +1,15 @@
 //! Attack fixtures: every folder under `tests/data/` is one scenario (see
-//! `tests/data/README.md`), replayed here as a Primary would run an update
-//! cycle, and compared with the outcome its `case.json` names.
+//! `tests/data/README.md`), replayed here through the same
+//! [`UpdateClient`] the daemon ships, as a Primary runs an update cycle, and
+//! compared with the outcome its `case.json` names.
 //!
 //! The fixtures are written by `examples/gen_fixtures.rs`; the runner knows
 //! nothing about how they were made, only the folder layout.
 
+use secureev_uptane::client::{Decision, Failure, MetaRequest, Repo, Role, Step, UpdateClient};
 use secureev_uptane::error::Error;
-use secureev_uptane::trusted::{Layout, TrustedRepository};
-use secureev_uptane::uptane::{
-    full_verification, EcuInfo, FullVerification, InstalledImage, Vehicle,
-};
+use secureev_uptane::trusted::Layout;
+use secureev_uptane::uptane::{EcuInfo, InstalledImage, Vehicle};
 use secureev_uptane::Timestamp;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -23,9 +23,9 @@ const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 /// deliver them.
 const CHUNK: usize = 61;
 
-/// Upper bound on delegated roles loaded in one case, so that a core bug in
-/// the search shows up as a failure rather than a hang.
-const MAX_ROLE_LOADS: usize = 64;
+/// Upper bound on the client's steps in one case, so that a core bug in the
+/// workflow shows up as a failure rather than a hang.
+const MAX_STEPS: usize = 1_000;
 
 /// Every case the generator writes. A deleted or renamed folder fails
 /// [`fixtures_cover_every_attack`].
@@ -262,122 +262,80 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 
 // ---- the simulated Primary -----------------------------------------------------------
 
-/// Bring one repository up to date from `<dir>/trusted` and `<dir>/remote`,
-/// in the order of Uptane 2.1 §5.4.4.2 steps 2–5 (7–9 for the Image
-/// repository), as TUF 1.0 §5.3–§5.6 spell them out.
-fn load_repository(
-    dir: &Path,
-    name: &str,
-    layout: Layout,
-    now: Timestamp,
-) -> Sim<TrustedRepository> {
-    let trusted = dir.join("trusted");
-    let remote = dir.join("remote");
-    let root = read(&trusted.join("root.json"))?;
-    let mut repo = core(
-        format!("{name}: trusted root"),
-        TrustedRepository::new(name, &root),
-    )?
-    .with_layout(layout);
-
-    // §5.4.4.3: N+1.root.json while the repository serves one.
-    let mut next = repo.root().common.version + 1;
-    while let Some(bytes) = read_optional(&remote.join(format!("{next}.root.json")))? {
-        core(
-            format!("{name}: {next}.root.json"),
-            repo.update_root(&bytes),
-        )?;
-        next += 1;
-    }
-
-    match layout {
-        Layout::Tuf => {
-            // The stored timestamp first, as the rollback reference; a stored
-            // file that fails (expired, or discarded after a key rotation) is
-            // ignored, exactly as a Primary would.
-            if let Some(local) = read_optional(&trusted.join("timestamp.json"))? {
-                let _ignored = repo.update_timestamp_local(&local, now);
-            }
-            // §5.4.4.4. The same version as the stored one is not an error.
-            let ts = read(&remote.join("timestamp.json"))?;
-            core(
-                format!("{name}: timestamp.json"),
-                repo.update_timestamp(&ts, now),
-            )?;
-            // §5.4.4.2 step 4 / 8: a stored snapshot that is still the one the
-            // timestamp lists is final; otherwise it stays the rollback
-            // reference for the remote one.
-            let local_is_final = match read_optional(&trusted.join("snapshot.json"))? {
-                Some(local) => repo.update_snapshot_local_skip_hashes(&local, now).is_ok(),
-                None => false,
-            };
-            if !local_is_final {
-                let snap = read(&remote.join("snapshot.json"))?;
-                core(
-                    format!("{name}: snapshot.json"),
-                    repo.update_snapshot(&snap, now),
-                )?;
-            }
-        }
-        Layout::RootAndTargetsOnly => {
-            // No snapshot: the stored targets are the rollback reference.
-            if let Some(local) = read_optional(&trusted.join("targets.json"))? {
-                let _ignored = repo.update_targets(&local, now);
-            }
-        }
-    }
-    // §5.4.4.6.
-    let targets = read(&remote.join("targets.json"))?;
-    core(
-        format!("{name}: targets.json"),
-        repo.update_targets(&targets, now),
-    )?;
-    Ok(repo)
+/// The folder of a repository in a case.
+fn repo_dir(dir: &Path, repo: Repo) -> PathBuf {
+    dir.join(repo.as_str())
 }
 
-/// One update cycle of a Primary: both repositories, full verification
-/// (loading delegated Image roles on demand), then every planned image
-/// streamed through its verifier. Returns the planned target names, sorted.
-fn simulate(dir: &Path, case: &Case) -> Sim<Vec<String>> {
-    let director = load_repository(
-        &dir.join("director"),
-        "director",
-        case.director_layout,
-        case.now,
-    )?;
-    let mut image = load_repository(&dir.join("image"), "image", Layout::Tuf, case.now)?;
+/// The fixture file for a request: `remote/<N>.root.json` for roots, else the
+/// unversioned `remote/<role>.json` (the runner does not simulate
+/// consistent-snapshot URLs).
+fn remote_file(dir: &Path, request: &MetaRequest) -> PathBuf {
+    let remote = repo_dir(dir, request.repo).join("remote");
+    match (&request.role, request.version) {
+        (Role::Root, Some(v)) => remote.join(format!("{v}.root.json")),
+        (role, _) => remote.join(format!("{}.json", role.as_str())),
+    }
+}
 
-    let mut loads = 0;
+/// One update cycle of a Primary, as the daemon runs it: the one
+/// [`UpdateClient`] in full verification, answering each step from the
+/// case folder (stored copies from `trusted/`, served files from `remote/`),
+/// then every planned image streamed through its verifier. Returns the planned
+/// target names, sorted.
+fn simulate(dir: &Path, case: &Case) -> Sim<Vec<String>> {
+    let director_root = read(&dir.join("director/trusted/root.json"))?;
+    let image_root = read(&dir.join("image/trusted/root.json"))?;
+    let mut client = client_step(UpdateClient::primary(
+        case.vehicle.clone(),
+        &director_root,
+        &image_root,
+        case.now,
+    ))?
+    .with_director_layout(case.director_layout);
+
+    let mut steps = 0;
     let plan = loop {
-        match core(
-            "full verification",
-            full_verification(&director, &image, &case.vehicle),
-        )? {
-            FullVerification::Done(plan) => break plan,
-            FullVerification::NeedImageRole { role, parent } => {
-                loads += 1;
-                if loads > MAX_ROLE_LOADS {
-                    return Err(harness(format!(
-                        "more than {MAX_ROLE_LOADS} delegated roles requested (last: {role})"
-                    )));
-                }
-                // A copy stored in an earlier cycle first (errors ignored, as
-                // for the stored snapshot), then the repository's.
-                let file = format!("{role}.json");
-                if let Some(local) = read_optional(&dir.join("image/trusted").join(&file))? {
-                    if image
-                        .update_delegated_targets(&local, &role, &parent, case.now)
-                        .is_ok()
-                    {
-                        continue;
+        steps += 1;
+        if steps > MAX_STEPS {
+            return Err(harness(format!("more than {MAX_STEPS} steps")));
+        }
+        match client_step(client.next_step())? {
+            Step::Load { repo, role } => {
+                // A copy stored by an earlier cycle, if the case has one
+                // (delegated roles too: `image/trusted/<role>.json`).
+                let stored = match role {
+                    Role::Root => None,
+                    role => read_optional(
+                        &repo_dir(dir, repo)
+                            .join("trusted")
+                            .join(format!("{}.json", role.as_str())),
+                    )?,
+                };
+                client_step(match stored {
+                    Some(bytes) => client.offer(&bytes),
+                    None => client.offer_not_found(),
+                })?;
+            }
+            Step::Fetch(request) => {
+                let served = read_optional(&remote_file(dir, &request))?;
+                // A file the repository does not serve: only a newer root
+                // may be missing; anything else is a broken fixture.
+                match served {
+                    Some(bytes) => client_step(client.offer(&bytes))?,
+                    None if request.optional() => client_step(client.offer_not_found())?,
+                    None => {
+                        return Err(harness(format!(
+                            "{} {} is not in the fixture",
+                            request.repo, request.file
+                        )))
                     }
                 }
-                let bytes = read(&dir.join("image/remote").join(&file))?;
-                core(
-                    format!("image: {file} (delegated by {parent})"),
-                    image.update_delegated_targets(&bytes, &role, &parent, case.now),
-                )?;
             }
+            // The runner keeps nothing between cases.
+            Step::Persist { .. } => {}
+            Step::Done(Decision::Plan(plan)) => break plan,
+            Step::Done(other) => return Err(harness(format!("unexpected decision {other:?}"))),
         }
     };
 
@@ -394,6 +352,14 @@ fn simulate(dir: &Path, case: &Case) -> Sim<Vec<String>> {
         names.push(name.to_owned());
     }
     Ok(sorted(names))
+}
+
+/// Attach the client's context to its error.
+fn client_step<T>(r: Result<T, Failure>) -> Sim<T> {
+    r.map_err(|f| Stop::Core {
+        step: f.context().to_owned(),
+        error: Box::new(f.into_error()),
+    })
 }
 
 /// Run one case folder and compare with its expectation.
