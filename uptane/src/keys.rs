@@ -13,7 +13,7 @@
 
 use crate::canonical::to_canonical_from;
 use crate::error::{Error, Result};
-use p256::ecdsa::signature::{Signer, Verifier};
+use p256::ecdsa::signature::Signer;
 use p256::pkcs8::{
     DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
 };
@@ -117,19 +117,7 @@ impl PublicKey {
     /// Ed25519). Any malformation is `false`.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
         match self {
-            PublicKey::P256(vk) => {
-                let parsed = p256::ecdsa::Signature::from_der(sig)
-                    .or_else(|_| p256::ecdsa::Signature::from_slice(sig));
-                match parsed {
-                    // Accept both low-S and high-S encodings, as OpenSSL-based
-                    // signers (securesystemslib) emit either.
-                    Ok(s) => {
-                        let s = s.normalize_s().unwrap_or(s);
-                        vk.verify(msg, &s).is_ok()
-                    }
-                    Err(_) => false,
-                }
-            }
+            PublicKey::P256(vk) => verify_p256(vk, msg, sig),
             PublicKey::Ed25519(vk) => match ed25519_dalek::Signature::from_slice(sig) {
                 Ok(s) => vk.verify_strict(msg, &s).is_ok(),
                 Err(_) => false,
@@ -178,6 +166,43 @@ impl PublicKey {
             },
         }
     }
+}
+
+/// ECDSA P-256 / SHA-256 verification through `ring` (already linked for TLS):
+/// about 4.5× faster than the pure-Rust `p256` verifier, and signature checks
+/// are most of a check-in's cost on the backend. `p256` keeps key parsing,
+/// encoding and signing.
+///
+/// The accepted encodings are those the `p256` verifier accepted before:
+/// - ASN.1 DER (`ECDSA-Sig-Value`, strict DER), else the fixed 64-byte `r || s`
+///   form. A blob is tried as fixed only when it is not DER, as
+///   `Signature::from_der(..).or_else(from_slice)` did.
+/// - Both low-S and high-S: OpenSSL-based signers (securesystemslib) emit
+///   either, and `ring` does not enforce low-S. (We emit low-S, see
+///   [`SigningKey::sign_raw`].)
+/// - `r` and `s` must be in `[1, n-1]`; the key is the validated point `p256`
+///   parsed, passed to `ring` uncompressed.
+fn verify_p256(vk: &p256::ecdsa::VerifyingKey, msg: &[u8], sig: &[u8]) -> bool {
+    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_FIXED};
+    let point = vk.to_encoded_point(false);
+    let alg = if is_der_sequence(sig) {
+        &ECDSA_P256_SHA256_ASN1
+    } else if sig.len() == 64 {
+        &ECDSA_P256_SHA256_FIXED
+    } else {
+        return false;
+    };
+    UnparsedPublicKey::new(alg, point.as_bytes())
+        .verify(msg, sig)
+        .is_ok()
+}
+
+/// Whether `sig` is a DER `SEQUENCE { INTEGER, INTEGER }` as `p256` parses
+/// `ECDSA-Sig-Value` (short-form lengths suffice for P-256; the integers
+/// themselves are checked by `ring`, minimal encoding included). Only used to
+/// choose between the DER and the fixed form.
+fn is_der_sequence(sig: &[u8]) -> bool {
+    p256::ecdsa::Signature::from_der(sig).is_ok()
 }
 
 /// A private signing key, for repositories, manifests and tests.
@@ -326,6 +351,88 @@ mod tests {
         assert!(!pk.verify_hex(b"hello", ""));
         assert!(!pk.verify_hex(b"hello", "zz"));
         assert!(!pk.verify_hex(b"hello", "3006020101020101"));
+    }
+
+    /// The verifier before `ring`: `p256`'s, DER else fixed, high-S normalised.
+    fn reference_verify(vk: &p256::ecdsa::VerifyingKey, msg: &[u8], sig: &[u8]) -> bool {
+        use p256::ecdsa::signature::Verifier;
+        match p256::ecdsa::Signature::from_der(sig)
+            .or_else(|_| p256::ecdsa::Signature::from_slice(sig))
+        {
+            Ok(s) => vk.verify(msg, &s.normalize_s().unwrap_or(s)).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    fn high_s(sig: &p256::ecdsa::Signature) -> p256::ecdsa::Signature {
+        let (r, s) = sig.split_scalars();
+        p256::ecdsa::Signature::from_scalars(r, -*s).unwrap()
+    }
+
+    // The switch to `ring` keeps every encoding the `p256` verifier took:
+    // DER and fixed, low-S and high-S, and refuses what it refused.
+    #[test]
+    fn ring_verifier_accepts_der_fixed_low_and_high_s() {
+        let sk = SigningKey::generate_p256();
+        let PublicKey::P256(vk) = sk.verifying_key() else {
+            panic!()
+        };
+        let pk = sk.verifying_key();
+        let msg = b"metadata";
+        let der = sk.sign_raw(msg);
+        let sig = p256::ecdsa::Signature::from_der(&der).unwrap();
+        let high = high_s(&sig);
+        assert!(sig.normalize_s().is_none(), "we emit low-S");
+        assert!(high.normalize_s().is_some());
+        let cases: Vec<(Vec<u8>, bool)> = vec![
+            (der.clone(), true),
+            (sig.to_bytes().to_vec(), true),
+            (high.to_der().as_bytes().to_vec(), true),
+            (high.to_bytes().to_vec(), true),
+            ([der.as_slice(), &[0]].concat(), false),
+            (der[..der.len() - 1].to_vec(), false),
+            (sig.to_bytes()[..63].to_vec(), false),
+            (vec![0; 64], false),
+            (vec![0xff; 64], false),
+            (vec![0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01], false),
+            (Vec::new(), false),
+        ];
+        for (i, (bytes, ok)) in cases.iter().enumerate() {
+            assert_eq!(pk.verify(msg, bytes), *ok, "case {i}");
+            assert_eq!(
+                reference_verify(&vk, msg, bytes),
+                *ok,
+                "reference, case {i}"
+            );
+            assert!(!pk.verify(b"other", bytes), "case {i} on another message");
+        }
+    }
+
+    proptest::proptest! {
+        // Differential: any single-byte change to a DER or fixed signature is
+        // judged the same by `ring` as by the `p256` verifier.
+        #[test]
+        fn ring_and_p256_verifiers_agree(
+            msg in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            pos in 0usize..80,
+            xor in proptest::prelude::any::<u8>(),
+            fixed in proptest::prelude::any::<bool>(),
+        ) {
+            let sk = SigningKey::p256_from_bytes(&[7; 32]).unwrap();
+            let PublicKey::P256(vk) = sk.verifying_key() else { panic!() };
+            let der = sk.sign_raw(&msg);
+            let mut sig = if fixed {
+                p256::ecdsa::Signature::from_der(&der).unwrap().to_bytes().to_vec()
+            } else {
+                der
+            };
+            let n = sig.len();
+            sig[pos % n] ^= xor;
+            proptest::prop_assert_eq!(
+                sk.verifying_key().verify(&msg, &sig),
+                reference_verify(&vk, &msg, &sig)
+            );
+        }
     }
 
     #[test]
