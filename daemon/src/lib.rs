@@ -12,33 +12,32 @@
 //! - [`store`]: the state directory; every write atomic ([`store::atomic_write`]).
 //! - [`keys`]: the Primary's P-256 signing and X25519 decryption keys.
 //! - [`clock`]: the injected time source with a persisted time floor.
-//! - [`http`]: the backend's HTTPS client (TLS 1.3 only, configured CA, proxies).
-//! - [`download`]: streaming, verified, resumable image downloads; decryption.
+//! - [`fetch`]: the backend's HTTPS client (TLS 1.3 only, configured CA,
+//!   proxies), signed requests and capped metadata reads, and streaming,
+//!   verified, resumable image downloads.
 //! - [`install`]: installers, the install journal, the secondary transport trait.
+//! - [`ecus`]: the secondary ECUs' transports (UDS over DoIP or ISO-TP).
 //! - [`notify`]: systemd `sd_notify` without libsystemd.
 //! - [`schedule`]: check-in interval, jitter, backoff, triggers.
-//! - [`backend`]: signed requests to the Director, capped metadata reads.
 //! - [`agent`]: the Uptane cycle (check-in, verification, download, consent,
 //!   install, report) and the D-Bus controller.
-//! - [`daemon`]: start-up, [`daemon::run`], and the integration points for
-//!   check-in ([`schedule::UpdateCycle`]) and D-Bus ([`daemon::ControlService`]).
+//! - [`run`]: start-up, [`run()`], and the integration points for
+//!   check-in ([`schedule::UpdateCycle`]) and D-Bus ([`run::ControlService`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod agent;
-pub mod backend;
 pub mod clock;
 pub mod config;
-pub mod daemon;
-pub mod download;
+pub mod ecus;
 pub mod error;
-pub mod http;
+pub mod fetch;
 pub mod install;
 pub mod keys;
 pub mod notify;
+pub mod run;
 pub mod schedule;
-pub mod secondary;
 pub mod store;
 
-pub use daemon::{run, run_with, Daemon, Integrations};
+pub use run::{run, run_with, Daemon, Integrations};
 pub use error::{Error, Result};

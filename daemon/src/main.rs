@@ -93,7 +93,7 @@ fn main() -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        secureev_daemon::daemon::cancel_on_signals(shutdown.clone())?;
+        secureev_daemon::run::cancel_on_signals(shutdown.clone())?;
         let integrations = secureev_daemon::agent::integrations(secureev_dbus::StateHandle::new());
         secureev_daemon::run_with(config, integrations, shutdown).await?;
         Ok(())

@@ -74,7 +74,7 @@ pub enum CycleOutcome {
 /// **Integration point: check-in.** One update cycle: fetch and verify
 /// metadata through the core, download, install according to the policy,
 /// report. Implemented by the check-in module on top of
-/// [`crate::daemon::Daemon`]'s parts. `cancel` fires on shutdown or D-Bus
+/// [`crate::run::Daemon`]'s parts. `cancel` fires on shutdown or D-Bus
 /// `Cancel`; the cycle must finish its current atomic step and return.
 pub trait UpdateCycle: Send + Sync {
     /// Run one cycle.

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{bytes, sha256_hex, Behaviour, Logged, Server};
-use secureev_daemon::download::{
+use secureev_daemon::fetch::download::{
     decrypt_file, DownloadOptions, Downloader, ImageRequest, Progress,
 };
 use secureev_daemon::error::{Error, StorageLimit};
@@ -453,13 +453,13 @@ fn decrypts_in_constant_memory_and_refuses_tampering() {
     std::fs::write(&enc_path, &encrypted).unwrap();
 
     let unwrapped =
-        secureev_daemon::download::unwrap_content_key(&info, "fw.bin", "HU-1", &ecu).unwrap();
+        secureev_daemon::fetch::download::unwrap_content_key(&info, "fw.bin", "HU-1", &ecu).unwrap();
     let out = dir.path().join("plain");
     decrypt_file(&enc_path, &out, "fw.bin", &unwrapped, &info).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), firmware);
 
     // Another ECU's key does not unwrap it.
-    assert!(secureev_daemon::download::unwrap_content_key(&info, "fw.bin", "HU-2", &ecu).is_err());
+    assert!(secureev_daemon::fetch::download::unwrap_content_key(&info, "fw.bin", "HU-2", &ecu).is_err());
 
     // A flipped bit: nothing is left behind.
     let mut tampered = encrypted.clone();

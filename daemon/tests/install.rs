@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use futures_util::future::BoxFuture;
-use secureev_daemon::download::Progress;
+use secureev_daemon::fetch::download::Progress;
 use secureev_daemon::error::{Error, Result};
 use secureev_daemon::install::{
     install_image, recover, CommandInstaller, FileInstaller, FileTarget, InstallCheck,

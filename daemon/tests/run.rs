@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use futures_util::future::BoxFuture;
-use secureev_daemon::daemon::{ControlService, Daemon, Integrations};
+use secureev_daemon::run::{ControlService, Daemon, Integrations};
 use secureev_daemon::schedule::{CycleOutcome, Trigger, UpdateCycle};
 use secureev_daemon::store::{Repo, Role, Store};
 use std::os::unix::net::UnixDatagram;

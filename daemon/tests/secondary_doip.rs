@@ -5,9 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 use secureev_daemon::config::{self, Verification};
-use secureev_daemon::download::Progress;
+use secureev_daemon::fetch::download::Progress;
 use secureev_daemon::install::{SecondaryTransport, TargetFacts};
-use secureev_daemon::secondary::{
+use secureev_daemon::ecus::{
     metadata_bundle, secret_path, transports_from_config_with, DoipConnector, DoipSecondary,
     SecretSource, DEFAULT_TESTER_ADDRESS,
 };
@@ -350,11 +350,11 @@ async fn can_transport_flashes_over_vcan() {
     let isotp = ecu_isotp.clone();
     tokio::spawn(async move { serve::serve_can(&name, isotp, srv, stop).await });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let t = secureev_daemon::secondary::CanSecondary::new(
+    let t = secureev_daemon::ecus::CanSecondary::new(
         SERIAL,
         HW,
         Verification::Partial,
-        secureev_daemon::secondary::CanConnector {
+        secureev_daemon::ecus::CanConnector {
             interface: iface,
             isotp: ecu_isotp.peer(),
         },

@@ -15,7 +15,7 @@ use e2e_common::*;
 use secureev_daemon::agent::SECONDARY_REPORT_TIMEOUT;
 use secureev_daemon::config::Verification;
 use secureev_daemon::install::SecondaryTransport;
-use secureev_daemon::secondary::{
+use secureev_daemon::ecus::{
     DoipConnector, DoipSecondary, SecretSource, DEFAULT_TESTER_ADDRESS,
 };
 use secureev_dbus::ErrorCode;

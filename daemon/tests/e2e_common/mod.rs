@@ -437,7 +437,7 @@ pub fn image_path(name: &str, sha256: &str) -> String {
     };
     format!(
         "/image/targets/{dir}{}",
-        secureev_daemon::backend::quote(&format!("{sha256}.{base}"))
+        secureev_daemon::fetch::backend::quote(&format!("{sha256}.{base}"))
     )
 }
 

@@ -112,7 +112,7 @@ impl Backend {
     }
 
     /// A signer for image downloads: fresh signed headers for a GET of `path`.
-    pub fn image_signer(&self) -> crate::download::RequestSigner {
+    pub fn image_signer(&self) -> crate::fetch::download::RequestSigner {
         let (key, vin, clock) = (self.key.clone(), self.vin.clone(), self.clock.clone());
         std::sync::Arc::new(move |path: &str| {
             sign_request(&key, "GET", path, &vin, clock(), b"")

@@ -208,7 +208,7 @@ enum Attempt {
 }
 
 impl Downloader {
-    /// A downloader on `client` (see [`crate::http::client`]); creates the cache
+    /// A downloader on `client` (see [`crate::fetch::http::client`]); creates the cache
     /// directory.
     pub fn new(client: reqwest::Client, opts: DownloadOptions) -> Result<Self> {
         crate::store::create_dir(&opts.cache_dir)?;

@@ -13,7 +13,7 @@
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, WatchdogMode};
-use crate::download::{DownloadOptions, Downloader};
+use crate::fetch::download::{DownloadOptions, Downloader};
 use crate::error::{Error, Result};
 use crate::install::{installer_from_config, recover, Installer, Recovery};
 use crate::keys::{load_for, PrimaryKeys};
@@ -97,7 +97,7 @@ impl Daemon {
         let clock = Clock::load(SystemClock, &store)?;
         let installer = installer_from_config(&config);
         let recovery = recover(&store, installer.as_ref()).await?;
-        let http = crate::http::client(&config)?;
+        let http = crate::fetch::http::client(&config)?;
         let downloader = Downloader::new(http.clone(), DownloadOptions::from_config(&config))?;
         Ok(Daemon {
             config,

@@ -1,7 +1,7 @@
 //! The update agent: one Uptane cycle (check-in, full verification, download,
 //! consent, install, report) and the D-Bus control surface on top of it.
 //!
-//! [`Agent`] implements both integration points of [`crate::daemon`]: the
+//! [`Agent`] implements both integration points of [`crate::run`]: the
 //! scheduler's [`UpdateCycle`] and, through [`DbusControl`], the
 //! `secureev-dbus` [`Controller`]. State that the UI sees (state, progress,
 //! pending update, ECUs, last error) goes through a [`StateHandle`]; the agent
@@ -38,8 +38,8 @@
 //! `NotCancellable`: an installer either completes or leaves the running
 //! software as it was, and the install journal settles a kill.
 
-use crate::backend::{quote, Backend, Repository};
-use crate::download::{self, ImageRequest, Progress as DlProgress};
+use crate::fetch::backend::{quote, Backend, Repository};
+use crate::fetch::download::{self, ImageRequest, Progress as DlProgress};
 use crate::error::{Error, Result};
 use crate::install::{install_image, InstallOutcome, TargetFacts};
 use crate::schedule::{CycleOutcome, Trigger, UpdateCycle};
@@ -257,7 +257,7 @@ impl Agent {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_INHIBIT_DIR));
         daemon.downloader.set_signer(backend.image_signer());
         let clock = daemon.clock.clone();
-        let secondaries = match crate::secondary::transports_from_config_with(
+        let secondaries = match crate::ecus::transports_from_config_with(
             &daemon.config,
             Arc::new(move || clock.now().now.unix()),
         ) {
@@ -755,7 +755,7 @@ impl Agent {
             .find(|s| s.serial == serial)
             .map(|s| s.verification)
             .unwrap_or_default();
-        let bundle = crate::secondary::metadata_bundle(&self.daemon.store, verification)?;
+        let bundle = crate::ecus::metadata_bundle(&self.daemon.store, verification)?;
         transport.send_metadata(&bundle).await?;
         let mut facts = TargetFacts::for_target(target)?;
         // The ECU checks what it receives: the bytes as served (for encrypted
@@ -1484,7 +1484,7 @@ impl DbusControl {
     }
 }
 
-impl crate::daemon::ControlService for DbusControl {
+impl crate::run::ControlService for DbusControl {
     fn start(&self, daemon: Arc<Daemon>, trigger: Trigger) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let agent = self.agent(daemon);

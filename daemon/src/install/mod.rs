@@ -70,7 +70,7 @@ impl TargetFacts {
             ecu: target.ecu_serial().to_owned(),
             reason: "the signed metadata gives no sha256 for the image".into(),
         };
-        let (length, sha256) = match crate::download::encryption_info(target)? {
+        let (length, sha256) = match crate::fetch::download::encryption_info(target)? {
             Some(info) => (
                 info.plaintext_length,
                 info.plaintext_hashes
@@ -578,7 +578,7 @@ pub trait SecondaryTransport: Send + Sync {
         &'a self,
         image: &'a Path,
         facts: &'a TargetFacts,
-        progress: &'a (dyn Fn(crate::download::Progress) + Send + Sync),
+        progress: &'a (dyn Fn(crate::fetch::download::Progress) + Send + Sync),
     ) -> BoxFuture<'a, Result<()>>;
     /// Make the new image active.
     fn activate<'a>(&'a self, facts: &'a TargetFacts) -> BoxFuture<'a, Result<()>>;

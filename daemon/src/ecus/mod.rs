@@ -19,7 +19,7 @@
 //! version report, with a fresh nonce).
 
 use crate::config::{Config, Verification};
-use crate::download::Progress;
+use crate::fetch::download::Progress;
 use crate::error::{Error, Result};
 use crate::install::{MetadataBundle, SecondaryInfo, SecondaryTransport, TargetFacts};
 use crate::store::{Repo, Role, Store};
