@@ -14,13 +14,14 @@
 //! silently giving the vehicle a new identity the backend does not know.
 //!
 //! Each is created only if absent, atomically and without ever overwriting an
-//! existing key ([`crate::store::atomic_create_new`]), so a kill during
+//! existing key ([`crate::fs::atomic_create_new`]), so a kill during
 //! provisioning leaves either no key or a whole one, and two racing starts agree
 //! on one key.
 
 use crate::config::{KeyProvisioning, KeysConfig};
 use crate::error::{Error, Result};
-use crate::store::{atomic_create_new, create_dir, has_trusted_state, read_optional};
+use crate::fs::{atomic_create_new, create_dir, read_optional};
+use crate::store::has_trusted_state;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use secureev_uptane::encryption::{EcuDecryptionKey, EcuEncryptionPublicKey};

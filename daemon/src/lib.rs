@@ -9,18 +9,23 @@
 //! One module per concern:
 //!
 //! - [`config`]: the TOML configuration with drop-ins, unknown keys rejected.
-//! - [`store`]: the state directory; every write atomic ([`store::atomic_write`]).
+//! - [`fs`]: durable file writes ([`fs::atomic_write`]), used by everything
+//!   that writes state, keys or cache.
+//! - [`store`]: the state directory: trusted metadata, installed versions,
+//!   counters, the time floor.
 //! - [`keys`]: the Primary's P-256 signing and X25519 decryption keys.
 //! - [`clock`]: the injected time source with a persisted time floor.
 //! - [`fetch`]: the backend's HTTPS client (TLS 1.3 only, configured CA,
 //!   proxies), signed requests and capped metadata reads, and streaming,
 //!   verified, resumable image downloads.
-//! - [`install`]: installers, the install journal, the secondary transport trait.
-//! - [`ecus`]: the secondary ECUs' transports (UDS over DoIP or ISO-TP).
+//! - [`install`]: the Primary's installers, the install journal, decryption.
+//! - [`ecus`]: the secondary ECUs' transports (UDS over DoIP or ISO-TP), the
+//!   transport trait, the metadata bundle a secondary verifies.
 //! - [`notify`]: systemd `sd_notify` without libsystemd.
 //! - [`schedule`]: check-in interval, jitter, backoff, triggers.
 //! - [`agent`]: the Uptane cycle (check-in, verification, download, consent,
-//!   install, report) and the D-Bus controller.
+//!   install, report, provisioning).
+//! - [`dbus_service`]: the D-Bus controller over the agent, error codes.
 //! - [`run`]: start-up, [`run()`], and the integration points for
 //!   check-in ([`schedule::UpdateCycle`]) and D-Bus ([`run::ControlService`]).
 #![forbid(unsafe_code)]
@@ -29,9 +34,11 @@
 pub mod agent;
 pub mod clock;
 pub mod config;
+pub mod dbus_service;
 pub mod ecus;
 pub mod error;
 pub mod fetch;
+pub mod fs;
 pub mod install;
 pub mod keys;
 pub mod notify;
@@ -39,5 +46,5 @@ pub mod run;
 pub mod schedule;
 pub mod store;
 
-pub use run::{run, run_with, Daemon, Integrations};
 pub use error::{Error, Result};
+pub use run::{run, run_with, Daemon, Integrations};

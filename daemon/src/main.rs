@@ -94,7 +94,8 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         secureev_daemon::run::cancel_on_signals(shutdown.clone())?;
-        let integrations = secureev_daemon::agent::integrations(secureev_dbus::StateHandle::new());
+        let integrations =
+            secureev_daemon::dbus_service::integrations(secureev_dbus::StateHandle::new());
         secureev_daemon::run_with(config, integrations, shutdown).await?;
         Ok(())
     });

@@ -13,8 +13,8 @@
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, WatchdogMode};
-use crate::fetch::download::{DownloadOptions, Downloader};
 use crate::error::{Error, Result};
+use crate::fetch::download::{DownloadOptions, Downloader};
 use crate::install::{installer_from_config, recover, Installer, Recovery};
 use crate::keys::{load_for, PrimaryKeys};
 use crate::notify::{watchdog_loop, watchdog_ping_interval_from_env, Notifier};

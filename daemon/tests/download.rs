@@ -6,10 +6,9 @@
 mod common;
 
 use common::{bytes, sha256_hex, Behaviour, Logged, Server};
-use secureev_daemon::fetch::download::{
-    decrypt_file, DownloadOptions, Downloader, ImageRequest, Progress,
-};
 use secureev_daemon::error::{Error, StorageLimit};
+use secureev_daemon::fetch::download::{DownloadOptions, Downloader, ImageRequest, Progress};
+use secureev_daemon::install::decrypt::decrypt_file;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -453,13 +452,17 @@ fn decrypts_in_constant_memory_and_refuses_tampering() {
     std::fs::write(&enc_path, &encrypted).unwrap();
 
     let unwrapped =
-        secureev_daemon::fetch::download::unwrap_content_key(&info, "fw.bin", "HU-1", &ecu).unwrap();
+        secureev_daemon::install::decrypt::unwrap_content_key(&info, "fw.bin", "HU-1", &ecu)
+            .unwrap();
     let out = dir.path().join("plain");
     decrypt_file(&enc_path, &out, "fw.bin", &unwrapped, &info).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), firmware);
 
     // Another ECU's key does not unwrap it.
-    assert!(secureev_daemon::fetch::download::unwrap_content_key(&info, "fw.bin", "HU-2", &ecu).is_err());
+    assert!(
+        secureev_daemon::install::decrypt::unwrap_content_key(&info, "fw.bin", "HU-2", &ecu)
+            .is_err()
+    );
 
     // A flipped bit: nothing is left behind.
     let mut tampered = encrypted.clone();

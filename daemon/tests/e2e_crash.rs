@@ -54,7 +54,7 @@ async fn assert_up_to_date(vehicle: &Vehicle) {
     assert_eq!(message, "up to date");
 }
 
-fn journal(vehicle: &Vehicle) -> Option<secureev_daemon::store::JournalRecord> {
+fn journal(vehicle: &Vehicle) -> Option<secureev_daemon::install::JournalRecord> {
     Store::open(vehicle.dir.join("state"))
         .unwrap()
         .journal()

@@ -4,14 +4,15 @@
 #![allow(clippy::unwrap_used)]
 
 use futures_util::future::BoxFuture;
-use secureev_daemon::fetch::download::Progress;
+use secureev_daemon::ecus::{MetadataBundle, SecondaryInfo, SecondaryTransport};
 use secureev_daemon::error::{Error, Result};
+use secureev_daemon::fetch::download::Progress;
+use secureev_daemon::install::JournalRecord;
 use secureev_daemon::install::{
     install_image, recover, CommandInstaller, FileInstaller, FileTarget, InstallCheck,
-    InstallOutcome, Installer, MetadataBundle, Recovery, SecondaryInfo, SecondaryTransport,
-    TargetFacts,
+    InstallOutcome, Installer, Recovery, TargetFacts,
 };
-use secureev_daemon::store::{InstalledRecord, JournalRecord, Store};
+use secureev_daemon::store::{InstalledRecord, Store};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -5,12 +5,13 @@
 #![allow(clippy::unwrap_used)]
 
 use secureev_daemon::config::{self, Verification};
-use secureev_daemon::fetch::download::Progress;
-use secureev_daemon::install::{SecondaryTransport, TargetFacts};
+use secureev_daemon::ecus::SecondaryTransport;
 use secureev_daemon::ecus::{
     metadata_bundle, secret_path, transports_from_config_with, DoipConnector, DoipSecondary,
     SecretSource, DEFAULT_TESTER_ADDRESS,
 };
+use secureev_daemon::fetch::download::Progress;
+use secureev_daemon::install::TargetFacts;
 use secureev_daemon::store::{Repo, Role, Store};
 use secureev_secondary::serve::{self, SharedServer};
 use secureev_uptane::builder::RepoBuilder;

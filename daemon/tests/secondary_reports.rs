@@ -14,10 +14,8 @@ mod e2e_common;
 use e2e_common::*;
 use secureev_daemon::agent::SECONDARY_REPORT_TIMEOUT;
 use secureev_daemon::config::Verification;
-use secureev_daemon::install::SecondaryTransport;
-use secureev_daemon::ecus::{
-    DoipConnector, DoipSecondary, SecretSource, DEFAULT_TESTER_ADDRESS,
-};
+use secureev_daemon::ecus::SecondaryTransport;
+use secureev_daemon::ecus::{DoipConnector, DoipSecondary, SecretSource, DEFAULT_TESTER_ADDRESS};
 use secureev_dbus::ErrorCode;
 use secureev_secondary::serve;
 use secureev_uds::doip::{DoipFramer, Message, RoutingActivationCode, VERSION_2012};

@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use secureev_daemon::fetch::download::{DownloadOptions, Downloader, ImageRequest};
 use secureev_daemon::error::Error;
+use secureev_daemon::fetch::download::{DownloadOptions, Downloader, ImageRequest};
 use secureev_daemon::fetch::http::{client_with_tls, tls_config_from_pem};
 use std::collections::BTreeMap;
 use std::sync::Arc;

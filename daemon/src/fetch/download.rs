@@ -30,14 +30,13 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result, StorageLimit};
-use crate::store::sync_dir;
+use crate::fs::{remove_quietly, sync_dir};
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
-use secureev_uptane::encryption::{ContentKey, EcuDecryptionKey, EncryptionInfo, StreamDecryptor};
 use secureev_uptane::uptane::UpdateTarget;
 use secureev_uptane::verify::StreamVerifier;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
@@ -187,14 +186,6 @@ async fn rehash_async(path: PathBuf, verifier: StreamVerifier) -> Result<StreamV
         .map_err(|e| Error::io("hash", PathBuf::new(), std::io::Error::other(e)))?
 }
 
-fn remove_quietly(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(path = %path.display(), "cannot remove: {e}");
-        }
-    }
-}
-
 /// Bytes free for an unprivileged writer on the file system holding `dir`.
 pub fn free_space(dir: &Path) -> Result<u64> {
     let st = rustix::fs::statvfs(dir).map_err(|e| Error::io("statvfs", dir, e.into()))?;
@@ -211,8 +202,8 @@ impl Downloader {
     /// A downloader on `client` (see [`crate::fetch::http::client`]); creates the cache
     /// directory.
     pub fn new(client: reqwest::Client, opts: DownloadOptions) -> Result<Self> {
-        crate::store::create_dir(&opts.cache_dir)?;
-        crate::store::remove_stale_temps(&opts.cache_dir)?;
+        crate::fs::create_dir(&opts.cache_dir)?;
+        crate::fs::remove_stale_temps(&opts.cache_dir)?;
         Ok(Downloader {
             client,
             opts,
@@ -631,75 +622,4 @@ async fn restart(
         .await
         .map_err(|e| Error::io("seek", path, e))?;
     Ok(())
-}
-
-/// The signed encryption parameters of a verified target, if it is encrypted.
-pub fn encryption_info(target: &UpdateTarget) -> Result<Option<EncryptionInfo>> {
-    match &target.assignment.custom.encryption {
-        None => Ok(None),
-        Some(v) => EncryptionInfo::from_value(target.name(), v)
-            .map(Some)
-            .map_err(|e| uptane(target.name(), e)),
-    }
-}
-
-/// Unwrap the content key that the Director wrapped for `ecu_serial`.
-pub fn unwrap_content_key(
-    info: &EncryptionInfo,
-    target: &str,
-    ecu_serial: &str,
-    ecu_key: &EcuDecryptionKey,
-) -> Result<ContentKey> {
-    info.unwrap_key_for(target, ecu_serial, ecu_key)
-        .map_err(|e| uptane(target, e))
-}
-
-/// Decrypt the verified encrypted image at `encrypted` into `out`, in constant
-/// memory (one chunk at a time), blocking. `out` appears, atomically and
-/// fsynced, only when the whole stream authenticated and the decrypted image has
-/// the signed plaintext length and hashes; on any error nothing is left behind.
-/// Run it with `spawn_blocking` from async code.
-pub fn decrypt_file(
-    encrypted: &Path,
-    out: &Path,
-    target: &str,
-    key: &ContentKey,
-    info: &EncryptionInfo,
-) -> Result<()> {
-    let mut decryptor = StreamDecryptor::new(target, key, info).map_err(|e| uptane(target, e))?;
-    let mut input = std::fs::File::open(encrypted).map_err(|e| Error::io("open", encrypted, e))?;
-    let tmp = {
-        let mut name = std::ffi::OsString::from(".");
-        name.push(out.file_name().unwrap_or_default());
-        name.push(format!(".tmp-decrypt-{}", std::process::id()));
-        out.with_file_name(name)
-    };
-    let result = (|| {
-        let mut w = std::fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        let mut buf = vec![0u8; FILE_CHUNK];
-        let mut plain = Vec::with_capacity(FILE_CHUNK + info.chunk_size as usize);
-        loop {
-            let n = input
-                .read(&mut buf)
-                .map_err(|e| Error::io("read", encrypted, e))?;
-            if n == 0 {
-                break;
-            }
-            plain.clear();
-            decryptor
-                .update(&buf[..n], &mut plain)
-                .map_err(|e| uptane(target, e))?;
-            w.write_all(&plain)
-                .map_err(|e| Error::io("write", &tmp, e))?;
-        }
-        // Uptane 2.1 §5.4.3.4 step 7 on the decrypted image.
-        decryptor.finish().map_err(|e| uptane(target, e))?;
-        w.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        std::fs::rename(&tmp, out).map_err(|e| Error::io("rename", out, e))?;
-        sync_dir(out.parent().unwrap_or(Path::new(".")))
-    })();
-    if result.is_err() {
-        remove_quietly(&tmp);
-    }
-    result
 }

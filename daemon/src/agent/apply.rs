@@ -1,0 +1,172 @@
+//! Step 4 of a cycle: apply the verified plan: the Primary's own images
+//! through its installer (decrypted first when the Director wrapped a key for
+//! the Primary), secondaries through their transport.
+
+use crate::agent::{Agent, Pending};
+use crate::error::{Error, Result};
+use crate::fetch::download::Progress as DlProgress;
+use crate::install::{decrypt, install_image, InstallOutcome, TargetFacts};
+use crate::store::InstalledRecord;
+use secureev_dbus::State;
+use secureev_uptane::uptane::UpdateTarget;
+use std::path::Path;
+
+impl Agent {
+    pub(crate) async fn install(&self, pending: &Pending) -> Result<Vec<String>> {
+        let primary = self.daemon.config.vehicle.primary_serial.clone();
+        let total: u64 = pending.targets.iter().map(|(t, _)| t.length()).sum();
+        let mut done = 0u64;
+        let mut installed = Vec::new();
+        let mut first_error = None;
+        for (target, path) in &pending.targets {
+            self.progress(
+                State::Installing,
+                done,
+                total,
+                target.ecu_serial(),
+                &format!("installing {}", target.name()),
+            );
+            done += target.length();
+            let result = if target.ecu_serial() == primary {
+                self.install_primary(target, path).await
+            } else {
+                let r = self
+                    .install_secondary(target, path, done - target.length(), total)
+                    .await;
+                self.note_link(target.ecu_serial(), &r);
+                r
+            };
+            match result {
+                Ok(()) => installed.push(target.ecu_serial().to_owned()),
+                Err(e) => {
+                    tracing::error!(
+                        ecu = target.ecu_serial(),
+                        target = target.name(),
+                        "install failed: {e}"
+                    );
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.progress(State::Installing, done, total, "", "install finished");
+        self.publish_ecus();
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(installed),
+        }
+    }
+
+    /// Forward a verified image to a secondary: its metadata (partial or full
+    /// verification on the ECU), the image as served (still encrypted when the
+    /// Director wrapped a key for the ECU), then activation. A failure touches
+    /// only this ECU.
+    pub(crate) async fn install_secondary(
+        &self,
+        target: &UpdateTarget,
+        path: &Path,
+        base: u64,
+        total: u64,
+    ) -> Result<()> {
+        let serial = target.ecu_serial();
+        let unreachable = |reason: &str| Error::Secondary {
+            ecu: serial.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let transport = self
+            .secondaries
+            .get(serial)
+            .ok_or_else(|| unreachable("no [[secondary]] transport is configured for this ECU"))?;
+        let verification = self
+            .daemon
+            .config
+            .secondaries
+            .iter()
+            .find(|s| s.serial == serial)
+            .map(|s| s.verification)
+            .unwrap_or_default();
+        let bundle = crate::ecus::metadata_bundle(&self.daemon.store, verification)?;
+        transport.send_metadata(&bundle).await?;
+        let mut facts = TargetFacts::for_target(target)?;
+        // The ECU checks what it receives: the bytes as served (for encrypted
+        // images it decrypts and checks the plaintext itself).
+        facts.length = target.length();
+        if let Some(h) = target.assignment.director_target.hashes.get("sha256") {
+            facts.sha256 = h.clone();
+        }
+        let name = target.name().to_owned();
+        let progress = |p: DlProgress| {
+            self.progress(
+                State::Installing,
+                base + p.done,
+                total,
+                serial,
+                &format!("sending {name} to {serial}"),
+            );
+        };
+        transport.send_image(path, &facts, &progress).await?;
+        transport.activate(&facts).await?;
+        self.daemon.store.set_installed(
+            serial,
+            InstalledRecord {
+                name: target.name().to_owned(),
+                length: target.length(),
+                hashes: target.assignment.director_target.hashes.clone(),
+                release_counter: target.release_counter,
+                installed_at: self.now().unix(),
+            },
+        )?;
+        Ok(())
+    }
+
+    pub(crate) async fn install_primary(&self, target: &UpdateTarget, path: &Path) -> Result<()> {
+        let facts = TargetFacts::for_target(target)?;
+        let record = InstalledRecord {
+            name: target.name().to_owned(),
+            length: target.length(),
+            hashes: target.assignment.director_target.hashes.clone(),
+            release_counter: target.release_counter,
+            installed_at: self.now().unix(),
+        };
+        let image = match decrypt::encryption_info(target)? {
+            None => path.to_path_buf(),
+            Some(info) => {
+                let key = decrypt::unwrap_content_key(
+                    &info,
+                    target.name(),
+                    target.ecu_serial(),
+                    &self.daemon.keys.decryption,
+                )?;
+                let out = path.with_extension("plain");
+                self.daemon
+                    .downloader
+                    .check_storage(target.name(), info.plaintext_length)?;
+                let (src, dst, name) = (path.to_path_buf(), out.clone(), target.name().to_owned());
+                tokio::task::spawn_blocking(move || {
+                    decrypt::decrypt_file(&src, &dst, &name, &key, &info)
+                })
+                .await
+                .map_err(|e| Error::Install {
+                    target: target.name().to_owned(),
+                    ecu: target.ecu_serial().to_owned(),
+                    reason: format!("decryption task: {e}"),
+                })??;
+                out
+            }
+        };
+        let outcome = install_image(
+            &self.daemon.store,
+            self.daemon.installer.as_ref(),
+            &image,
+            &facts,
+            record,
+            self.now().unix(),
+        )
+        .await;
+        if image != path {
+            let _ = std::fs::remove_file(&image);
+        }
+        match outcome? {
+            InstallOutcome::Installed | InstallOutcome::AlreadyInstalled => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! The cycle itself: check, download, consent and preconditions, install,
+//! report, and how an operation's outcome is published.
+
+use crate::agent::{attack_of, Agent, Pending};
+use crate::dbus_service::error_code;
+use crate::error::Result;
+use crate::fetch::download::{ImageRequest, Progress as DlProgress};
+use crate::schedule::{CycleOutcome, UpdateCycle};
+use futures_util::future::BoxFuture;
+use secureev_dbus::{ErrorCode, PendingUpdate, State, UpdatePlan as DbusPlan};
+use secureev_uptane::uptane::{UpdatePlan, UpdateTarget};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+impl Agent {
+    pub(crate) async fn download(
+        &self,
+        plan: &UpdatePlan,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<(UpdateTarget, PathBuf)>> {
+        let total: u64 = plan.targets.iter().map(UpdateTarget::length).sum();
+        let mut done_before = 0u64;
+        let mut out = Vec::new();
+        for t in &plan.targets {
+            let sha256 = t
+                .assignment
+                .director_target
+                .hashes
+                .get("sha256")
+                .cloned()
+                .unwrap_or_default();
+            let url = match t.assignment.custom.uri.as_deref() {
+                Some(uri) if uri.starts_with("https://") => uri.to_owned(),
+                _ => self.backend.target_url(t.name(), &sha256),
+            };
+            let req = ImageRequest::for_target(t, url);
+            let ecu = t.ecu_serial().to_owned();
+            let name = t.name().to_owned();
+            let base = done_before;
+            let report = |p: DlProgress| {
+                self.progress(
+                    State::Downloading,
+                    base + p.done,
+                    total,
+                    &ecu,
+                    &format!("downloading {name}"),
+                );
+            };
+            let path = self.daemon.downloader.fetch(&req, &report, cancel).await?;
+            done_before += t.length();
+            out.push((t.clone(), path));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn unmet_preconditions(&self) -> Vec<String> {
+        let mut unmet: Vec<String> = self
+            .lock()
+            .preconditions
+            .iter()
+            .filter(|(_, (ok, _))| !ok)
+            .map(|(name, (_, reason))| format!("{name}: {reason}"))
+            .collect();
+        if let Ok(dir) = std::fs::read_dir(&self.inhibit_dir) {
+            for entry in dir.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let reason = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                unmet.push(format!("inhibit file {name}: {}", reason.trim()));
+            }
+        }
+        unmet
+    }
+
+    pub(crate) fn finish(&self, action: &str, update_id: &str, result: &Result<String>) {
+        match result {
+            Ok(message) => {
+                self.state.clear_last_error();
+                self.state.emit_completed(ErrorCode::Ok, message.clone());
+                self.history(action, update_id, ErrorCode::Ok, message);
+                let waiting = self.lock().pending.is_some();
+                self.status(
+                    if waiting {
+                        State::AwaitingConsent
+                    } else {
+                        State::Idle
+                    },
+                    message,
+                );
+            }
+            Err(e) => {
+                let code = error_code(e);
+                let message = e.to_string();
+                self.state.set_last_error(code, message.clone());
+                self.state.emit_completed(code, message.clone());
+                self.history(action, update_id, code, &message);
+                self.status(
+                    if code == ErrorCode::Cancelled {
+                        State::Idle
+                    } else {
+                        State::Error
+                    },
+                    &message,
+                );
+            }
+        }
+    }
+
+    pub(crate) async fn cycle(&self, cancel: CancellationToken) -> Result<String> {
+        let now = self.now();
+        self.status(State::Checking, "checking for updates");
+        self.progress(State::Checking, 0, 0, "", "checking for updates");
+        let plan = match self.verify(now, &cancel).await {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(a) = attack_of(&e) {
+                    self.lock().attacks.push(a);
+                    let attacks = self.lock().attacks.clone();
+                    if let Err(r) = self.report(&attacks, None).await {
+                        tracing::warn!("reporting the attack failed: {r}");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        self.state.set_last_check(now.unix());
+        if plan.targets.is_empty() {
+            self.lock().pending = None;
+            self.state.clear_pending();
+            let attacks = std::mem::take(&mut self.lock().attacks);
+            self.report(&attacks, None).await?;
+            return Ok("up to date".into());
+        }
+        self.status(State::Downloading, "downloading");
+        let targets = match self.download(&plan, &cancel).await {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(a) = attack_of(&e) {
+                    self.lock().attacks.push(a);
+                    let attacks = self.lock().attacks.clone();
+                    if let Err(r) = self.report(&attacks, None).await {
+                        tracing::warn!("reporting the attack failed: {r}");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        self.status(State::Verifying, "images verified");
+        let dbus_plan = DbusPlan::new(
+            targets
+                .iter()
+                .map(|(t, _)| PendingUpdate {
+                    update_id: String::new(),
+                    ecu_serial: t.ecu_serial().to_owned(),
+                    hardware_id: t.assignment.hardware_id.clone(),
+                    target: t.name().to_owned(),
+                    version: t.release_counter.to_string(),
+                    size: t.length(),
+                    sha256: t
+                        .assignment
+                        .director_target
+                        .hashes
+                        .get("sha256")
+                        .cloned()
+                        .unwrap_or_default(),
+                    release_notes: t
+                        .assignment
+                        .custom
+                        .unrecognized
+                        .get("releaseNotes")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
+                })
+                .collect(),
+        );
+        let pending = Pending {
+            plan: dbus_plan.clone(),
+            targets,
+        };
+        let is_new = {
+            let mut inner = self.lock();
+            let same = inner
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.plan.id() == dbus_plan.id());
+            if !same {
+                // Consent binds to exactly what was shown: a changed plan needs new consent.
+                inner.consented = None;
+            }
+            inner.pending = Some(pending);
+            !same
+        };
+        self.state.set_pending(&dbus_plan);
+        if is_new {
+            self.state.emit_update_available(&dbus_plan);
+        }
+        self.try_install().await
+    }
+
+    /// Install the pending update if policy, consent, postponement and
+    /// preconditions allow; otherwise leave it waiting.
+    pub(crate) async fn try_install(&self) -> Result<String> {
+        let (pending, allowed) = {
+            let inner = self.lock();
+            let Some(p) = inner.pending.clone() else {
+                return Ok("nothing to install".into());
+            };
+            let consented = inner.consented.as_ref() == Some(p.plan.id());
+            let auto = self.daemon.config.install.policy == crate::config::InstallPolicy::Auto;
+            let postponed = inner.postponed_until > self.now().unix();
+            (p, (consented || (auto && !postponed)))
+        };
+        let id = pending.plan.id().as_str().to_owned();
+        if !allowed {
+            self.status(State::AwaitingConsent, "waiting for the user's consent");
+            return Ok(format!("update {id} verified and waiting for consent"));
+        }
+        let unmet = self.unmet_preconditions();
+        if !unmet.is_empty() {
+            let message = format!("install held back: {}", unmet.join("; "));
+            self.status(State::AwaitingConsent, &message);
+            self.progress(State::AwaitingConsent, 0, 0, "", &message);
+            return Ok(message);
+        }
+        self.lock().installing = true;
+        self.status(State::Installing, "installing");
+        let result = self.install(&pending).await;
+        {
+            let mut inner = self.lock();
+            inner.installing = false;
+            inner.pending = None;
+            inner.consented = None;
+        }
+        self.state.clear_pending();
+        let attacks = std::mem::take(&mut self.lock().attacks);
+        let outcome = match &result {
+            Ok(ecus) => (
+                true,
+                "installed",
+                format!("installed on {}", ecus.join(", ")),
+            ),
+            Err(e) => (false, "install-failed", e.to_string()),
+        };
+        if let Err(e) = self
+            .report(&attacks, Some((outcome.0, outcome.1, &outcome.2)))
+            .await
+        {
+            tracing::warn!("reporting the install failed: {e}");
+        }
+        self.daemon.downloader.prune(&[]).ok();
+        result.map(|_| outcome.2)
+    }
+}
+
+impl UpdateCycle for Agent {
+    fn run_cycle(&self, cancel: CancellationToken) -> BoxFuture<'_, CycleOutcome> {
+        Box::pin(async move {
+            let op = cancel.child_token();
+            self.lock().operation = Some(op.clone());
+            let result = self.cycle(op).await;
+            self.lock().operation = None;
+            let id = self
+                .lock()
+                .pending
+                .as_ref()
+                .map(|p| p.plan.id().as_str().to_owned())
+                .unwrap_or_default();
+            self.finish("check", &id, &result);
+            match result {
+                Ok(_) => CycleOutcome::Done,
+                Err(e) if attack_of(&e).is_some() => CycleOutcome::Done,
+                Err(_) => CycleOutcome::Failed,
+            }
+        })
+    }
+}

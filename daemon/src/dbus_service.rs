@@ -1,0 +1,308 @@
+//! The D-Bus adapter: the `secureev-dbus` [`Controller`] over an [`Agent`],
+//! the mapping of daemon errors to the interface's stable error codes, and
+//! the service's start and stop ([`crate::run::ControlService`]).
+
+use crate::agent::Agent;
+use crate::error::{Error, Result};
+use crate::schedule::{Trigger, UpdateCycle};
+use crate::Daemon;
+use futures_util::future::BoxFuture;
+use secureev_dbus::{
+    CheckOptions, Controller, ErrorCode, HistoryEntry, InstallOptions, OtaError, ProvisionOptions,
+    State, StateHandle, UpdateId,
+};
+use secureev_uptane::Attack;
+use std::sync::{Arc, Mutex};
+
+pub(crate) fn error_code(e: &Error) -> ErrorCode {
+    match e {
+        Error::Uptane { source, .. } => match source.attack() {
+            Some(Attack::Rollback) | Some(Attack::ReleaseCounterRollback) => {
+                ErrorCode::RollbackAttack
+            }
+            Some(Attack::Freeze) => ErrorCode::FreezeAttack,
+            Some(Attack::MixAndMatch) => ErrorCode::MixAndMatchAttack,
+            Some(Attack::EndlessData) => ErrorCode::EndlessDataAttack,
+            Some(Attack::WrongHardwareId) | Some(Attack::WrongEcu) => ErrorCode::WrongHardware,
+            Some(Attack::ArbitrarySoftware) => match source.as_ref() {
+                secureev_uptane::Error::HashMismatch { .. }
+                | secureev_uptane::Error::LengthMismatch { .. } => ErrorCode::TargetMismatch,
+                _ => ErrorCode::VerificationFailed,
+            },
+            _ => ErrorCode::VerificationFailed,
+        },
+        Error::SlowRetrieval { .. } => ErrorCode::SlowRetrievalAttack,
+        Error::InsufficientStorage { .. } => ErrorCode::InsufficientStorage,
+        Error::Http { .. }
+        | Error::HttpStatus { .. }
+        | Error::Timeout { .. }
+        | Error::BadRange { .. }
+        | Error::Truncated { .. } => ErrorCode::Network,
+        Error::Cancelled(_) => ErrorCode::Cancelled,
+        Error::Install { .. } => ErrorCode::InstallFailed,
+        Error::Secondary { .. } => ErrorCode::EcuUnreachable,
+        Error::SecondaryRefused { .. } => ErrorCode::InstallFailed,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// The `secureev-dbus` [`Controller`] over an [`Agent`].
+#[derive(Debug, Clone)]
+pub struct AgentController(pub Arc<Agent>);
+
+impl Controller for AgentController {
+    fn check(&self, _options: CheckOptions) -> std::result::Result<(), OtaError> {
+        let agent = &self.0;
+        if agent.lock().installing {
+            return Err(OtaError::Busy("an install is running".into()));
+        }
+        let trigger = agent
+            .trigger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match trigger {
+            Some(t) => {
+                if !t.check_now() {
+                    return Err(OtaError::Busy("a check is already requested".into()));
+                }
+                Ok(())
+            }
+            None => Err(OtaError::Internal("the scheduler is not running".into())),
+        }
+    }
+
+    fn install(
+        &self,
+        update_id: &UpdateId,
+        _options: InstallOptions,
+    ) -> std::result::Result<(), OtaError> {
+        let agent = self.0.clone();
+        {
+            let mut inner = agent.lock();
+            if inner.installing {
+                return Err(OtaError::Busy("an install is running".into()));
+            }
+            match &inner.pending {
+                Some(p) if p.plan.id() == update_id => {}
+                _ => {
+                    return Err(OtaError::NoSuchUpdate(format!(
+                        "{} is not the pending update",
+                        update_id.as_str()
+                    )))
+                }
+            }
+            inner.consented = Some(update_id.clone());
+            inner.postponed_until = 0;
+        }
+        let unmet = agent.unmet_preconditions();
+        if !unmet.is_empty() {
+            // Consent is kept: the install starts at the next check-in or
+            // when the preconditions are reported satisfied.
+            return Err(OtaError::PreconditionFailed(unmet.join("; ")));
+        }
+        let id = update_id.as_str().to_owned();
+        tokio::spawn(async move {
+            let result = agent.try_install().await;
+            agent.finish("install", &id, &result);
+        });
+        Ok(())
+    }
+
+    fn cancel(&self) -> std::result::Result<(), OtaError> {
+        let inner = self.0.lock();
+        if inner.installing {
+            return Err(OtaError::NotCancellable(
+                "the install has begun; it completes or leaves the running software as it was"
+                    .into(),
+            ));
+        }
+        match &inner.operation {
+            Some(op) => {
+                op.cancel();
+                Ok(())
+            }
+            None => Err(OtaError::NotCancellable("nothing to cancel".into())),
+        }
+    }
+
+    fn postpone(&self, delay: std::time::Duration) -> std::result::Result<(), OtaError> {
+        let agent = &self.0;
+        let until = agent.now().unix() + delay.as_secs() as i64;
+        {
+            let mut inner = agent.lock();
+            if inner.pending.is_none() {
+                return Err(OtaError::NoSuchUpdate("nothing is pending".into()));
+            }
+            inner.postponed_until = until;
+            inner.consented = None;
+        }
+        agent.state.set_postponed_until(until);
+        Ok(())
+    }
+
+    fn set_precondition(
+        &self,
+        name: &str,
+        satisfied: bool,
+        reason: &str,
+    ) -> std::result::Result<(), OtaError> {
+        let agent = self.0.clone();
+        agent
+            .lock()
+            .preconditions
+            .insert(name.to_owned(), (satisfied, reason.to_owned()));
+        agent.state.set_precondition(name, satisfied, reason);
+        // A held-back install proceeds as soon as nothing holds it back.
+        let ready = {
+            let inner = agent.lock();
+            inner.pending.is_some() && !inner.installing && inner.operation.is_none()
+        };
+        if satisfied && ready && agent.unmet_preconditions().is_empty() {
+            tokio::spawn(async move {
+                let id = agent
+                    .lock()
+                    .pending
+                    .as_ref()
+                    .map(|p| p.plan.id().as_str().to_owned())
+                    .unwrap_or_default();
+                let result = agent.try_install().await;
+                agent.finish("install", &id, &result);
+            });
+        }
+        Ok(())
+    }
+
+    fn history(&self) -> std::result::Result<Vec<HistoryEntry>, OtaError> {
+        Ok(self.0.lock().history.clone())
+    }
+
+    fn provision(
+        &self,
+        backend_url: &str,
+        options: ProvisionOptions,
+    ) -> std::result::Result<(), OtaError> {
+        let agent = self.0.clone();
+        let token = options.token.clone().ok_or_else(|| {
+            OtaError::InvalidArgument(
+                "`token` (the registration token from the backend operator) is required".into(),
+            )
+        })?;
+        let configured = agent.daemon.config.vehicle.vin.clone();
+        let vin = options.vin.clone().unwrap_or_else(|| configured.clone());
+        if vin != configured {
+            return Err(OtaError::InvalidArgument(format!(
+                "VIN {vin} differs from the configured [vehicle] vin {configured}"
+            )));
+        }
+        {
+            let inner = agent.lock();
+            if inner.installing || inner.operation.is_some() {
+                return Err(OtaError::Busy("an update operation is running".into()));
+            }
+        }
+        let url = backend_url.trim_end_matches('/').to_owned();
+        tokio::spawn(async move {
+            agent.status(State::Checking, "registering the vehicle with the backend");
+            let result = agent
+                .register(&url, &token)
+                .await
+                .map(|()| format!("vehicle {vin} registered with {url}"));
+            agent.finish("provision", "", &result);
+            if result.is_ok() {
+                // Check in at once with the new registration.
+                let trigger = agent
+                    .trigger
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Some(t) = trigger {
+                    t.check_now();
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The D-Bus service: serves `io.secureev.Ota1` with an [`AgentController`].
+/// The agent is made when the daemon has loaded (in [`ControlService::start`]),
+/// and the scheduler's cycle is the same agent.
+pub struct DbusControl {
+    state: StateHandle,
+    agent: std::sync::OnceLock<Arc<Agent>>,
+    connection: Mutex<Option<zbus::Connection>>,
+}
+
+/// Everything plugged in: the D-Bus service and the check-in cycle, sharing one
+/// [`Agent`] that publishes through `state`.
+pub fn integrations(state: StateHandle) -> crate::Integrations {
+    let control = DbusControl::new(state);
+    let for_cycle = control.clone();
+    crate::Integrations {
+        control: Some(control),
+        cycle: Some(Box::new(
+            move |daemon: Arc<Daemon>| -> Arc<dyn UpdateCycle> { for_cycle.agent(daemon) },
+        )),
+    }
+}
+
+impl std::fmt::Debug for DbusControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbusControl").finish_non_exhaustive()
+    }
+}
+
+impl DbusControl {
+    /// A service publishing through `state`.
+    pub fn new(state: StateHandle) -> Arc<Self> {
+        Arc::new(DbusControl {
+            state,
+            agent: std::sync::OnceLock::new(),
+            connection: Mutex::new(None),
+        })
+    }
+
+    /// The agent over `daemon` (made on first use).
+    pub fn agent(&self, daemon: Arc<Daemon>) -> Arc<Agent> {
+        self.agent
+            .get_or_init(|| Agent::new(daemon, self.state.clone()))
+            .clone()
+    }
+}
+
+impl crate::run::ControlService for DbusControl {
+    fn start(&self, daemon: Arc<Daemon>, trigger: Trigger) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let agent = self.agent(daemon);
+            *agent.trigger.lock().unwrap_or_else(|e| e.into_inner()) = Some(trigger);
+            let bus = &agent.daemon.config.dbus;
+            let builder =
+                crate::config::dbus_builder(bus).map_err(|e| Error::Bus(e.to_string()))?;
+            let controller: Arc<dyn Controller> = Arc::new(AgentController(agent.clone()));
+            let connection = self
+                .state
+                .serve(builder, controller)
+                .await
+                .map_err(|e| Error::Bus(e.to_string()))?;
+            tracing::info!(name = secureev_dbus::BUS_NAME, "serving on D-Bus");
+            *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection);
+            Ok(())
+        })
+    }
+
+    fn stop(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.state.flush().await;
+            let conn = self
+                .connection
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(c) = conn {
+                let _ = c.release_name(secureev_dbus::BUS_NAME).await;
+            }
+            Ok(())
+        })
+    }
+}

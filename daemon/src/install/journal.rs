@@ -1,0 +1,126 @@
+//! The install journal (see the [`crate::install`] documentation): every
+//! install bracketed by a record in the store, settled after a kill by
+//! [`recover`].
+
+use super::{InstallCheck, Installer, TargetFacts};
+use crate::error::Result;
+use crate::store::{InstalledRecord, Store};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The install in progress, written before an installer starts and cleared after
+/// the installed version is recorded (see [`install_image`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    /// The target being installed.
+    pub facts: TargetFacts,
+    /// The record that `installed.json` gets when the install succeeds.
+    pub record: InstalledRecord,
+    /// When the install began (Unix seconds).
+    pub started_at: i64,
+}
+
+const JOURNAL: &str = "install-journal.json";
+
+impl Store {
+    /// The install in progress, if the last one did not finish.
+    pub fn journal(&self) -> Result<Option<JournalRecord>> {
+        self.load_json(JOURNAL)
+    }
+
+    /// Record that an install begins.
+    pub fn begin_journal(&self, record: &JournalRecord) -> Result<()> {
+        self.save_json(JOURNAL, record)
+    }
+
+    /// Clear the journal (the install finished, one way or the other).
+    pub fn clear_journal(&self) -> Result<()> {
+        self.remove(JOURNAL)
+    }
+}
+
+/// What [`install_image`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallOutcome {
+    /// The image was installed and recorded.
+    Installed,
+    /// `installed.json` already lists exactly this image on the ECU; nothing ran.
+    AlreadyInstalled,
+}
+
+/// Install `image` with `installer`, bracketed by the journal (see the module
+/// documentation). `record` is what `installed.json` gets for the ECU; `now` is
+/// the daemon clock's time. Refuses to start while an earlier install is
+/// unfinished: call [`recover`] first.
+pub async fn install_image(
+    store: &Store,
+    installer: &dyn Installer,
+    image: &Path,
+    facts: &TargetFacts,
+    record: InstalledRecord,
+    now: i64,
+) -> Result<InstallOutcome> {
+    if let Some(current) = store.installed()?.get(&facts.ecu_serial) {
+        if current.name == record.name
+            && current.hashes == record.hashes
+            && current.length == record.length
+        {
+            return Ok(InstallOutcome::AlreadyInstalled);
+        }
+    }
+    if let Some(j) = store.journal()? {
+        return Err(facts.error(format!(
+            "the install of {} on {} is unfinished; recover it first",
+            j.facts.name, j.facts.ecu_serial
+        )));
+    }
+    store.begin_journal(&JournalRecord {
+        facts: facts.clone(),
+        record: record.clone(),
+        started_at: now,
+    })?;
+    tracing::info!(target = %facts.name, ecu = %facts.ecu_serial, installer = installer.kind(), "installing");
+    if let Err(e) = installer.install(image, facts).await {
+        store.clear_journal()?;
+        return Err(e);
+    }
+    store.set_installed(&facts.ecu_serial, record)?;
+    store.clear_journal()?;
+    Ok(InstallOutcome::Installed)
+}
+
+/// How [`recover`] settled an unfinished install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// There was none.
+    Clean,
+    /// The install had completed; it is now recorded.
+    Completed(TargetFacts),
+    /// The install had not taken effect; the old image is still in place.
+    NotInstalled(TargetFacts),
+    /// The installer cannot tell; report the install as interrupted.
+    Interrupted(TargetFacts),
+}
+
+/// Settle an install that a kill interrupted (see the module documentation).
+/// Call once at start-up, before any new install.
+pub async fn recover(store: &Store, installer: &dyn Installer) -> Result<Recovery> {
+    let Some(j) = store.journal()? else {
+        return Ok(Recovery::Clean);
+    };
+    if store.installed()?.get(&j.facts.ecu_serial) == Some(&j.record) {
+        store.clear_journal()?;
+        return Ok(Recovery::Completed(j.facts));
+    }
+    let outcome = match installer.check_installed(&j.facts).await? {
+        InstallCheck::Installed => {
+            store.set_installed(&j.facts.ecu_serial, j.record.clone())?;
+            Recovery::Completed(j.facts)
+        }
+        InstallCheck::NotInstalled => Recovery::NotInstalled(j.facts),
+        InstallCheck::Unknown => Recovery::Interrupted(j.facts),
+    };
+    store.clear_journal()?;
+    tracing::info!(?outcome, "recovered an interrupted install");
+    Ok(outcome)
+}
