@@ -237,6 +237,33 @@ impl Ecu {
         let _ = self.save_state();
     }
 
+    /// Issue 11: a content key this ECU cannot unwrap would fail only after
+    /// the whole image had overwritten the inactive slot. Erase and
+    /// RequestDownload check it first, so such an image never touches the
+    /// slot; the refusal is recorded like a failed verify-image.
+    fn check_content_key(&mut self) -> std::result::Result<(), Nrc> {
+        let Some(t) = &self.accepted else {
+            return Err(Nrc::ConditionsNotCorrect);
+        };
+        let Some(info) = &t.encryption else {
+            return Ok(());
+        };
+        let key = secureev_uptane::encryption::EcuDecryptionKey::from_bytes(
+            &self.keys.decryption.to_bytes(),
+        );
+        match info.unwrap_key_for(&t.name, &self.serial, &key) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(target = %t.name, "the wrapped content key does not open: {e}");
+                let outcome = outcome_of(&e);
+                self.record_failure(&outcome);
+                self.last_result = outcome;
+                self.accepted = None;
+                Err(Nrc::ConditionsNotCorrect)
+            }
+        }
+    }
+
     fn ecu_info(&self) -> EcuInfo {
         EcuInfo {
             serial: self.serial.clone(),
@@ -772,6 +799,7 @@ impl ImageSink for Ecu {
                 if d.size != t.length || d.data_format != format {
                     return Err(Nrc::RequestOutOfRange);
                 }
+                self.check_content_key()?;
                 let path = self.inactive_path();
                 let file = OpenOptions::new()
                     .write(true)
@@ -904,6 +932,7 @@ impl EcuBackend for Ecu {
                 if loc.size != t.length {
                     return Err(Nrc::RequestOutOfRange);
                 }
+                self.check_content_key()?;
                 let path = self.inactive_path();
                 crate::fsutil::atomic_write(&path, &[]).map_err(|e| {
                     tracing::error!("erase {}: {e}", path.display());

@@ -117,13 +117,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         secureev_can::probe_isotp().map_err(Error::Can)?;
     }
     let server = serve::build_server(&cfg)?;
+    // One tester at a time across both transports.
+    let arbiter = serve::SharedArbiter::default();
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(iface) = args.can_interface {
         let isotp = cfg.can.isotp(cfg.max_pdu)?;
-        let (server, shutdown) = (server.clone(), shutdown.clone());
+        let (server, arbiter, shutdown) = (server.clone(), arbiter.clone(), shutdown.clone());
         tasks.spawn(async move {
-            serve::serve_can(&iface, isotp, server, shutdown)
+            serve::serve_can_with(&iface, isotp, server, arbiter, shutdown)
                 .await
                 .with_context(|| format!("serving ISO-TP on {iface}"))
         });
@@ -137,8 +139,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             })?;
         tracing::info!(%addr, logical_address = cfg.doip.logical_address, "serving DoIP");
         let (server, shutdown, la) = (server.clone(), shutdown.clone(), cfg.doip.logical_address);
+        let arbiter = arbiter.clone();
         tasks.spawn(async move {
-            serve::serve_doip(listener, server, la, shutdown)
+            serve::serve_doip_with(listener, server, arbiter, la, shutdown)
                 .await
                 .context("serving DoIP")
         });

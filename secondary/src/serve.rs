@@ -1,15 +1,28 @@
 //! The I/O glue: the [`EcuServer`] state machine served over DoIP on TCP and
 //! over kernel ISO-TP on a CAN interface. One server (one ECU) may be served
 //! on both at once; requests are handled one at a time.
+//!
+//! **One tester at a time.** The server's session, SecurityAccess state and
+//! download belong to the tester that opened them: the [`Arbiter`] binds them
+//! to that tester's link (its DoIP connection, or the CAN address pair) and
+//! source address. While the ECU is out of the default session, unlocked or
+//! busy, every request of another tester is answered `7F SID 22`
+//! (conditionsNotCorrect) without reaching the server, so a second tester can
+//! neither use the first one's unlock nor write, download or reset in the
+//! middle of its programming session. The claim ends when the server is back
+//! in the default session (request, S3 timeout, reset) or when the owning
+//! DoIP connection closes (its session is ended as with `10 01`).
 
 use crate::config::Config;
 use crate::ecu::Ecu;
 use crate::error::{Error, Result};
+use secureev_uds::codec::Session;
 use secureev_uds::doip::{
     self, DiagnosticNackCode, DoipFramer, GenericNackCode, Message, RoutingActivationCode,
 };
 use secureev_uds::security::HmacSha256Algorithm;
 use secureev_uds::server::{EcuBackend, EcuServer, ServerConfig};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,6 +58,186 @@ pub fn build_server(config: &Config) -> Result<SharedServer> {
     ))))
 }
 
+/// A tester as the server sees it: the link a request came on and the
+/// tester's source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tester {
+    link: Link,
+    source: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// One DoIP TCP connection (numbered by the arbiter).
+    Doip(u64),
+    /// The ISO-TP address pair on CAN (one physical tester).
+    Can,
+}
+
+impl Tester {
+    /// The tester on CAN.
+    pub const CAN: Tester = Tester {
+        link: Link::Can,
+        source: 0,
+    };
+}
+
+/// Who owns the server's session and SecurityAccess state, and which DoIP
+/// source addresses are routed on which connection (see the module
+/// documentation). Shared by every transport of one ECU.
+#[derive(Debug, Default)]
+pub struct Arbiter {
+    inner: std::sync::Mutex<ArbiterState>,
+    /// Woken whenever a DoIP connection closes.
+    closed: tokio::sync::Notify,
+}
+
+/// How long a routing activation of a source address that is active on
+/// another connection waits for that connection to go away (ISO 13400-2
+/// A_DoIP_Alive_Check: 500 ms). A tester that reconnects at once after
+/// closing is not refused because the old socket's end was not yet seen.
+pub const ALIVE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Default)]
+struct ArbiterState {
+    owner: Option<Tester>,
+    /// DoIP source address → the connection it is activated on.
+    routes: HashMap<u16, u64>,
+    next_connection: u64,
+}
+
+/// The arbiter of one ECU, shared by its transports.
+pub type SharedArbiter = Arc<Arbiter>;
+
+/// Whether the server holds state that belongs to one tester.
+fn claimed<B: EcuBackend>(s: &EcuServer<B>) -> bool {
+    s.session() != Session::Default || s.is_unlocked() || s.is_busy()
+}
+
+impl Arbiter {
+    fn state(&self) -> std::sync::MutexGuard<'_, ArbiterState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a request of `tester` may reach `server` (called with the
+    /// server locked, so that the check and the request are one step).
+    fn admit<B: EcuBackend>(&self, server: &EcuServer<B>, tester: Tester) -> bool {
+        let mut st = self.state();
+        if !claimed(server) {
+            st.owner = None;
+            return true;
+        }
+        match st.owner {
+            None => {
+                st.owner = Some(tester);
+                true
+            }
+            Some(o) => o == tester,
+        }
+    }
+
+    /// After a request of `tester`: it owns what it opened.
+    fn note<B: EcuBackend>(&self, server: &EcuServer<B>, tester: Tester) {
+        let mut st = self.state();
+        if !claimed(server) {
+            st.owner = None;
+        } else if st.owner.is_none() {
+            st.owner = Some(tester);
+        }
+    }
+
+    /// Whether `tester` owns the server now.
+    fn owns(&self, tester: Tester) -> bool {
+        self.state().owner == Some(tester)
+    }
+
+    fn new_connection(&self) -> u64 {
+        let mut st = self.state();
+        st.next_connection += 1;
+        st.next_connection
+    }
+
+    /// ISO 13400-2 routing activation of `source` on `connection`, which has
+    /// `current` activated already (if any). A source active on another
+    /// connection is refused unless that connection closes within
+    /// [`ALIVE_CHECK_TIMEOUT`].
+    async fn activate(
+        &self,
+        connection: u64,
+        current: Option<u16>,
+        source: u16,
+    ) -> RoutingActivationCode {
+        let deadline = tokio::time::Instant::now() + ALIVE_CHECK_TIMEOUT;
+        loop {
+            let closed = self.closed.notified();
+            let code = self.try_activate(connection, current, source);
+            if code != RoutingActivationCode::SourceAddressAlreadyActive
+                || tokio::time::timeout_at(deadline, closed).await.is_err()
+            {
+                return code;
+            }
+        }
+    }
+
+    fn try_activate(
+        &self,
+        connection: u64,
+        current: Option<u16>,
+        source: u16,
+    ) -> RoutingActivationCode {
+        let mut st = self.state();
+        // ISO 13400-2 (socket handling): another source address on an
+        // already activated socket is refused with 0x02.
+        if current.is_some_and(|c| c != source) {
+            return RoutingActivationCode::DifferentSourceAddress;
+        }
+        // ISO 13400-2: a source address already registered and active on a
+        // different TCP_DATA socket is refused with 0x03. (The entity does not
+        // probe the other socket with an alive check request; it waits
+        // ALIVE_CHECK_TIMEOUT for it to close.)
+        match st.routes.get(&source) {
+            Some(&c) if c != connection => RoutingActivationCode::SourceAddressAlreadyActive,
+            _ => {
+                st.routes.insert(source, connection);
+                RoutingActivationCode::Success
+            }
+        }
+    }
+
+    /// `connection` closed: its source address is free again.
+    fn close(&self, connection: u64) {
+        self.state().routes.retain(|_, c| *c != connection);
+        self.closed.notify_waiters();
+    }
+}
+
+/// End what `tester` left open when its link went away: wait (bounded) for a
+/// request it left running, then return to the default session as `10 01`
+/// would, so that its unlock and download die with its connection.
+async fn end_session<B: EcuBackend + Send + 'static>(
+    server: &Arc<Mutex<EcuServer<B>>>,
+    arbiter: &Arbiter,
+    tester: Tester,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        {
+            let mut s = server.lock().await;
+            if !arbiter.owns(tester) {
+                return;
+            }
+            if !s.is_busy() || Instant::now() >= deadline {
+                let _ = s.handle(&[0x10, 0x01], Instant::now());
+                arbiter.note(&s, tester);
+                tracing::info!(?tester, "tester gone: its session ended");
+                return;
+            }
+            let _ = s.poll(Instant::now());
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 /// One request being handled. [`Handling::next`] yields each response as
 /// soon as it exists — the first answer (a 0x78 when the work takes long),
 /// each 0x78 repeat while the backend is busy, then the final response — so
@@ -66,16 +259,29 @@ struct Handling<'a, B: EcuBackend + Send + 'static> {
 }
 
 impl<'a, B: EcuBackend + Send + 'static> Handling<'a, B> {
-    async fn start(server: &'a Arc<Mutex<EcuServer<B>>>, request: &[u8]) -> Handling<'a, B> {
+    async fn start(
+        server: &'a Arc<Mutex<EcuServer<B>>>,
+        arbiter: &SharedArbiter,
+        tester: Tester,
+        request: &[u8],
+    ) -> Handling<'a, B> {
         let sid = request.first().copied().unwrap_or(0);
         let (p2, repeat_every) = {
             let s = server.lock().await;
             let t = &s.config().timing;
             (t.p2 / 2, t.p2_star / 2)
         };
-        let (srv, req) = (server.clone(), request.to_vec());
-        let mut task =
-            tokio::task::spawn_blocking(move || srv.blocking_lock().handle(&req, Instant::now()));
+        let (srv, req, arb) = (server.clone(), request.to_vec(), arbiter.clone());
+        let mut task = tokio::task::spawn_blocking(move || {
+            let mut s = srv.blocking_lock();
+            if !arb.admit(&s, tester) {
+                // Another tester owns the session (see the module docs).
+                return Some(vec![0x7F, sid, 0x22]);
+            }
+            let r = s.handle(&req, Instant::now());
+            arb.note(&s, tester);
+            r
+        });
         let mut h = Handling {
             server,
             sid,
@@ -145,6 +351,24 @@ pub async fn serve_doip(
     logical_address: u16,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    serve_doip_with(
+        listener,
+        server,
+        SharedArbiter::default(),
+        logical_address,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_doip`] with the `arbiter` shared with the ECU's other transports.
+pub async fn serve_doip_with(
+    listener: TcpListener,
+    server: SharedServer,
+    arbiter: SharedArbiter,
+    logical_address: u16,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let ticker = tokio::spawn(poll_loop(server.clone(), shutdown.clone()));
     loop {
         tokio::select! {
@@ -158,13 +382,20 @@ pub async fn serve_doip(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::warn!(%peer, "TCP_NODELAY: {e}");
                 }
-                let (server, shutdown) = (server.clone(), shutdown.clone());
+                let (server, arbiter, shutdown) = (server.clone(), arbiter.clone(), shutdown.clone());
+                let connection = arbiter.new_connection();
                 tokio::spawn(async move {
+                    let mut tester = None;
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        r = doip_connection(stream, server, logical_address) => {
+                        r = doip_connection(stream, &server, &arbiter, connection, &mut tester, logical_address) => {
                             if let Err(e) = r { tracing::warn!(%peer, "DoIP connection: {e}"); }
                         }
+                    }
+                    arbiter.close(connection);
+                    if let Some(source) = tester {
+                        let t = Tester { link: Link::Doip(connection), source };
+                        end_session(&server, &arbiter, t).await;
                     }
                 });
             }
@@ -187,11 +418,13 @@ async fn poll_loop(server: SharedServer, shutdown: CancellationToken) {
 
 async fn doip_connection(
     mut stream: TcpStream,
-    server: SharedServer,
+    server: &SharedServer,
+    arbiter: &SharedArbiter,
+    connection: u64,
+    tester: &mut Option<u16>,
     logical_address: u16,
 ) -> std::io::Result<()> {
     let mut framer = DoipFramer::default();
-    let mut tester: Option<u16> = None;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = stream.read(&mut buf).await?;
@@ -222,15 +455,22 @@ async fn doip_connection(
             let reply = |m: Message| m.encode(version);
             match msg {
                 Message::RoutingActivationRequest { source, .. } => {
-                    tester = Some(source);
+                    let code = arbiter.activate(connection, *tester, source).await;
                     stream
                         .write_all(&reply(Message::RoutingActivationResponse {
                             tester: source,
                             entity: logical_address,
-                            code: RoutingActivationCode::Success,
+                            code,
                             oem: None,
                         }))
                         .await?;
+                    if code != RoutingActivationCode::Success {
+                        // ISO 13400-2: after a denial for 0x02 or 0x03 the
+                        // entity closes the TCP_DATA socket.
+                        tracing::warn!(source, ?code, "routing activation refused");
+                        return Ok(());
+                    }
+                    *tester = Some(source);
                 }
                 Message::AliveCheckRequest => {
                     stream
@@ -244,7 +484,7 @@ async fn doip_connection(
                     target,
                     data,
                 } => {
-                    let nack = if tester != Some(source) {
+                    let nack = if *tester != Some(source) {
                         Some(DiagnosticNackCode::InvalidSourceAddress)
                     } else if target != logical_address {
                         Some(DiagnosticNackCode::UnknownTargetAddress)
@@ -271,7 +511,11 @@ async fn doip_connection(
                             previous,
                         }))
                         .await?;
-                    let mut h = Handling::start(&server, &data).await;
+                    let who = Tester {
+                        link: Link::Doip(connection),
+                        source,
+                    };
+                    let mut h = Handling::start(server, arbiter, who, &data).await;
                     while let Some(rsp) = h.next().await {
                         stream
                             .write_all(&reply(Message::DiagnosticMessage {
@@ -296,6 +540,17 @@ pub async fn serve_can(
     server: SharedServer,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    serve_can_with(iface, isotp, server, SharedArbiter::default(), shutdown).await
+}
+
+/// [`serve_can`] with the `arbiter` shared with the ECU's other transports.
+pub async fn serve_can_with(
+    iface: &str,
+    isotp: secureev_can::IsoTpConfig,
+    server: SharedServer,
+    arbiter: SharedArbiter,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let sock = secureev_can::IsoTpSocket::open(iface, isotp)?;
     tracing::info!(iface, "serving UDS on ISO-TP");
     let mut tick = tokio::time::interval(POLL_INTERVAL * 4);
@@ -312,7 +567,7 @@ pub async fn serve_can(
                     }
                     Err(e) => return Err(e.into()),
                 };
-                let mut h = Handling::start(&server, &pdu).await;
+                let mut h = Handling::start(&server, &arbiter, Tester::CAN, &pdu).await;
                 while let Some(rsp) = h.next().await {
                     if let Err(e) = sock.send(&rsp).await {
                         tracing::warn!(iface, "ISO-TP send: {e}");
@@ -387,11 +642,12 @@ mod tests {
             Box::new(HmacSha256Algorithm::new(&[7; 32]).unwrap()),
             Box::new(rand_core::OsRng),
         )));
-        let mut h = Handling::start(&server, &[0x10, 0x03]).await;
+        let arb = SharedArbiter::default();
+        let mut h = Handling::start(&server, &arb, Tester::CAN, &[0x10, 0x03]).await;
         assert_eq!(h.next().await.unwrap()[0], 0x50);
         assert_eq!(h.next().await, None);
         // verify-metadata (0xD000) in the extended session: the backend is busy.
-        let mut h = Handling::start(&server, &[0x31, 0x01, 0xD0, 0x00]).await;
+        let mut h = Handling::start(&server, &arb, Tester::CAN, &[0x31, 0x01, 0xD0, 0x00]).await;
         let first = tokio::time::timeout(Duration::from_secs(10), h.next())
             .await
             .expect("the 0x78 while the work runs, not after it")
@@ -422,8 +678,9 @@ mod tests {
             Box::new(HmacSha256Algorithm::new(&[7; 32]).unwrap()),
             Box::new(rand_core::OsRng),
         )));
+        let arb = SharedArbiter::default();
         let t0 = std::time::Instant::now();
-        let mut h = Handling::start(&server, &[0x22, 0xF1, 0xA0]).await;
+        let mut h = Handling::start(&server, &arb, Tester::CAN, &[0x22, 0xF1, 0xA0]).await;
         let first = h.next().await.unwrap();
         let first_after = t0.elapsed();
         assert_eq!(first, [0x7F, 0x22, 0x78]);
@@ -436,7 +693,7 @@ mod tests {
         assert_eq!(last, b"\x62\xF1\xA0slow");
         assert!(rest.iter().all(|r| r == &[0x7F, 0x22, 0x78]), "{rest:02X?}");
         // Fast requests are answered directly, without a 0x78.
-        let mut h = Handling::start(&server, &[0x22, 0x12, 0x34]).await;
+        let mut h = Handling::start(&server, &arb, Tester::CAN, &[0x22, 0x12, 0x34]).await;
         assert_eq!(h.next().await.unwrap(), [0x7F, 0x22, 0x31]);
         assert_eq!(h.next().await, None);
     }

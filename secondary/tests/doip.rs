@@ -90,24 +90,85 @@ struct Tester {
 
 impl Tester {
     async fn connect(addr: SocketAddr) -> Tester {
+        Tester::connect_as(addr, TESTER).await
+    }
+
+    async fn connect_as(addr: SocketAddr, source: u16) -> Tester {
+        let (t, code) = Tester::try_connect_as(addr, source).await;
+        assert_eq!(code, RoutingActivationCode::Success);
+        t
+    }
+
+    /// Connect and ask for routing activation of `source`; the entity's code.
+    async fn try_connect_as(addr: SocketAddr, source: u16) -> (Tester, RoutingActivationCode) {
         let mut t = Tester {
             stream: TcpStream::connect(addr).await.unwrap(),
             framer: DoipFramer::default(),
         };
-        t.write(Message::RoutingActivationRequest {
-            source: TESTER,
+        let code = t.activate(source).await;
+        (t, code)
+    }
+
+    async fn activate(&mut self, source: u16) -> RoutingActivationCode {
+        self.write(Message::RoutingActivationRequest {
+            source,
             activation_type: 0,
             oem: None,
         })
         .await;
-        match t.read(Duration::from_secs(5)).await.unwrap() {
+        match self.read(Duration::from_secs(5)).await.unwrap() {
             Message::RoutingActivationResponse { code, entity, .. } => {
-                assert_eq!(code, RoutingActivationCode::Success);
                 assert_eq!(entity, ECU_LA);
+                code
             }
             other => panic!("{other:?}"),
         }
-        t
+    }
+
+    /// Whether the entity closed the connection (within `timeout`).
+    async fn closed(&mut self, timeout: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(timeout, self.stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    /// One UDS request from `source`, its final response (0x78 skipped).
+    async fn request_from(&mut self, source: u16, pdu: &[u8]) -> Vec<u8> {
+        self.write(Message::DiagnosticMessage {
+            source,
+            target: ECU_LA,
+            data: pdu.to_vec(),
+        })
+        .await;
+        loop {
+            let r = self
+                .recv(Duration::from_secs(10))
+                .await
+                .expect("a response");
+            if r.len() == 3 && r[0] == 0x7F && r[2] == 0x78 {
+                continue;
+            }
+            return r;
+        }
+    }
+
+    /// Programming session and SecurityAccess level 0x11 as `source`.
+    async fn unlock(&mut self, source: u16) {
+        use secureev_uds::security::SecurityAlgorithm;
+        assert_eq!(
+            self.request_from(source, &[0x10, 0x02]).await[..2],
+            [0x50, 0x02]
+        );
+        let seed = self.request_from(source, &[0x27, 0x11]).await;
+        assert_eq!(seed[..2], [0x67, 0x11], "{seed:02X?}");
+        let key = HmacSha256Algorithm::new(&SECRET)
+            .unwrap()
+            .compute_key(0x11, &seed[2..]);
+        let mut send = vec![0x27, 0x12];
+        send.extend_from_slice(&key);
+        assert_eq!(self.request_from(source, &send).await, [0x67, 0x12]);
     }
 
     async fn write(&mut self, m: Message) {
@@ -368,6 +429,8 @@ async fn release_counter_rollback_is_result_0x17() {
     t.run(full_plan(p.targets, image, protocol::data_format::PLAIN))
         .await
         .unwrap();
+    // One connection per tester address (ISO 13400-2): close this one first.
+    drop(t);
     rig.director.targets.clear();
     expect_refused(
         &mut rig,
@@ -594,6 +657,7 @@ async fn encrypted_image_is_decrypted_by_the_ecu() {
     custom["encryption"] = serde_json::to_value(&info2).unwrap();
     custom["releaseCounter"] = json!(4);
     rig.director.targets.clear();
+    drop(t);
     expect_refused(&mut rig, custom, ResultCode::Unsupported).await;
 }
 
@@ -699,4 +763,122 @@ async fn full_verification_checks_both_repositories() {
         Some(ResultCode::MixAndMatch.as_byte()),
         "{e}"
     );
+}
+
+/// Issue 11: SecurityAccess was one state for every tester, so tester B was
+/// treated as unlocked while tester A was. The session, unlock and download
+/// belong to A's connection and source address; B cannot write, download,
+/// reset, change the session or unlock meanwhile, a second routing activation
+/// of A's address is refused (ISO 13400-2 code 0x03), and once A's connection
+/// closes its session ends and B may program.
+#[tokio::test]
+async fn a_second_tester_cannot_use_or_break_the_first_ones_session() {
+    let rig = rig().await;
+    const B: u16 = 0x0E01;
+    let mut a = Tester::connect(rig.addr).await;
+    let mut b = Tester::connect_as(rig.addr, B).await;
+    a.unlock(TESTER).await;
+    assert!(rig.server.lock().await.is_unlocked());
+
+    let mut time = vec![0x2E];
+    time.extend_from_slice(&did::TIME.to_be_bytes());
+    time.extend_from_slice(&protocol::encode_time(NOW as u64));
+    let download = [
+        0x34, 0x00, 0x44, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00,
+    ];
+    for (what, pdu) in [
+        ("write the time", &time[..]),
+        ("request a download", &download[..]),
+        ("transfer data", &[0x36, 0x01, 0xAA][..]),
+        ("reset the ECU", &[0x11, 0x01][..]),
+        ("change the session", &[0x10, 0x01][..]),
+        ("ask for a seed", &[0x27, 0x11][..]),
+        ("erase", &[0x31, 0x01, 0xFF, 0x00][..]),
+        ("keep the session alive", &[0x3E, 0x00][..]),
+    ] {
+        let r = b.request_from(B, pdu).await;
+        assert_eq!(r, [0x7F, pdu[0], 0x22], "tester B could {what}: {r:02X?}");
+    }
+    // A's session survived all of it: still programming, still unlocked.
+    {
+        let s = rig.server.lock().await;
+        assert!(s.is_unlocked());
+        assert_eq!(s.session(), secureev_uds::codec::Session::Programming);
+    }
+    assert_eq!(a.request_from(TESTER, &time).await[..3], [0x6E, 0xF1, 0xA5]);
+
+    // A's address on another connection: refused, and that socket closed.
+    let (mut c, code) = Tester::try_connect_as(rig.addr, TESTER).await;
+    assert_eq!(code, RoutingActivationCode::SourceAddressAlreadyActive);
+    assert!(c.closed(Duration::from_secs(5)).await);
+    // Another address on A's activated socket: refused with 0x02, closed.
+    let (mut d, _) = Tester::try_connect_as(rig.addr, 0x0E02).await;
+    assert_eq!(
+        d.activate(0x0E03).await,
+        RoutingActivationCode::DifferentSourceAddress
+    );
+    assert!(d.closed(Duration::from_secs(5)).await);
+
+    // A goes away: its session ends at once (not after S3), and B may program.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rig.server.lock().await.is_unlocked() {
+        assert!(
+            Instant::now() < deadline,
+            "A's unlock outlived its connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.unlock(B).await;
+    assert_eq!(b.request_from(B, &time).await[..3], [0x6E, 0xF1, 0xA5]);
+    // And A's address is free again.
+    let _a2 = Tester::connect(rig.addr).await;
+}
+
+/// Issue 11: an image whose wrapped content key does not open (wrapped for
+/// this serial, but to another X25519 key) used to be written over the
+/// inactive slot and refused only at verify-image. RequestDownload refuses it
+/// (0x22) before a byte is written; the inactive slot keeps what it held.
+#[tokio::test]
+async fn an_image_whose_key_does_not_open_never_reaches_the_slot() {
+    let mut rig = rig().await;
+    let plain = vec![0x42u8; 5000];
+    let key = ContentKey::generate();
+    let (cipher, mut info) = encrypt_image(&key, &plain, 1024).unwrap();
+    let stranger = secureev_uptane::encryption::EcuDecryptionKey::generate();
+    info.wrap_key_for("enc.bin", SERIAL, &key, &stranger.public())
+        .unwrap();
+    let mut custom = ecu_custom(SERIAL, HW, 3);
+    custom["encryption"] = serde_json::to_value(&info).unwrap();
+    rig.director.add_target("enc.bin", &cipher, Some(custom));
+    let p = rig.director.publish().unwrap();
+    let inactive = {
+        let s = rig.server.lock().await;
+        let ecu = s.backend();
+        ecu.slot_path(ecu.state().active_slot.other()).to_owned()
+    };
+    std::fs::write(&inactive, b"previous image").unwrap();
+    let mut t = Tester::connect(rig.addr).await;
+    let e = t
+        .run(full_plan(
+            p.targets,
+            cipher,
+            protocol::data_format::ENCRYPTED,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            UdsError::NegativeResponse {
+                nrc: Nrc::ConditionsNotCorrect,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&inactive).unwrap(), b"previous image");
+    let s = rig.server.lock().await;
+    let last = s.backend().state().last_install.clone().unwrap();
+    assert!(!last.success, "{last:?}");
 }
