@@ -96,28 +96,33 @@ cleanup() {
 trap cleanup EXIT
 
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-URL="https://127.0.0.1:$PORT"
+APORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+URL="https://127.0.0.1:$PORT"    # vehicles
+AURL="https://127.0.0.1:$APORT"  # operators (admin API, loopback only)
 VIN=WSEV0DEM000000001
 HU=HU-0001
 HW=secureev-hu-demo
 
-say "backend: init (dev CA, repository keys; Image root/targets keys kept offline) and serve on $URL"
-"$BIN/secureev-server" init --data-dir "$W/server" --offline-dir "$W/offline" --listen "127.0.0.1:$PORT" >/dev/null
+say "backend: init (dev CA, repository keys; Image root/targets and CA keys kept offline); vehicles on $URL, admin API on $AURL"
+"$BIN/secureev-server" init --data-dir "$W/server" --offline-dir "$W/offline" \
+    --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$APORT" >/dev/null
 "$BIN/secureev-server" serve --data-dir "$W/server" >"$W/server.log" 2>&1 &
 PIDS+=($!)
 CA="$W/server/tls/ca.pem"
+# The bootstrap operator's token (every role): operator side only, never
+# given to a vehicle.
 TOKEN="$(cat "$W/server/admin-token")"
 for _ in $(seq 100); do
-    curl -fsS --cacert "$CA" "$URL/admin/openapi.json" -o /dev/null 2>/dev/null && break
+    curl -fsS --cacert "$CA" "$AURL/admin/openapi.json" -o /dev/null 2>/dev/null && break
     sleep 0.1
 done
-curl -fsS --cacert "$CA" "$URL/admin/openapi.json" -o /dev/null || die "backend did not start: $(tail -5 "$W/server.log")"
-S=("--server" "$URL" "--data-dir" "$W/server")
+curl -fsS --cacert "$CA" "$AURL/admin/openapi.json" -o /dev/null || die "backend did not start: $(tail -5 "$W/server.log")"
+S=("--server" "$AURL" "--data-dir" "$W/server")
 
 say "vehicle: trusted initial roots of both repositories, configuration, keys"
 mkdir -p "$W/vehicle/trust" "$W/vehicle/installed"
 for repo in director image; do
-    curl -fsS --cacert "$CA" -H "Authorization: Bearer $TOKEN" "$URL/admin/$repo/root" \
+    curl -fsS --cacert "$CA" -H "Authorization: Bearer $TOKEN" "$AURL/admin/$repo/root" \
         -o "$W/vehicle/trust/$repo-root.json"
 done
 cat >"$W/bus.conf" <<EOF
@@ -249,8 +254,12 @@ for _ in $(seq 100); do "${CTL[@]}" status >/dev/null 2>&1 && break; sleep 0.1; 
 "${CTL[@]}" status >/dev/null || die "daemon did not start: $(tail -5 "$W/otad.log")"
 echo "  (its first check-in is refused: the backend does not know the vehicle yet)"
 
-say "UI: secureevctl provision registers the vehicle, its Primary and (read over $SECONDARY) its secondary"
-"${CTL[@]}" provision "$URL" --token "$TOKEN" --wait
+say "backend: a single-use enrollment credential for $VIN (expires in an hour, stored hashed)"
+ENROLL="$("$BIN/secureev-server" enroll create --vin "$VIN" --quiet "${S[@]}")"
+echo "  ${ENROLL:0:14}… (the vehicle gets this, never the operator token)"
+
+say "UI: secureevctl provision enrolls the vehicle, its Primary and (read over $SECONDARY) its secondary"
+"${CTL[@]}" provision "$URL" --token "$ENROLL" --wait
 # Provisioning triggers a check-in; let it finish (nothing is assigned yet).
 wait_state idle 30
 
@@ -334,5 +343,10 @@ else:
         print(f"  {ecu} reports {ecu_row.get('installed_name')} installed, sha256 {installed[:16]}… (the published {what})")
 sys.exit(0 if ok else 1)
 EOF
+say "check: the enrollment credential was single-use; the audit trail verifies"
+"${CTL[@]}" provision "$URL" --token "$ENROLL" --wait >/dev/null 2>&1 && die "the enrollment credential was accepted twice"
+echo "  a second provisioning with the same credential is refused"
+"$BIN/secureev-server" audit verify --data-dir "$W/server" | sed 's/^/  /'
+
 echo
 echo "demo complete: verified updates installed on the head unit and forwarded to a secondary ECU over $VIA, reported."

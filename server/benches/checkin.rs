@@ -83,16 +83,18 @@ async fn env() -> Env {
         offline_dir: root.join("offline"),
         hostnames: vec!["127.0.0.1".into()],
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
     })
     .unwrap();
     let config = Config::load(&root.join("data/server.toml")).unwrap();
     let server = secureev_server::bind(config).await.unwrap();
     let base = format!("https://{}", server.local_addr().unwrap());
+    let admin_base = format!("https://{}", server.admin_addr().unwrap());
     tokio::spawn(server.serve(std::future::pending()));
     let ca = std::fs::read(root.join("data/tls/ca.pem")).unwrap();
     let http = http_client(Some(&ca)).unwrap();
     let token = std::fs::read_to_string(root.join("data/admin-token")).unwrap();
-    let admin = AdminClient::new(http.clone(), &base, &token);
+    let admin = AdminClient::new(http.clone(), &admin_base, &token);
     Env {
         http,
         base,

@@ -47,7 +47,8 @@ where
     }
 }
 
-fn check_id(what: &str, s: &str) -> Result<()> {
+/// Refuse an identifier (VIN, serial, hardware ID) outside `[A-Za-z0-9._-]{1,64}`.
+pub fn check_id(what: &str, s: &str) -> Result<()> {
     if s.is_empty()
         || s.len() > 64
         || !s
@@ -117,18 +118,27 @@ fn key_to_did(v: &Value) -> Result<String> {
     Ok(did::to_did(&pk))
 }
 
-/// POST /admin/vehicles
-pub async fn register_vehicle(
-    State(st): State<AppState>,
-    JsonBody(reg): JsonBody<VehicleRegistration>,
-) -> Result<Response> {
+/// A registration whose fields were checked: ECU keys as `did:key`s,
+/// encryption keys normalised.
+#[derive(Debug)]
+pub struct CheckedRegistration {
+    /// VIN.
+    pub vin: String,
+    /// Primary serial.
+    pub primary_serial: String,
+    /// `(serial, hardware_id, did, encryption key hex)`.
+    pub ecus: Vec<(String, String, String, Option<String>)>,
+}
+
+/// Check a registration's fields (no database access).
+pub fn check_registration(reg: VehicleRegistration) -> Result<CheckedRegistration> {
     check_id("vin", &reg.vin)?;
     if reg.ecus.is_empty() || reg.ecus.len() > 256 {
         return Err(Error::BadRequest("a vehicle has 1 to 256 ECUs".into()));
     }
     let mut serials = BTreeSet::new();
-    let mut prepared = Vec::new();
-    for e in &reg.ecus {
+    let mut ecus = Vec::new();
+    for e in reg.ecus {
         check_id("ecu serial", &e.serial)?;
         check_id("hardware_id", &e.hardware_id)?;
         if !serials.insert(e.serial.clone()) {
@@ -143,38 +153,55 @@ pub async fn register_vehicle(
             ),
             None => None,
         };
-        prepared.push((e, did, enc));
+        ecus.push((e.serial, e.hardware_id, did, enc));
     }
     if !serials.contains(&reg.primary_serial) {
         return Err(Error::BadRequest(
             "primary_serial is not one of the ECUs".into(),
         ));
     }
+    Ok(CheckedRegistration {
+        vin: reg.vin,
+        primary_serial: reg.primary_serial,
+        ecus,
+    })
+}
+
+/// Store a checked registration inside `tx`; returns serial → DID.
+pub fn store_registration(
+    tx: &Tx<'_>,
+    st: &AppState,
+    reg: &CheckedRegistration,
+    how: &str,
+    now: i64,
+) -> Result<BTreeMap<String, String>> {
+    tx.insert_vehicle(&reg.vin, &reg.primary_serial, now)?;
+    let mut dids = BTreeMap::new();
+    for (serial, hw, did, enc) in &reg.ecus {
+        tx.insert_ecu(&reg.vin, serial, hw, did, enc.as_deref(), now)?;
+        dids.insert(serial.clone(), did.clone());
+    }
+    director::regenerate(tx, &st.director_keys(), &reg.vin, now)?;
+    tx.event(
+        Some(&reg.vin),
+        None,
+        "registered",
+        &format!("{} ECUs ({how})", reg.ecus.len()),
+        now,
+    )?;
+    Ok(dids)
+}
+
+/// POST /admin/vehicles
+pub async fn register_vehicle(
+    State(st): State<AppState>,
+    JsonBody(reg): JsonBody<VehicleRegistration>,
+) -> Result<Response> {
+    let reg = check_registration(reg)?;
     let now = st.now();
-    let dids = st.db().write(|tx| {
-        tx.insert_vehicle(&reg.vin, &reg.primary_serial, now)?;
-        let mut dids = BTreeMap::new();
-        for (e, did, enc) in &prepared {
-            tx.insert_ecu(
-                &reg.vin,
-                &e.serial,
-                &e.hardware_id,
-                did,
-                enc.as_deref(),
-                now,
-            )?;
-            dids.insert(e.serial.clone(), did.clone());
-        }
-        director::regenerate(tx, &st.director_keys(), &reg.vin, now)?;
-        tx.event(
-            Some(&reg.vin),
-            None,
-            "registered",
-            &format!("{} ECUs", prepared.len()),
-            now,
-        )?;
-        Ok(dids)
-    })?;
+    let dids = st
+        .db()
+        .write(|tx| store_registration(tx, &st, &reg, "by an operator", now))?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "vin": reg.vin, "dids": dids })),
@@ -230,6 +257,30 @@ pub async fn vehicle_history(
     Ok(Json(json!({ "events": events })))
 }
 
+/// Audit query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Records after this sequence number (default 0).
+    #[serde(default)]
+    pub after: Option<i64>,
+    /// At most this many (default 100, max 1000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// GET /admin/audit: audit records, oldest first.
+pub async fn audit_records(
+    State(st): State<AppState>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>> {
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let rows = st
+        .db()
+        .read(|tx| tx.audit_records(q.after.unwrap_or(0), limit))?;
+    Ok(Json(json!({ "records": rows })))
+}
+
 /// GET /admin/events
 pub async fn events(
     State(st): State<AppState>,
@@ -264,8 +315,24 @@ pub async fn put_blob(State(st): State<AppState>, req: Request) -> Result<Respon
     let mut body: Body = req.into_body();
     let mut hasher = Sha256::new();
     let mut length: u64 = 0;
+    let rate = st.config().min_upload_bytes_per_sec.max(1);
+    let started = tokio::time::Instant::now();
     let result: Result<()> = async {
-        while let Some(frame) = body.frame().await {
+        loop {
+            // The upload must keep `min_upload_bytes_per_sec` after a grace
+            // period: the next bytes are due when the count falls below it.
+            let due = started
+                + crate::limits::UPLOAD_GRACE
+                + std::time::Duration::from_secs_f64((length + 1) as f64 / rate as f64);
+            let frame = match tokio::time::timeout_at(due, body.frame()).await {
+                Err(_) => {
+                    return Err(Error::RequestTimeout(format!(
+                        "upload slower than {rate} bytes/s"
+                    )))
+                }
+                Ok(None) => break,
+                Ok(Some(f)) => f,
+            };
             let frame = frame.map_err(|e| Error::BadRequest(format!("reading body: {e}")))?;
             if let Ok(data) = frame.into_data() {
                 length += data.len() as u64;
@@ -370,6 +437,7 @@ pub async fn publish_targets(
             tx,
             &bytes,
             &req.encrypted,
+            &st.director_keys().kek,
             &keys.snapshot,
             &keys.timestamp,
             now,
@@ -696,8 +764,14 @@ pub async fn rotate_image_root(
     let (version, chosen) = st
         .db()
         .write(|tx| {
-            let (version, chosen) =
-                repo::accept_image_root(tx, &root, targets.as_deref(), &candidates, now)?;
+            let (version, chosen) = repo::accept_image_root(
+                tx,
+                &root,
+                targets.as_deref(),
+                &candidates,
+                &st.director_keys().kek,
+                now,
+            )?;
             st.set_image_online(chosen.clone());
             Ok((version, chosen))
         })

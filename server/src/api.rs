@@ -229,6 +229,12 @@ pub async fn put_manifest(
             )?;
             for attack in report.attacks() {
                 tx.event(Some(&vin), Some(serial), "attack", attack, now)?;
+                st.audit(
+                    tx,
+                    &format!("vehicle:{vin}"),
+                    "vehicle-security-event",
+                    json!({ "ecu": serial, "attack": attack, "manifest_counter": manifest.report_counter }),
+                )?;
             }
             if let Some(r) = &report.installation_result {
                 tx.event(
@@ -308,11 +314,15 @@ pub fn require_json(headers: &HeaderMap) -> Result<()> {
     Ok(())
 }
 
-/// GET /registry/{vin}/{serial}/did.json: the DID document of an ECU key.
+/// GET /registry/{vin}/{serial}/did.json: the DID document of one of the
+/// requesting vehicle's own ECU keys (signed request; another vehicle's is
+/// 403, so the registry cannot be enumerated).
 pub async fn did_document(
     State(st): State<AppState>,
+    Extension(who): Extension<VehicleIdentity>,
     Path((vin, serial)): Path<(String, String)>,
 ) -> Result<Response> {
+    same_vehicle(&who, &vin)?;
     let ecu = st
         .db()
         .read(|tx| tx.ecu(&vin, &serial))?

@@ -1,22 +1,28 @@
-//! Authentication: signed vehicle requests and the admin bearer token.
+//! Authentication: signed vehicle requests and operator tokens.
 //!
 //! Vehicle requests carry the headers of [`secureev_uptane::request_auth`]; the
 //! key is the Primary's, resolved from the `did:key` the registry recorded at
 //! registration. A nonce seen within the replay window is refused, as is any
-//! request outside the window. Every failure is a 401.
+//! request outside the window. Every failure is a 401 with one body (see
+//! [`crate::error::UNAUTHORIZED_MESSAGE`]); the reason goes to the log and the
+//! audit trail.
 
 use crate::error::Error;
+use crate::logging::PeerAddr;
+use crate::operators;
 use crate::AppState;
 use axum::body::Body;
+use axum::extract::MatchedPath;
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use secureev_uptane::request_auth::{
     verify_request, RequestParts, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, HEADER_VEHICLE,
 };
 use secureev_uptane::Timestamp;
-use sha2::{Digest, Sha256};
+use serde_json::json;
 use std::collections::{HashSet, VecDeque};
 
 /// The vehicle a request was authenticated as (a request extension).
@@ -54,6 +60,11 @@ impl NonceCache {
         true
     }
 
+    /// Whether `(vin, nonce)` was seen (and may not have expired yet).
+    pub fn contains(&self, vin: &str, nonce: &str) -> bool {
+        self.seen.contains(&(vin.to_owned(), nonce.to_owned()))
+    }
+
     /// Number of remembered nonces.
     pub fn len(&self) -> usize {
         self.seen.len()
@@ -79,13 +90,73 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, Err
     }
 }
 
-/// Middleware: authenticate a vehicle request, buffering its body (capped at
-/// `max_body_bytes`) to check the body hash.
+/// Header checks that need no body: form of every header, a timestamp
+/// within the window, a registered vehicle, a nonce not yet seen. Returns the
+/// Primary's DID.
+fn precheck(state: &AppState, headers: &HeaderMap) -> Result<String, Error> {
+    let vin = header(headers, HEADER_VEHICLE)?;
+    secureev_uptane::request_auth::claimed_vehicle(vin)
+        .map_err(|r| Error::Unauthorized(r.to_string()))?;
+    let ts = header(headers, HEADER_TIMESTAMP)?;
+    let nonce = header(headers, HEADER_NONCE)?;
+    let sig = header(headers, HEADER_SIGNATURE)?;
+    if ts.is_empty() || nonce.is_empty() || sig.is_empty() {
+        return Err(Error::Unauthorized("signature headers missing".into()));
+    }
+    if ts.len() > 12 || !ts.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::Unauthorized(format!("malformed {HEADER_TIMESTAMP}")));
+    }
+    let window = state.config().replay_window_secs;
+    let t: i64 = ts
+        .parse()
+        .map_err(|_| Error::Unauthorized(format!("malformed {HEADER_TIMESTAMP}")))?;
+    if (t - state.now()).abs() > window {
+        return Err(Error::Unauthorized("stale request".into()));
+    }
+    if sig.len() > secureev_uptane::request_auth::MAX_SIGNATURE_HEX
+        || nonce.len() > secureev_uptane::request_auth::MAX_NONCE_HEX
+    {
+        return Err(Error::Unauthorized("malformed signature headers".into()));
+    }
+    {
+        let cache = state
+            .nonces()
+            .lock()
+            .map_err(|_| Error::Internal("nonce cache poisoned".into()))?;
+        if cache.contains(vin, &nonce.to_ascii_lowercase()) {
+            return Err(Error::Unauthorized("replayed request (nonce seen)".into()));
+        }
+    }
+    state
+        .db()
+        .read(|tx| tx.primary_did(vin))?
+        .ok_or_else(|| Error::Unauthorized("unknown vehicle".into()))
+}
+
+/// Middleware: authenticate a vehicle request. Its headers are checked
+/// before any of the body is read; then the body (capped at
+/// `max_body_bytes`, within the request deadline) is buffered to check the
+/// body hash. Refusals go to the audit trail.
 pub async fn vehicle_auth(
     State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Result<Response, Error> {
+    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+    let what = format!("{} {}", req.method(), req.uri().path());
+    match authenticate_vehicle(&state, req).await {
+        Ok(req) => Ok(next.run(req).await),
+        Err(e) => {
+            if matches!(e, Error::Unauthorized(_)) {
+                state.audit_refused(peer, &what, &e.to_string());
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn authenticate_vehicle(state: &AppState, req: Request) -> Result<Request, Error> {
+    let did_key = precheck(state, req.headers())?;
     let (mut parts, body) = req.into_parts();
     let limit = state.config().max_body_bytes;
     let bytes = axum::body::to_bytes(body, limit)
@@ -93,17 +164,8 @@ pub async fn vehicle_auth(
         .map_err(|_| Error::PayloadTooLarge(format!("body exceeds {limit} bytes")))?;
     let headers = &parts.headers;
     let vin = header(headers, HEADER_VEHICLE)?;
-    if vin.is_empty() {
-        return Err(Error::Unauthorized(format!(
-            "missing header {HEADER_VEHICLE}"
-        )));
-    }
     let now = state.now();
     // Resolve the Primary's key through its registered DID document.
-    let did_key = state
-        .db()
-        .read(|tx| tx.primary_did(vin))?
-        .ok_or_else(|| Error::Unauthorized("unknown vehicle".into()))?;
     let key = state.resolve_did(&did_key)?;
     let path = parts
         .uri
@@ -132,29 +194,81 @@ pub async fn vehicle_auth(
         }
     }
     parts.extensions.insert(VehicleIdentity { vin: ok.vin });
-    Ok(next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await)
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
-/// Middleware: require `Authorization: Bearer <admin token>`.
+/// Middleware of the admin listener: `Authorization: Bearer <operator
+/// token>`, the role the route needs ([`operators::required_role`]), and an
+/// audit record of every change (any method but GET) and every refusal.
 pub async fn admin_auth(
     State(state): State<AppState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, Error> {
-    let given = req
+    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| req.uri().path().to_owned());
+    let path = req.uri().path().to_owned();
+    let token = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| Error::Unauthorized("admin token required".into()))?;
-    // Compare digests, so the comparison time says nothing about the token.
-    let digest: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
-    if digest != *state.admin_token_digest() {
-        return Err(Error::Unauthorized("bad admin token".into()));
+        .map(|t| t.trim().to_owned());
+    let op = match token {
+        None => Err(Error::Unauthorized("operator token required".into())),
+        Some(t) => state.db().read(|tx| operators::authenticate(tx, &t)),
+    };
+    let op = match op {
+        Ok(op) => op,
+        Err(e) => {
+            state.audit_refused(peer, &format!("{method} {path}"), &e.to_string());
+            return Err(e);
+        }
+    };
+    let needed = operators::required_role(&method, &route);
+    if !op.may(needed) {
+        let e = Error::Forbidden(format!(
+            "operator {} lacks the {} role",
+            op.name,
+            needed.as_str()
+        ));
+        let _ = state.db().write(|tx| {
+            state.audit(
+                tx,
+                &format!("operator:{}", op.name),
+                "admin-forbidden",
+                json!({ "method": method.as_str(), "path": path, "needs": needed.as_str() }),
+            )
+        });
+        return Err(e);
     }
-    Ok(next.run(req).await)
+    req.extensions_mut().insert(op.clone());
+    let resp = next.run(req).await;
+    if method != Method::GET {
+        let detail = json!({
+            "method": method.as_str(),
+            "path": path,
+            "route": route,
+            "status": resp.status().as_u16(),
+            "peer": peer.map(|p| p.to_string()),
+        });
+        if let Err(e) = state.db().write(|tx| {
+            state.audit(
+                tx,
+                &format!("operator:{}", op.name),
+                "admin-request",
+                detail,
+            )
+        }) {
+            tracing::error!(error = %e, "cannot append to the audit trail");
+        }
+    }
+    Ok(resp)
 }
 
 #[cfg(test)]

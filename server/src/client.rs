@@ -84,10 +84,19 @@ impl AdminClient {
         }
     }
 
-    /// A client using the token and CA of a local data directory.
+    /// A client using the bootstrap token and CA of a local data directory.
     pub fn from_data_dir(base: &str, data_dir: &Path) -> Result<Self> {
-        let token = std::fs::read_to_string(data_dir.join(layout::ADMIN_TOKEN))
-            .map_err(|e| Error::io("reading admin token", e))?;
+        Self::from_files(base, data_dir, None)
+    }
+
+    /// A client with the token in `token_file` (default
+    /// `<data_dir>/admin-token`) and the CA of `data_dir`.
+    pub fn from_files(base: &str, data_dir: &Path, token_file: Option<&Path>) -> Result<Self> {
+        let path = token_file
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| data_dir.join(layout::ADMIN_TOKEN));
+        let token = std::fs::read_to_string(&path)
+            .map_err(|e| Error::io(format!("reading the token in {}", path.display()), e))?;
         let ca = if base.starts_with("https://") {
             Some(
                 std::fs::read(data_dir.join(layout::CA_CERT))

@@ -2,13 +2,18 @@
 //!
 //! ```toml
 //! data_dir = "/var/lib/secureev"
-//! listen = "0.0.0.0:8443"
+//! listen = "0.0.0.0:8443"          # vehicles
+//! admin_listen = "127.0.0.1:8444"  # operators (loopback unless admin_exposure = "network")
 //! # transport = "insecure-http"   # loopback tests only
 //! # tls_cert = "/etc/secureev/server.pem"
 //! # tls_key = "/etc/secureev/server-key.pem"
 //! max_body_bytes = 1048576
 //! max_blob_bytes = 1073741824
 //! replay_window_secs = 300
+//! request_timeout_secs = 30
+//! max_connections_per_peer = 64
+//! min_upload_bytes_per_sec = 16384
+//! log_format = "text"             # or "json"
 //! ```
 
 use crate::error::{Error, Result};
@@ -16,8 +21,16 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-/// Default listen address.
+/// Default listen address (vehicles).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Default listen address of the admin API.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8444";
+/// Default deadline of a whole request, head to response head.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
+/// Default cap on connections from one IP address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 64;
+/// Default minimum rate of an image upload after a 10 s grace period.
+pub const DEFAULT_MIN_UPLOAD_BYTES_PER_SEC: u64 = 16 * 1024;
 /// Default cap on vehicle and admin JSON bodies (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Default cap on image blob uploads (1 GiB).
@@ -41,15 +54,32 @@ pub enum Transport {
     InsecureHttp,
 }
 
+/// Where the admin API may listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdminExposure {
+    /// Loopback addresses only (the default); reach it over SSH or a bastion.
+    #[default]
+    Loopback,
+    /// Any address: the operator takes responsibility for the network path.
+    Network,
+}
+
 /// The server's configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Data directory (database, blobs, online keys, TLS material, admin token).
     pub data_dir: PathBuf,
-    /// Address to listen on.
+    /// Address of the vehicle listener.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Address of the admin API listener.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Whether `admin_listen` may be a non-loopback address.
+    #[serde(default)]
+    pub admin_exposure: AdminExposure,
     /// TLS or plain HTTP.
     #[serde(default)]
     pub transport: Transport,
@@ -71,6 +101,18 @@ pub struct Config {
     /// Most client connections open at once; more are closed on accept.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most connections open at once from one IP address.
+    #[serde(default = "default_max_connections_per_peer")]
+    pub max_connections_per_peer: usize,
+    /// Deadline of a whole request (head, body, handler), seconds.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Minimum rate of an image upload (`PUT /admin/blobs`) after 10 s.
+    #[serde(default = "default_min_upload_rate")]
+    pub min_upload_bytes_per_sec: u64,
+    /// Log line format.
+    #[serde(default)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 fn default_listen() -> SocketAddr {
@@ -78,6 +120,20 @@ fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN
         .parse()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8443)))
+}
+fn default_admin_listen() -> SocketAddr {
+    DEFAULT_ADMIN_LISTEN
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8444)))
+}
+fn default_max_connections_per_peer() -> usize {
+    DEFAULT_MAX_CONNECTIONS_PER_PEER
+}
+fn default_request_timeout() -> u64 {
+    DEFAULT_REQUEST_TIMEOUT_SECS
+}
+fn default_min_upload_rate() -> u64 {
+    DEFAULT_MIN_UPLOAD_BYTES_PER_SEC
 }
 fn default_max_body() -> usize {
     DEFAULT_MAX_BODY_BYTES
@@ -98,6 +154,8 @@ impl Config {
         Config {
             data_dir: data_dir.into(),
             listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            admin_exposure: AdminExposure::Loopback,
             transport: Transport::Tls,
             tls_cert: None,
             tls_key: None,
@@ -105,6 +163,10 @@ impl Config {
             max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
             replay_window_secs: DEFAULT_REPLAY_WINDOW_SECS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
+            min_upload_bytes_per_sec: DEFAULT_MIN_UPLOAD_BYTES_PER_SEC,
+            log_format: crate::logging::LogFormat::Text,
         }
     }
 
@@ -137,6 +199,29 @@ impl Config {
         if self.max_connections == 0 {
             return Err(Error::Config("max_connections must be at least 1".into()));
         }
+        if self.admin_exposure == AdminExposure::Loopback && !self.admin_listen.ip().is_loopback() {
+            return Err(Error::Config(format!(
+                "admin_listen {} is not a loopback address; set admin_exposure = \"network\" to allow it",
+                self.admin_listen
+            )));
+        }
+        if self.transport == Transport::InsecureHttp && !self.admin_listen.ip().is_loopback() {
+            return Err(Error::Config(
+                "insecure-http is only allowed on loopback admin_listen".into(),
+            ));
+        }
+        if self.max_connections_per_peer == 0
+            || self.max_connections_per_peer > self.max_connections
+        {
+            return Err(Error::Config(
+                "max_connections_per_peer must be 1..=max_connections".into(),
+            ));
+        }
+        if !(1..=3600).contains(&self.request_timeout_secs) {
+            return Err(Error::Config(
+                "request_timeout_secs must be 1..=3600".into(),
+            ));
+        }
         if self.max_body_bytes < 1024 {
             return Err(Error::Config("max_body_bytes must be at least 1024".into()));
         }
@@ -168,6 +253,17 @@ mod tests {
         assert_eq!(c.transport, Transport::Tls);
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert!(Config::parse_str("data_dir = \"/x\"\nlisten_addr = \"1\"").is_err());
+    }
+
+    #[test]
+    fn admin_api_stays_on_loopback_unless_exposed_by_name() {
+        let bad = "data_dir = \"/x\"\nadmin_listen = \"0.0.0.0:8444\"";
+        assert!(Config::parse_str(bad).is_err());
+        let ok = format!("{bad}\nadmin_exposure = \"network\"");
+        assert_eq!(
+            Config::parse_str(&ok).unwrap().admin_exposure,
+            AdminExposure::Network
+        );
     }
 
     #[test]

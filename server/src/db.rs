@@ -13,7 +13,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// Schema migrations; `user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE vehicles (
     vin TEXT PRIMARY KEY,
     primary_serial TEXT NOT NULL,
@@ -99,7 +100,39 @@ CREATE TABLE events (
     at INTEGER NOT NULL
 );
 CREATE INDEX events_vin ON events(vin, id);
-"#];
+"#,
+    r#"
+CREATE TABLE operators (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    roles TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE enrollments (
+    id INTEGER PRIMARY KEY,
+    vin TEXT NOT NULL,
+    digest BLOB NOT NULL UNIQUE,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    consumed_at INTEGER
+);
+CREATE INDEX enrollments_vin ON enrollments(vin);
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    keyid TEXT NOT NULL,
+    sig TEXT NOT NULL
+);
+"#,
+];
 
 /// The database handle: one connection behind a mutex. Calls are short; WAL
 /// lets an external reader (backup, `sqlite3`) run alongside.
@@ -114,6 +147,17 @@ pub struct Tx<'a>(Transaction<'a>);
 impl Db {
     /// Open (creating if needed) and migrate the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
+        // Created 0600 before SQLite opens it; SQLite gives the -wal and -shm
+        // files the database file's mode.
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        }
         let conn = Connection::open(path)?;
         Self::setup(conn)
     }
@@ -304,6 +348,75 @@ pub struct EventRow {
     pub detail: String,
     /// Time.
     pub at: i64,
+}
+
+/// An operator of the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperatorRow {
+    /// Token id (the public part of the token).
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Roles, comma-separated.
+    pub roles: String,
+    /// SHA-256 of the token's secret part (never serialised).
+    #[serde(skip)]
+    pub digest: Vec<u8>,
+    /// Creation time.
+    pub created_at: i64,
+    /// Revocation time.
+    pub revoked_at: Option<i64>,
+}
+
+fn operator_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<OperatorRow> {
+    Ok(OperatorRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        roles: r.get(2)?,
+        digest: r.get(3)?,
+        created_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+    })
+}
+
+/// An enrollment credential (without its secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct EnrollmentRow {
+    /// Id.
+    pub id: i64,
+    /// The VIN it is bound to.
+    pub vin: String,
+    /// Operator who made it.
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Expiry.
+    pub expires_at: i64,
+    /// When a vehicle used it.
+    pub consumed_at: Option<i64>,
+}
+
+/// One record of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AuditRow {
+    /// Sequence number, from 1.
+    pub seq: i64,
+    /// Time, Unix seconds.
+    pub at: i64,
+    /// Who: `operator:<name>`, `vehicle:<vin>`, `peer:<addr>`, `server`.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// Detail, a JSON object as text.
+    pub detail: String,
+    /// Hash of the previous record (64 zeros for the first).
+    pub prev: String,
+    /// SHA-256 of this record's canonical form.
+    pub hash: String,
+    /// Key id of the audit key that signed `hash`.
+    pub keyid: String,
+    /// Signature over `hash`, hex.
+    pub sig: String,
 }
 
 /// A stored metadata file.
@@ -796,6 +909,151 @@ impl Tx<'_> {
                 image: r.get(2)?,
                 hardware_id: r.get(3)?,
                 created_at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ---- operators -----------------------------------------------------------
+
+    /// Insert an operator; its name must be new.
+    pub fn insert_operator(
+        &self,
+        id: &str,
+        name: &str,
+        roles: &str,
+        digest: &[u8],
+        now: i64,
+    ) -> Result<()> {
+        let n = self.0.execute(
+            "INSERT OR IGNORE INTO operators (id, name, roles, digest, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, name, roles, digest, now],
+        )?;
+        if n == 0 {
+            return Err(Error::Conflict(format!("operator {name} exists")));
+        }
+        Ok(())
+    }
+
+    /// An operator by token id, revoked or not.
+    pub fn operator(&self, id: &str) -> Result<Option<OperatorRow>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT id, name, roles, digest, created_at, revoked_at FROM operators WHERE id = ?1",
+                params![id],
+                operator_of,
+            )
+            .optional()?)
+    }
+
+    /// All operators.
+    pub fn operators(&self) -> Result<Vec<OperatorRow>> {
+        let mut st = self.0.prepare(
+            "SELECT id, name, roles, digest, created_at, revoked_at FROM operators ORDER BY name",
+        )?;
+        let rows = st.query_map([], operator_of)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Revoke an operator's token; `false` if no such active operator.
+    pub fn revoke_operator(&self, name: &str, now: i64) -> Result<bool> {
+        let n = self.0.execute(
+            "UPDATE operators SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+            params![name, now],
+        )?;
+        Ok(n > 0)
+    }
+
+    // ---- enrollment credentials ---------------------------------------------
+
+    /// Store an enrollment credential's digest.
+    pub fn insert_enrollment(
+        &self,
+        vin: &str,
+        digest: &[u8],
+        created_by: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<i64> {
+        self.0.execute(
+            "INSERT INTO enrollments (vin, digest, created_by, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![vin, digest, created_by, now, expires_at],
+        )?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    /// Consume the credential with `digest` for `vin`: one statement that
+    /// marks it used only if it is unused, unexpired and bound to `vin`, so
+    /// two racing enrollments cannot both consume it. Returns its id.
+    pub fn consume_enrollment(&self, digest: &[u8], vin: &str, now: i64) -> Result<Option<i64>> {
+        Ok(self
+            .0
+            .query_row(
+                "UPDATE enrollments SET consumed_at = ?3 WHERE digest = ?1 AND vin = ?2 AND consumed_at IS NULL AND expires_at > ?3 RETURNING id",
+                params![digest, vin, now],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Enrollment credentials (never their secrets), newest first.
+    pub fn enrollments(&self, limit: u32) -> Result<Vec<EnrollmentRow>> {
+        let mut st = self.0.prepare(
+            "SELECT id, vin, created_by, created_at, expires_at, consumed_at FROM enrollments ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map(params![limit], |r| {
+            Ok(EnrollmentRow {
+                id: r.get(0)?,
+                vin: r.get(1)?,
+                created_by: r.get(2)?,
+                created_at: r.get(3)?,
+                expires_at: r.get(4)?,
+                consumed_at: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ---- audit trail -----------------------------------------------------------
+
+    /// The newest audit record's sequence number and hash.
+    pub fn audit_head(&self) -> Result<Option<(i64, String)>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Append an audit record (the caller computed hash and signature).
+    pub fn insert_audit(&self, rec: &AuditRow) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO audit (seq, at, actor, action, detail, prev, hash, keyid, sig) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![rec.seq, rec.at, rec.actor, rec.action, rec.detail, rec.prev, rec.hash, rec.keyid, rec.sig],
+        )?;
+        Ok(())
+    }
+
+    /// Audit records with `seq > after`, oldest first, at most `limit`.
+    pub fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRow>> {
+        let mut st = self.0.prepare(
+            "SELECT seq, at, actor, action, detail, prev, hash, keyid, sig FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![after, limit], |r| {
+            Ok(AuditRow {
+                seq: r.get(0)?,
+                at: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                detail: r.get(4)?,
+                prev: r.get(5)?,
+                hash: r.get(6)?,
+                keyid: r.get(7)?,
+                sig: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

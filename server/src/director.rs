@@ -37,6 +37,9 @@ pub struct DirectorKeys {
     pub snapshot: Vec<SigningKey>,
     /// Timestamp keys.
     pub timestamp: Vec<SigningKey>,
+    /// The key-encryption key sealing image content keys at rest; the
+    /// Director unseals a content key only to wrap it for an ECU.
+    pub kek: crate::secrets::Kek,
 }
 
 impl DirectorKeys {
@@ -47,6 +50,7 @@ impl DirectorKeys {
             targets: vec![SigningKey::generate_p256()],
             snapshot: vec![SigningKey::generate_p256()],
             timestamp: vec![SigningKey::generate_p256()],
+            kek: crate::secrets::Kek::generate(),
         }
     }
 
@@ -58,6 +62,7 @@ impl DirectorKeys {
             targets: layout::load_keys(&base, repo::DIRECTOR, "targets")?,
             snapshot: layout::load_keys(&base, repo::DIRECTOR, "snapshot")?,
             timestamp: layout::load_keys(&base, repo::DIRECTOR, "timestamp")?,
+            kek: crate::secrets::Kek::load_or_create(data_dir)?,
         })
     }
 
@@ -74,7 +79,7 @@ impl DirectorKeys {
                 layout::store_key(&base, repo::DIRECTOR, role, k)?;
             }
         }
-        Ok(())
+        self.kek.store(data_dir)
     }
 
     /// The shared Director root, version `version`, signed by the root keys.
@@ -151,6 +156,8 @@ pub fn regenerate(tx: &Tx<'_>, keys: &DirectorKeys, vin: &str, now: i64) -> Resu
             // the Director's metadata, one per ECU.
             let content_key = image
                 .content_key
+                .as_deref()
+                .and_then(|sealed| keys.kek.unseal(&image.name, sealed).ok())
                 .as_deref()
                 .and_then(repo::base64_decode_32)
                 .ok_or_else(|| Error::Internal(format!("content key of {} missing", image.name)))?;
@@ -323,8 +330,7 @@ pub fn retire_old_keys(data_dir: &Path, role: &str, keys: &[SigningKey]) -> Resu
             .and_then(|s| s.to_str())
             .is_some_and(|id| keys.iter().any(|k| k.keyid() == id));
         if !keep {
-            std::fs::create_dir_all(&retired)
-                .map_err(|e| Error::io("creating retired key dir", e))?;
+            layout::create_private_dir(&retired)?;
             if let Some(name) = path.file_name() {
                 std::fs::rename(&path, retired.join(name))
                     .map_err(|e| Error::io("retiring key", e))?;

@@ -1,13 +1,16 @@
 //! The server's error type and its mapping to HTTP responses.
 //!
 //! Every refusal is a JSON body `{"error": "<code>", "message": "<detail>"}`
-//! with a 4xx status; internal failures are logged and answered with a 500 that
+//! with a 4xx status (every 401 has the same body, [`UNAUTHORIZED_MESSAGE`]); internal failures are logged and answered with a 500 that
 //! does not leak the detail.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+
+/// The message of every 401.
+pub const UNAUTHORIZED_MESSAGE: &str = "authentication failed";
 
 /// Result with the server's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -40,6 +43,9 @@ pub enum Error {
     /// Wrong `Content-Type` (415).
     #[error("unsupported media type: {0}")]
     UnsupportedMediaType(String),
+    /// The request or its body did not arrive in time (408).
+    #[error("request timeout: {0}")]
+    RequestTimeout(String),
     /// A byte range outside the file (416).
     #[error("range not satisfiable for a {length}-byte file")]
     RangeNotSatisfiable {
@@ -92,6 +98,7 @@ impl Error {
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::Replay(_) => (StatusCode::CONFLICT, "replay"),
+            Error::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Error::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
@@ -116,6 +123,12 @@ impl IntoResponse for Error {
         let message = if status.is_server_error() {
             tracing::error!(error = %self, "internal error");
             "internal error; see the server log".to_owned()
+        } else if status == StatusCode::UNAUTHORIZED {
+            // One body for every authentication failure (unknown vehicle, bad
+            // signature, stale, replayed, bad token): the reason is logged,
+            // never told, so a client cannot probe which VINs or tokens exist.
+            tracing::info!(status = 401, error = %self, "request refused");
+            UNAUTHORIZED_MESSAGE.to_owned()
         } else {
             tracing::info!(status = status.as_u16(), error = %self, "request refused");
             self.to_string()

@@ -1,6 +1,7 @@
 //! `secureev-server init`: a data directory with a development PKI, all
-//! repository keys, the initial metadata and an admin token; and an offline
-//! key directory with the Image repository's root and targets keys.
+//! repository keys, the audit key, the KEK, the initial metadata and a
+//! bootstrap operator; and an offline key directory with the Image
+//! repository's root and targets keys and the development CA's key.
 
 use crate::config::{Config, CONFIG_FILE};
 use crate::db::Db;
@@ -25,8 +26,10 @@ pub struct InitOptions {
     pub offline_dir: PathBuf,
     /// Names the server certificate is valid for.
     pub hostnames: Vec<String>,
-    /// Listen address written to the config.
+    /// Vehicle listen address written to the config.
     pub listen: SocketAddr,
+    /// Admin listen address written to the config.
+    pub admin_listen: SocketAddr,
 }
 
 /// What `init` made.
@@ -34,7 +37,7 @@ pub struct InitOptions {
 pub struct InitReport {
     /// The configuration file.
     pub config_file: PathBuf,
-    /// The admin token.
+    /// The token of the bootstrap operator `admin` (all roles).
     pub admin_token: String,
 }
 
@@ -49,7 +52,7 @@ fn ensure_empty(dir: &Path) -> Result<()> {
             )));
         }
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+    crate::secrets::create_private_dir(dir)
 }
 
 /// Create the data and offline directories.
@@ -61,13 +64,15 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
 
     let pki = crate::tls::generate_dev_pki(&opts.hostnames)?;
     write_public(&data.join(layout::CA_CERT), pki.ca_cert.as_bytes())?;
-    write_private(&data.join(layout::CA_KEY), pki.ca_key.as_bytes())?;
+    // The CA key signs server (and, later, device) certificates: it belongs
+    // with the other offline keys, never in the serving directory.
+    write_private(
+        &opts.offline_dir.join(layout::CA_KEY),
+        pki.ca_key.as_bytes(),
+    )?;
     write_public(&data.join(layout::SERVER_CERT), pki.server_cert.as_bytes())?;
     write_private(&data.join(layout::SERVER_KEY), pki.server_key.as_bytes())?;
 
-    let token =
-        secureev_uptane::manifest::random_nonce() + &secureev_uptane::manifest::random_nonce();
-    write_private(&data.join(layout::ADMIN_TOKEN), token.as_bytes())?;
     std::fs::create_dir_all(data.join(layout::BLOBS))
         .map_err(|e| Error::io("creating blob directory", e))?;
 
@@ -116,14 +121,32 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
         tx.event(None, None, "init", "data directory created", now)?;
         Ok(())
     })?;
+    // The bootstrap operator holds every role; its token is written for the
+    // CLI on this host (the server keeps only its hash). Create named
+    // operators with `operator add` and revoke `admin`.
+    let audit_key = crate::audit::load_or_create_key(data)?;
+    let token = db.write(|tx| {
+        let token = crate::operators::add(tx, "admin", &crate::operators::Role::ALL, now)?;
+        crate::audit::append(
+            tx,
+            &audit_key,
+            now,
+            "server",
+            "init",
+            serde_json::json!({ "bootstrap_operator": "admin" }),
+        )?;
+        Ok(token)
+    })?;
+    write_private(&data.join(layout::ADMIN_TOKEN), token.as_bytes())?;
 
     let config_file = data.join(CONFIG_FILE);
     let abs = std::fs::canonicalize(data).unwrap_or_else(|_| data.clone());
     let text = format!(
         "# secureev-server configuration (written by `secureev-server init`)\n\
-         data_dir = {:?}\nlisten = \"{}\"\n",
+         data_dir = {:?}\nlisten = \"{}\"\nadmin_listen = \"{}\"\n",
         abs.display().to_string(),
-        opts.listen
+        opts.listen,
+        opts.admin_listen
     );
     write_public(&config_file, text.as_bytes())?;
     // Validate what we wrote.

@@ -3,16 +3,21 @@
 //! ```text
 //! <data_dir>/
 //!   server.toml                 configuration written by `init`
-//!   admin-token                 bearer token of the admin API (0600)
-//!   db.sqlite                   registry, metadata, assignments, manifests, events
+//!   admin-token                 token of the bootstrap operator `init` made (0600;
+//!                               the server never reads it, only the CLI)
+//!   db.sqlite                   registry, metadata, assignments, manifests, events,
+//!                               operators, enrollment credentials (hashed), audit
 //!   blobs/sha256/<hex>          image blobs, content-addressed
-//!   tls/ca.pem, tls/ca-key.pem  development CA (`init` only)
+//!   tls/ca.pem                  development CA certificate
 //!   tls/server.pem, tls/server-key.pem
 //!   keys/director/<role>/<keyid>.pem   Director keys (all online)
 //!   keys/image/{snapshot,timestamp}/<keyid>.pem  Image repository online keys
+//!   keys/audit/log/<keyid>.pem  audit trail signing key
+//!   keys/kek                    key-encryption key of image content keys
 //! <offline_dir>/
 //!   image/{root,targets}/<keyid>.pem   Image repository offline keys; `serve`
 //!                                       never reads this directory
+//!   tls/ca-key.pem              development CA private key
 //! ```
 
 use crate::error::{Error, Result};
@@ -27,7 +32,7 @@ pub const DB_FILE: &str = "db.sqlite";
 pub const ADMIN_TOKEN: &str = "admin-token";
 /// Development CA certificate.
 pub const CA_CERT: &str = "tls/ca.pem";
-/// Development CA private key.
+/// Development CA private key (in the offline directory).
 pub const CA_KEY: &str = "tls/ca-key.pem";
 /// Server certificate chain.
 pub const SERVER_CERT: &str = "tls/server.pem";
@@ -38,11 +43,21 @@ pub const BLOBS: &str = "blobs/sha256";
 /// Key directory.
 pub const KEYS: &str = "keys";
 
+/// Create a directory and any missing parents with mode 0700.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+}
+
 /// Create `path` with mode 0600 and write `data`; refuses to overwrite.
+/// Missing parent directories are made 0700.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        create_private_dir(dir)?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -121,8 +136,7 @@ pub fn promote_keys(base: &Path, repo: &str, role: &str, keys: &[SigningKey]) ->
             .is_some_and(|id| keys.iter().any(|k| k.keyid() == id))
     };
     let mv = |from: &Path, to_dir: &Path| -> Result<()> {
-        std::fs::create_dir_all(to_dir)
-            .map_err(|e| Error::io(format!("creating {}", to_dir.display()), e))?;
+        create_private_dir(to_dir)?;
         if let Some(name) = from.file_name() {
             std::fs::rename(from, to_dir.join(name))
                 .map_err(|e| Error::io(format!("moving {}", from.display()), e))?;

@@ -12,9 +12,18 @@
 //! - [`director`]: per-vehicle Director metadata, key wrapping for encrypted
 //!   images.
 //! - [`auth`]: signed vehicle requests (see
-//!   [`secureev_uptane::request_auth`]) and the admin token.
+//!   [`secureev_uptane::request_auth`]) and operator tokens;
+//!   [`operators`]: operators and their roles; [`enroll`]: per-vehicle
+//!   enrollment credentials.
 //! - [`api`]: vehicle-facing routes; [`admin`]: the admin REST API;
 //!   [`openapi`]: its OpenAPI document.
+//! - [`audit`]: the signed, hash-chained audit trail.
+//! - [`limits`]: connection, deadline and body-rate limits; [`logging`]:
+//!   escaped, structured logs and the access log; [`secrets`]: file modes
+//!   and the key-encryption key.
+//!
+//! Two listeners: vehicles on `listen` (`/image`, `/director`, `/registry`,
+//! `/enroll`), operators on `admin_listen` (`/admin`, loopback by default).
 //! - [`tls`]: development PKI and rustls configuration; [`init`]: `init`.
 //! - [`client`]: the admin and vehicle HTTP clients the CLI and tests use.
 //!
@@ -28,16 +37,22 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod db;
 pub mod director;
+pub mod enroll;
 pub mod error;
 pub mod init;
 pub mod layout;
+pub mod limits;
+pub mod logging;
 pub mod openapi;
+pub mod operators;
 pub mod repo;
+pub mod secrets;
 pub mod tls;
 
 pub use config::{Config, Transport};
@@ -47,7 +62,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, put};
 use axum::Router;
 use director::DirectorKeys;
-use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +77,16 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Refused requests recorded in the audit trail per minute at most.
+pub const REFUSED_AUDIT_PER_MINUTE: u32 = 60;
+
+#[derive(Debug, Default)]
+struct RefusedLog {
+    minute: i64,
+    written: u32,
+    suppressed: u64,
+}
+
 /// Most decoded DIDs kept in memory.
 pub const DID_CACHE_ENTRIES: usize = 100_000;
 
@@ -75,7 +99,9 @@ struct Inner {
     director: std::sync::RwLock<Arc<DirectorKeys>>,
     rotation: tokio::sync::Mutex<()>,
     image_online: std::sync::RwLock<Arc<repo::ImageOnlineKeys>>,
-    admin_token_digest: [u8; 32],
+    audit_key: secureev_uptane::SigningKey,
+    refused: Mutex<RefusedLog>,
+    kek: secrets::Kek,
     nonces: Mutex<auth::NonceCache>,
     clock: Clock,
     did_cache: Mutex<std::collections::HashMap<String, secureev_uptane::PublicKey>>,
@@ -105,15 +131,11 @@ impl AppState {
         config.validate()?;
         let data = &config.data_dir;
         let keys = data.join(layout::KEYS);
-        let token_path = data.join(layout::ADMIN_TOKEN);
-        let token = std::fs::read_to_string(&token_path)
-            .map_err(|e| Error::io(format!("reading {}", token_path.display()), e))?;
-        let token = token.trim();
-        if token.len() < 32 {
-            return Err(Error::Config(
-                "admin token must be at least 32 characters".into(),
-            ));
-        }
+        // Uptane keys, the audit key, the KEK and the database are refused
+        // when anyone but the owner could read them.
+        secrets::check_data_dir(data)?;
+        let audit_key = audit::load_or_create_key(data)?;
+        let kek = secrets::Kek::load_or_create(data)?;
         let inner = Inner {
             db: db::Db::open(&data.join(layout::DB_FILE))?,
             director: std::sync::RwLock::new(Arc::new(DirectorKeys::load(data)?)),
@@ -122,7 +144,9 @@ impl AppState {
                 snapshot: layout::load_keys(&keys, repo::IMAGE, "snapshot")?,
                 timestamp: layout::load_keys(&keys, repo::IMAGE, "timestamp")?,
             })),
-            admin_token_digest: Sha256::digest(token.as_bytes()).into(),
+            audit_key,
+            refused: Mutex::new(RefusedLog::default()),
+            kek,
             nonces: Mutex::new(auth::NonceCache::default()),
             clock,
             config,
@@ -175,9 +199,56 @@ impl AppState {
         };
         *guard = Arc::new(keys);
     }
-    /// SHA-256 of the admin token.
-    pub fn admin_token_digest(&self) -> &[u8; 32] {
-        &self.0.admin_token_digest
+    /// Append an audit record inside `tx` (see [`audit`]).
+    pub fn audit(
+        &self,
+        tx: &db::Tx<'_>,
+        actor: &str,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<i64> {
+        audit::append(tx, &self.0.audit_key, self.now(), actor, action, detail)
+    }
+
+    /// Record a refused request in the audit trail, at most
+    /// [`REFUSED_AUDIT_PER_MINUTE`] a minute; the rest are counted and the
+    /// count goes into the next record, so a flood cannot fill the trail or
+    /// make the server sign at the attacker's pace.
+    pub fn audit_refused(&self, peer: Option<SocketAddr>, what: &str, why: &str) {
+        let now = self.now();
+        let suppressed = {
+            let mut r = match self.0.refused.lock() {
+                Ok(r) => r,
+                Err(p) => p.into_inner(),
+            };
+            if now / 60 != r.minute {
+                r.minute = now / 60;
+                r.written = 0;
+            }
+            if r.written >= REFUSED_AUDIT_PER_MINUTE {
+                r.suppressed += 1;
+                return;
+            }
+            r.written += 1;
+            std::mem::take(&mut r.suppressed)
+        };
+        let detail = serde_json::json!({
+            "peer": peer.map(|p| p.to_string()),
+            "request": what,
+            "reason": why,
+            "suppressed_before": suppressed,
+        });
+        if let Err(e) = self
+            .db()
+            .write(|tx| self.audit(tx, "peer", "request-refused", detail))
+        {
+            tracing::error!(error = %e, "cannot append to the audit trail");
+        }
+    }
+
+    /// The key-encryption key sealing image content keys.
+    pub fn kek(&self) -> &secrets::Kek {
+        &self.0.kek
     }
     /// The nonce cache.
     pub fn nonces(&self) -> &Mutex<auth::NonceCache> {
@@ -224,19 +295,46 @@ impl AppState {
     }
 }
 
-/// The HTTP application.
-pub fn router(state: AppState) -> Router {
+/// The vehicle listener's application: Image repository, Director, registry,
+/// enrollment. Every route but `/enroll` needs a signed request.
+pub fn vehicle_router(state: AppState) -> Router {
     let max_body = state.config().max_body_bytes;
-    let max_blob = state.config().max_blob_bytes;
-    let vehicle = Router::new()
+    let deadline = Duration::from_secs(state.config().request_timeout_secs);
+    let signed = Router::new()
         .route("/image/{file}", get(api::image_meta))
         .route("/image/targets/{*path}", get(api::image_target))
         .route("/director/{vin}/manifest", put(api::put_manifest))
         .route("/director/{vin}/{file}", get(api::director_meta))
+        .route("/registry/{vin}/{serial}/did.json", get(api::did_document))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::vehicle_auth,
         ));
+    let enroll = Router::new()
+        .route("/enroll", axum::routing::post(enroll::enroll))
+        // The path secureev-otad 0.1 posts its registration to; on the
+        // vehicle listener it is enrollment too (credential, never an
+        // operator token). Goes when the daemon posts to /enroll.
+        .route("/admin/vehicles", axum::routing::post(enroll::enroll))
+        .route_layer(axum::middleware::from_fn(enroll::enroll_auth));
+    Router::new()
+        .merge(signed)
+        .merge(enroll)
+        .fallback(|| async { Error::NotFound("no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            deadline,
+            limits::request_deadline,
+        ))
+        .layer(axum::middleware::from_fn(logging::access_log))
+        .with_state(state)
+}
+
+/// The admin listener's application: `/admin/...` for operators with tokens.
+pub fn admin_router(state: AppState) -> Router {
+    let max_body = state.config().max_body_bytes;
+    let max_blob = state.config().max_blob_bytes;
+    let deadline = Duration::from_secs(state.config().request_timeout_secs);
     let admin = Router::new()
         .route("/admin/status", get(admin::status))
         .route(
@@ -249,11 +347,9 @@ pub fn router(state: AppState) -> Router {
             put(admin::replace_ecu),
         )
         .route("/admin/vehicles/{vin}/history", get(admin::vehicle_history))
+        .route("/admin/enrollments", get(enroll::list).post(enroll::create))
         .route("/admin/events", get(admin::events))
-        .route(
-            "/admin/blobs",
-            put(admin::put_blob).layer(DefaultBodyLimit::max(max_blob)),
-        )
+        .route("/admin/audit", get(admin::audit_records))
         .route("/admin/image/root", get(admin::image_root))
         .route("/admin/director/root", get(admin::director_root))
         .route(
@@ -285,32 +381,42 @@ pub fn router(state: AppState) -> Router {
             "/admin/campaigns",
             get(admin::list_campaigns).post(admin::create_campaign),
         )
+        // Everything above within the request deadline; an upload below
+        // instead keeps a minimum rate.
+        .route_layer(axum::middleware::from_fn_with_state(
+            deadline,
+            limits::request_deadline,
+        ))
+        .route(
+            "/admin/blobs",
+            put(admin::put_blob).layer(DefaultBodyLimit::max(max_blob)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::admin_auth,
         ));
     Router::new()
-        .merge(vehicle)
         .merge(admin)
         .route("/admin/openapi.json", get(openapi::handler))
-        .route("/registry/{vin}/{serial}/did.json", get(api::did_document))
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(logging::access_log))
         .with_state(state)
 }
 
-/// A server bound to its address, not yet serving.
+/// A server bound to its two addresses, not yet serving.
 pub struct Server {
-    listener: tokio::net::TcpListener,
+    vehicle: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    app: Router,
     state: AppState,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("addr", &self.listener.local_addr().ok())
+            .field("vehicle", &self.vehicle.local_addr().ok())
+            .field("admin", &self.admin.local_addr().ok())
             .field("tls", &self.tls.is_some())
             .finish()
     }
@@ -321,7 +427,7 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send request headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Load state and bind the listener.
+/// Load state and bind the listeners.
 pub async fn bind(config: Config) -> Result<Server> {
     bind_with_state(AppState::load(config)?).await
 }
@@ -339,21 +445,30 @@ pub async fn bind_with_state(state: AppState) -> Result<Server> {
             None
         }
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
+    let bind = |addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::io(format!("binding {addr}"), e))
+    };
     Ok(Server {
-        listener,
+        vehicle: bind(config.listen).await?,
+        admin: bind(config.admin_listen).await?,
         tls,
-        app: router(state.clone()),
         state,
     })
 }
 
 impl Server {
-    /// The bound address.
+    /// The bound vehicle address.
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.listener
+        self.vehicle
+            .local_addr()
+            .map_err(|e| Error::io("local address", e))
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> Result<SocketAddr> {
+        self.admin
             .local_addr()
             .map_err(|e| Error::io("local address", e))
     }
@@ -363,76 +478,123 @@ impl Server {
         &self.state
     }
 
-    /// Serve until `shutdown` resolves; then stop accepting and return.
+    /// Serve both listeners until `shutdown` resolves; then stop accepting and
+    /// return. The connection limits are shared by the two listeners.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-        let max_connections = self.state.config().max_connections;
+        let config = self.state.config().clone();
         let Server {
-            listener, tls, app, ..
+            vehicle,
+            admin,
+            tls,
+            state,
         } = self;
-        tracing::info!(addr = ?listener.local_addr().ok(), tls = tls.is_some(), "serving");
-        tokio::pin!(shutdown);
-        let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = &mut shutdown => break,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+        let limits = Arc::new(ConnLimits {
+            total: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            peers: limits::PeerLimiter::new(config.max_connections_per_peer),
+        });
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let v = accept_loop(
+            "vehicle",
+            vehicle,
+            tls.clone(),
+            vehicle_router(state.clone()),
+            limits.clone(),
+            stop_rx.clone(),
+        );
+        let a = accept_loop("admin", admin, tls, admin_router(state), limits, stop_rx);
+        let stop = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        tokio::join!(v, a, stop);
+        Ok(())
+    }
+}
+
+struct ConnLimits {
+    total: Arc<tokio::sync::Semaphore>,
+    peers: Arc<limits::PeerLimiter>,
+}
+
+async fn accept_loop(
+    name: &'static str,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Router,
+    limits: Arc<ConnLimits>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    tracing::info!(listener = name, addr = ?listener.local_addr().ok(), tls = tls.is_some(), "serving");
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.changed() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Bound the number of open connections, in all and per peer; beyond
+        // either, refuse at once, before any TLS work.
+        let Some(peer_slot) = limits.peers.acquire(peer.ip()) else {
+            tracing::warn!(%peer, "per-peer connection limit reached");
+            drop(tcp);
+            continue;
+        };
+        let Ok(permit) = limits.total.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached");
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _peer_slot = peer_slot;
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(logging::PeerAddr(peer));
+                    let mut app = app.clone();
+                    async move { tower_service::Service::call(&mut app, req).await }
                 },
-            };
-            // Bound the number of open connections; beyond it, refuse at once.
-            let Ok(permit) = connections.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "connection limit reached");
-                drop(tcp);
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let app = app.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let service = hyper_util::service::TowerToHyperService::new(app);
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT);
-                let result = match tls {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                            .await
-                        {
-                            Ok(Ok(stream)) => {
-                                builder
-                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                                    .await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
+            );
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let result = match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            builder
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
                         }
                     }
-                    None => {
-                        builder
-                            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                            .await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-            });
-        }
-        Ok(())
+                None => {
+                    builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
     }
 }
 

@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand};
 use secureev_server::client::{image_add, rotate_image_key, AdminClient, ImageSpec};
 use secureev_server::config::{Config, Transport};
 use secureev_server::init::{init, InitOptions};
+use secureev_server::logging::{self, LogFormat};
+use secureev_server::operators::Role;
 use secureev_server::repo::RotationMode;
 use secureev_uptane::Timestamp;
 use serde_json::{json, Value};
@@ -27,10 +29,21 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct Remote {
-    /// Server base URL.
-    #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
+    /// Admin API base URL (the admin listener).
+    #[arg(long, default_value = "https://127.0.0.1:8444", global = true)]
     server: String,
-    /// Data directory holding the admin token and CA certificate.
+    /// Data directory holding the CA certificate (and the bootstrap
+    /// operator's token, unless --token-file is given).
+    #[arg(long, default_value = "data", global = true)]
+    data_dir: PathBuf,
+    /// File holding this operator's API token (default <data-dir>/admin-token).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct Local {
+    /// Data directory (the command opens its database directly).
     #[arg(long, default_value = "data", global = true)]
     data_dir: PathBuf,
 }
@@ -49,9 +62,12 @@ enum Command {
         /// Host names / IP addresses for the server certificate.
         #[arg(long = "hostname", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
         hostnames: Vec<String>,
-        /// Listen address written to the configuration.
+        /// Vehicle listen address written to the configuration.
         #[arg(long, default_value = secureev_server::config::DEFAULT_LISTEN)]
         listen: SocketAddr,
+        /// Admin API listen address written to the configuration.
+        #[arg(long, default_value = secureev_server::config::DEFAULT_ADMIN_LISTEN)]
+        admin_listen: SocketAddr,
     },
     /// Serve over HTTPS (or plain HTTP on loopback with --insecure-http).
     Serve {
@@ -61,9 +77,12 @@ enum Command {
         /// Data directory (when no --config is given).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Override the listen address.
+        /// Override the vehicle listen address.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Override the admin listen address.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
         /// Serve plain HTTP. Loopback only; for tests.
         #[arg(long)]
         insecure_http: bool,
@@ -109,6 +128,27 @@ enum Command {
         cmd: CampaignCmd,
         #[command(flatten)]
         remote: Remote,
+    },
+    /// Per-vehicle enrollment credentials (fleet-admin).
+    Enroll {
+        #[command(subcommand)]
+        cmd: EnrollCmd,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Operators of the admin API and their tokens (local: opens the database).
+    Operator {
+        #[command(subcommand)]
+        cmd: OperatorCmd,
+        #[command(flatten)]
+        local: Local,
+    },
+    /// The signed audit trail (local: opens the database).
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+        #[command(flatten)]
+        local: Local,
     },
     /// Print the OpenAPI document (committed as docs/openapi.json).
     Openapi,
@@ -202,6 +242,56 @@ enum VehicleCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum EnrollCmd {
+    /// Make a single-use credential bound to one VIN; prints it once.
+    Create {
+        /// The VIN.
+        #[arg(long)]
+        vin: String,
+        /// Lifetime in seconds (default 3600, at most 7 days).
+        #[arg(long)]
+        ttl_secs: Option<i64>,
+        /// Print only the credential (for scripts).
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// List credentials (never their secrets).
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum OperatorCmd {
+    /// Add an operator; prints its token once.
+    Add {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Role: viewer, release-manager, fleet-admin or key-admin (repeatable).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Write the token to this file (0600) instead of printing it.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// List operators.
+    List,
+    /// Revoke an operator's token.
+    Revoke {
+        /// Name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Check every record's hash, link and signature; name the first broken one.
+    Verify,
+    /// Print the records as JSON lines (oldest first).
+    Export,
+}
+
+#[derive(Subcommand, Debug)]
 enum CampaignCmd {
     /// Create a campaign.
     Create {
@@ -227,8 +317,12 @@ async fn admin_call(
     remote: &Remote,
     f: impl AsyncFnOnce(AdminClient) -> secureev_server::Result<Value>,
 ) -> anyhow::Result<()> {
-    let client = AdminClient::from_data_dir(&remote.server, &remote.data_dir)
-        .context("preparing the admin client")?;
+    let client = AdminClient::from_files(
+        &remote.server,
+        &remote.data_dir,
+        remote.token_file.as_deref(),
+    )
+    .context("preparing the admin client")?;
     print(&f(client).await?);
     Ok(())
 }
@@ -248,19 +342,32 @@ async fn shutdown_signal() {
     }
 }
 
+/// The database of a local data directory, for the local subcommands.
+fn local_db(data_dir: &std::path::Path) -> anyhow::Result<secureev_server::db::Db> {
+    let path = data_dir.join(secureev_server::layout::DB_FILE);
+    anyhow::ensure!(path.exists(), "no database at {}", path.display());
+    Ok(secureev_server::db::Db::open(&path)?)
+}
+
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Serve { .. } | Command::Init { .. }) {
+        logging::init(LogFormat::Text);
+    }
     match cli.command {
         Command::Init {
             data_dir,
             offline_dir,
             hostnames,
             listen,
+            admin_listen,
         } => {
+            logging::init(LogFormat::Text);
             let r = init(&InitOptions {
                 data_dir,
                 offline_dir: offline_dir.clone(),
                 hostnames,
                 listen,
+                admin_listen,
             })?;
             println!("wrote {}", r.config_file.display());
             println!(
@@ -272,6 +379,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             config,
             data_dir,
             listen,
+            admin_listen,
             insecure_http,
         } => {
             let path = match (config, data_dir) {
@@ -283,11 +391,127 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             if let Some(l) = listen {
                 config.listen = l;
             }
+            if let Some(l) = admin_listen {
+                config.admin_listen = l;
+            }
             if insecure_http {
                 config.transport = Transport::InsecureHttp;
             }
             config.validate()?;
+            logging::init(config.log_format);
+            let nofile = secureev_server::limits::raise_nofile_limit(config.max_connections)?;
+            tracing::info!(
+                nofile,
+                max_connections = config.max_connections,
+                "file-descriptor limit"
+            );
             secureev_server::run(config, shutdown_signal()).await?;
+        }
+        Command::Enroll { cmd, remote } => match cmd {
+            EnrollCmd::Create {
+                vin,
+                ttl_secs,
+                quiet,
+            } => {
+                let body = json!({ "vin": vin, "ttl_secs": ttl_secs });
+                let client = AdminClient::from_files(
+                    &remote.server,
+                    &remote.data_dir,
+                    remote.token_file.as_deref(),
+                )
+                .context("preparing the admin client")?;
+                let v = client.post("/admin/enrollments", &body).await?.ok()?.json();
+                if quiet {
+                    println!("{}", v["credential"].as_str().unwrap_or_default());
+                } else {
+                    print(&v);
+                }
+            }
+            EnrollCmd::List => {
+                admin_call(&remote, async |c| {
+                    Ok(c.get("/admin/enrollments").await?.ok()?.json())
+                })
+                .await?
+            }
+        },
+        Command::Operator { cmd, local } => {
+            let db = local_db(&local.data_dir)?;
+            let now = secureev_server::unix_now();
+            match cmd {
+                OperatorCmd::Add {
+                    name,
+                    roles,
+                    token_file,
+                } => {
+                    let roles = roles
+                        .iter()
+                        .map(|r| Role::parse(r))
+                        .collect::<secureev_server::Result<Vec<_>>>()?;
+                    let key = secureev_server::audit::load_or_create_key(&local.data_dir)?;
+                    let token = db.write(|tx| {
+                        let token = secureev_server::operators::add(tx, &name, &roles, now)?;
+                        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+                        secureev_server::audit::append(
+                            tx,
+                            &key,
+                            now,
+                            "local-cli",
+                            "operator-added",
+                            json!({ "name": name, "roles": names }),
+                        )?;
+                        Ok(token)
+                    })?;
+                    match token_file {
+                        Some(f) => {
+                            secureev_server::layout::write_private(&f, token.as_bytes())?;
+                            println!("token of {name} written to {}", f.display());
+                        }
+                        None => println!("{token}"),
+                    }
+                }
+                OperatorCmd::List => {
+                    let ops = db.read(|tx| tx.operators())?;
+                    print(&json!({ "operators": ops }));
+                }
+                OperatorCmd::Revoke { name } => {
+                    let key = secureev_server::audit::load_or_create_key(&local.data_dir)?;
+                    db.write(|tx| {
+                        if !tx.revoke_operator(&name, now)? {
+                            return Err(secureev_server::Error::NotFound(format!(
+                                "no active operator {name}"
+                            )));
+                        }
+                        secureev_server::audit::append(
+                            tx,
+                            &key,
+                            now,
+                            "local-cli",
+                            "operator-revoked",
+                            json!({ "name": name }),
+                        )?;
+                        Ok(())
+                    })?;
+                    println!("revoked {name}");
+                }
+            }
+        }
+        Command::Audit { cmd, local } => {
+            let db = local_db(&local.data_dir)?;
+            let records = db.read(secureev_server::audit::all_records)?;
+            match cmd {
+                AuditCmd::Verify => {
+                    let keys = secureev_server::audit::public_keys(&local.data_dir)?;
+                    match secureev_server::audit::verify(&records, &keys) {
+                        Ok(n) => println!("audit trail intact: {n} records"),
+                        Err(broken) => anyhow::bail!("audit trail broken at {broken}"),
+                    }
+                }
+                AuditCmd::Export => {
+                    for r in &records {
+                        println!("{}", serde_json::to_string(r)?);
+                    }
+                }
+            }
         }
         Command::Image { cmd, remote } => match cmd {
             ImageCmd::Add {
@@ -431,11 +655,6 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_max_level(tracing::Level::INFO)
-        .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -4,22 +4,78 @@
 use axum::Json;
 use serde_json::{json, Value};
 
-fn op(summary: &str, auth: &str, ok: &str) -> Value {
-    let security = match auth {
-        "admin" => json!([{ "adminToken": [] }]),
-        "vehicle" => {
-            json!([{ "vehicleSignature": [], "vehicleId": [], "vehicleTimestamp": [], "vehicleNonce": [] }])
-        }
-        _ => json!([]),
+const ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+const VIN_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+
+fn path_param(name: &str, description: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "description": description, "schema": schema })
+}
+
+fn query_param(name: &str, description: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
+}
+
+fn vin() -> Value {
+    path_param(
+        "vin",
+        "Vehicle identification number",
+        json!({ "type": "string", "pattern": VIN_PATTERN }),
+    )
+}
+
+fn serial() -> Value {
+    path_param(
+        "serial",
+        "ECU serial",
+        json!({ "type": "string", "pattern": ID_PATTERN }),
+    )
+}
+
+fn meta_file() -> Value {
+    path_param(
+        "file",
+        "timestamp.json or <N>.root.json, <N>.snapshot.json, <N>.targets.json",
+        json!({ "type": "string", "pattern": "^(timestamp|[0-9]{1,19}\\.(root|snapshot|targets))\\.json$" }),
+    )
+}
+
+fn error_response(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+/// An operation: `auth` is `vehicle`, `admin:<role>`, `enrollment` or `none`.
+fn op(summary: &str, auth: &str, ok: &str, params: Vec<Value>) -> Value {
+    let (security, role) = match auth.split_once(':') {
+        Some(("admin", role)) => (json!([{ "operatorToken": [] }]), Some(role)),
+        _ => match auth {
+            "vehicle" => (
+                json!([{ "vehicleSignature": [], "vehicleId": [], "vehicleTimestamp": [], "vehicleNonce": [] }]),
+                None,
+            ),
+            "enrollment" => (json!([{ "enrollmentCredential": [] }]), None),
+            _ => (json!([]), None),
+        },
     };
-    json!({
-        "summary": summary,
-        "security": security,
-        "responses": {
-            ok: { "description": "Success" },
-            "4XX": { "description": "Refused", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
-        }
-    })
+    let summary = match role {
+        Some(r) => format!("{summary} (role: {r})"),
+        None => summary.to_owned(),
+    };
+    let mut responses = json!({
+        ok: { "description": "Success" },
+        "4XX": error_response("Refused"),
+        "5XX": error_response("Internal error (detail in the server log)")
+    });
+    if auth != "none" {
+        responses["401"] = error_response("Authentication failed (one body for every reason)");
+    }
+    if role.is_some() {
+        responses["403"] = error_response("The operator lacks the role");
+    }
+    let mut v = json!({ "summary": summary, "security": security, "responses": responses });
+    if !params.is_empty() {
+        v["parameters"] = Value::Array(params);
+    }
+    v
 }
 
 fn with_body(mut v: Value, schema: &str, content_type: &str) -> Value {
@@ -32,53 +88,78 @@ fn with_body(mut v: Value, schema: &str, content_type: &str) -> Value {
 
 /// The OpenAPI document.
 pub fn document() -> Value {
+    let limit = |max: u32| {
+        query_param(
+            "limit",
+            "At most this many",
+            json!({ "type": "integer", "minimum": 0, "maximum": max }),
+        )
+    };
     json!({
         "openapi": "3.1.0",
         "info": {
             "title": "SecureEV-OTA server",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Uptane 2.1 Image repository, per-vehicle Director and vehicle registry. Vehicle requests are signed (see docs/server.md); admin requests carry a bearer token."
+            "description": "Uptane 2.1 Image repository, per-vehicle Director and vehicle registry. Two listeners: vehicles (/image, /director, /registry, /enroll; signed requests, docs/server.md) and operators (/admin; operator tokens with roles, loopback by default)."
         },
+        "servers": [
+            { "url": "https://127.0.0.1:8443", "description": "vehicle listener (listen)" },
+            { "url": "https://127.0.0.1:8444", "description": "admin listener (admin_listen)" }
+        ],
         "paths": {
-            "/image/{file}": { "get": op("Image repository metadata: <N>.root.json, timestamp.json, <N>.snapshot.json, <N>.targets.json", "vehicle", "200") },
-            "/image/targets/{path}": { "get": op("A target by hash-prefixed name <dir>/<sha256>.<basename>; supports Range (206)", "vehicle", "200") },
-            "/director/{vin}/{file}": { "get": op("The vehicle's Director metadata (same file names as the Image repository)", "vehicle", "200") },
-            "/director/{vin}/manifest": { "put": with_body(op("Submit the signed vehicle version manifest", "vehicle", "200"), "Manifest", "application/json") },
-            "/registry/{vin}/{serial}/did.json": { "get": op("DID document of a registered ECU key", "none", "200") },
-            "/admin/openapi.json": { "get": op("This document", "none", "200") },
-            "/admin/status": { "get": op("Counts and repository state", "admin", "200") },
+            "/image/{file}": { "get": op("Image repository metadata", "vehicle", "200", vec![meta_file()]) },
+            "/image/targets/{path}": { "get": op("A target by hash-prefixed name <dir>/<sha256>.<basename>; supports Range (206)", "vehicle", "200",
+                vec![path_param("path", "<dir>/<sha256>.<basename>", json!({ "type": "string", "minLength": 1 }))]) },
+            "/director/{vin}/{file}": { "get": op("The vehicle's own Director metadata (same file names as the Image repository)", "vehicle", "200", vec![vin(), meta_file()]) },
+            "/director/{vin}/manifest": { "put": with_body(op("Submit the signed vehicle version manifest", "vehicle", "200", vec![vin()]), "Manifest", "application/json") },
+            "/registry/{vin}/{serial}/did.json": { "get": op("DID document of one of the requesting vehicle's ECU keys", "vehicle", "200", vec![vin(), serial()]) },
+            "/enroll": { "post": with_body(op("Register this vehicle with a single-use enrollment credential bound to its VIN", "enrollment", "201", vec![]), "VehicleRegistration", "application/json") },
+            "/admin/openapi.json": { "get": op("This document", "none", "200", vec![]) },
+            "/admin/status": { "get": op("Counts and repository state", "admin:viewer", "200", vec![]) },
             "/admin/vehicles": {
-                "get": op("List vehicles", "admin", "200"),
-                "post": with_body(op("Register a vehicle and its ECUs", "admin", "201"), "VehicleRegistration", "application/json")
+                "get": op("List vehicles", "admin:viewer", "200", vec![]),
+                "post": with_body(op("Register a vehicle and its ECUs (workshop; vehicles enroll themselves with /enroll)", "admin:fleet-admin", "201", vec![]), "VehicleRegistration", "application/json")
             },
-            "/admin/vehicles/{vin}": { "get": op("A vehicle, its ECUs (installed images, DIDs) and assignments", "admin", "200") },
-            "/admin/vehicles/{vin}/ecus/{serial}": { "put": with_body(op("Replace an ECU (new key; pending assignment cancelled, counters reset)", "admin", "200"), "EcuReplacement", "application/json") },
-            "/admin/vehicles/{vin}/history": { "get": op("History events of a vehicle", "admin", "200") },
-            "/admin/events": { "get": op("History events (query: vin, limit)", "admin", "200") },
-            "/admin/blobs": { "put": with_body(op("Upload an image blob; stored by SHA-256", "admin", "201"), "Blob", "application/octet-stream") },
-            "/admin/image/root": { "get": op("Current Image root", "admin", "200") },
-            "/admin/director/root": { "get": op("Current Director root", "admin", "200") },
-            "/admin/director/rotate": { "post": with_body(op("Rotate a Director role's key (new root version; all vehicles re-signed)", "admin", "200"), "RotateDirector", "application/json") },
-            "/admin/image/root/rotate": { "post": with_body(op("Accept an offline-signed Image root N+1 (and targets re-signed with rotated keys)", "admin", "201"), "RotateImageRoot", "application/json") },
+            "/admin/vehicles/{vin}": { "get": op("A vehicle, its ECUs (installed images, DIDs) and assignments", "admin:viewer", "200", vec![vin()]) },
+            "/admin/vehicles/{vin}/ecus/{serial}": { "put": with_body(op("Replace an ECU (new key; pending assignment cancelled, counters reset)", "admin:fleet-admin", "200", vec![vin(), serial()]), "EcuReplacement", "application/json") },
+            "/admin/vehicles/{vin}/history": { "get": op("History events of a vehicle", "admin:viewer", "200", vec![vin()]) },
+            "/admin/enrollments": {
+                "get": op("Enrollment credentials (never their secrets)", "admin:viewer", "200", vec![limit(1000)]),
+                "post": with_body(op("Make a single-use enrollment credential for one VIN; shown once", "admin:fleet-admin", "201", vec![]), "NewEnrollment", "application/json")
+            },
+            "/admin/events": { "get": op("History events", "admin:viewer", "200", vec![
+                query_param("vin", "Only this vehicle", json!({ "type": "string" })), limit(1000)]) },
+            "/admin/audit": { "get": op("Audit records, oldest first", "admin:viewer", "200", vec![
+                query_param("after", "Records after this sequence number", json!({ "type": "integer", "minimum": 0 })), limit(1000)]) },
+            "/admin/blobs": { "put": with_body(op("Upload an image blob; stored by SHA-256", "admin:release-manager", "201", vec![]), "Blob", "application/octet-stream") },
+            "/admin/image/root": { "get": op("Current Image root", "admin:viewer", "200", vec![]) },
+            "/admin/director/root": { "get": op("Current Director root", "admin:viewer", "200", vec![]) },
+            "/admin/director/rotate": { "post": with_body(op("Rotate a Director role's key (new root version; all vehicles re-signed)", "admin:key-admin", "200", vec![]), "RotateDirector", "application/json") },
+            "/admin/image/root/rotate": { "post": with_body(op("Accept an offline-signed Image root N+1 (and targets re-signed with rotated keys)", "admin:key-admin", "201", vec![]), "RotateImageRoot", "application/json") },
             "/admin/image/targets": {
-                "get": op("Current signed Image targets (for the offline signing tool)", "admin", "200"),
-                "post": with_body(op("Publish offline-signed Image targets; the server re-signs snapshot and timestamp", "admin", "201"), "PublishTargets", "application/json")
+                "get": op("Current signed Image targets (for the offline signing tool)", "admin:viewer", "200", vec![]),
+                "post": with_body(op("Publish offline-signed Image targets; the server re-signs snapshot and timestamp", "admin:release-manager", "201", vec![]), "PublishTargets", "application/json")
             },
-            "/admin/image/online-keys": { "post": with_body(op("Make a pending Image snapshot/timestamp key for the next offline-signed root", "admin", "201"), "NewOnlineKey", "application/json") },
-            "/admin/images": { "get": op("Published images", "admin", "200") },
+            "/admin/image/online-keys": { "post": with_body(op("Make a pending Image snapshot/timestamp key for the next offline-signed root", "admin:key-admin", "201", vec![]), "NewOnlineKey", "application/json") },
+            "/admin/images": { "get": op("Published images", "admin:viewer", "200", vec![]) },
             "/admin/assignments": {
-                "get": op("Assignments (query: vin, status, campaign)", "admin", "200"),
-                "post": with_body(op("Assign an image to one ECU", "admin", "201"), "NewAssignment", "application/json")
+                "get": op("Assignments", "admin:viewer", "200", vec![
+                    query_param("vin", "Only this vehicle", json!({ "type": "string" })),
+                    query_param("status", "pending, completed or cancelled", json!({ "type": "string" })),
+                    query_param("campaign", "Only this campaign", json!({ "type": "integer" }))]),
+                "post": with_body(op("Assign an image to one ECU", "admin:release-manager", "201", vec![]), "NewAssignment", "application/json")
             },
-            "/admin/assignments/{id}": { "delete": op("Cancel a pending assignment", "admin", "200") },
+            "/admin/assignments/{id}": { "delete": op("Cancel a pending assignment", "admin:release-manager", "200",
+                vec![path_param("id", "Assignment id", json!({ "type": "integer", "format": "int64" }))]) },
             "/admin/campaigns": {
-                "get": op("Campaigns with progress", "admin", "200"),
-                "post": with_body(op("Assign an image to every ECU of a hardware ID", "admin", "201"), "NewCampaign", "application/json")
+                "get": op("Campaigns with progress", "admin:viewer", "200", vec![]),
+                "post": with_body(op("Assign an image to every ECU of a hardware ID", "admin:release-manager", "201", vec![]), "NewCampaign", "application/json")
             }
         },
         "components": {
             "securitySchemes": {
-                "adminToken": { "type": "http", "scheme": "bearer", "description": "Contents of <data_dir>/admin-token" },
+                "operatorToken": { "type": "http", "scheme": "bearer", "description": "An operator's API token (secureev-server operator add); the bootstrap operator's is <data_dir>/admin-token" },
+                "enrollmentCredential": { "type": "http", "scheme": "bearer", "description": "A single-use enrollment credential (secureev-server enroll create --vin ...)" },
                 "vehicleId": { "type": "apiKey", "in": "header", "name": "X-SecureEV-Vehicle" },
                 "vehicleTimestamp": { "type": "apiKey", "in": "header", "name": "X-SecureEV-Timestamp" },
                 "vehicleNonce": { "type": "apiKey", "in": "header", "name": "X-SecureEV-Nonce" },
@@ -112,6 +193,13 @@ pub fn document() -> Value {
                         "hardware_id": { "type": "string" },
                         "public_key": { "description": "did:key, PEM SPKI or TUF key object of the new unit's P-256 key" },
                         "encryption_key": { "type": "string", "description": "hex X25519 public key" }
+                    }
+                },
+                "NewEnrollment": {
+                    "type": "object", "required": ["vin"], "additionalProperties": false,
+                    "properties": {
+                        "vin": { "type": "string", "pattern": VIN_PATTERN },
+                        "ttl_secs": { "type": ["integer", "null"], "minimum": 60, "maximum": crate::enroll::MAX_TTL_SECS }
                     }
                 },
                 "NewAssignment": {

@@ -198,6 +198,7 @@ pub fn publish_image_targets(
     tx: &Tx<'_>,
     bytes: &[u8],
     encrypted: &BTreeMap<String, EncryptedImage>,
+    kek: &crate::secrets::Kek,
     snapshot_keys: &[SigningKey],
     timestamp_keys: &[SigningKey],
     now: i64,
@@ -289,7 +290,8 @@ pub fn publish_image_targets(
                 let mut info = e.info.clone();
                 info.keys.clear();
                 let v = serde_json::to_value(&info).map_err(|e| Error::Internal(e.to_string()))?;
-                (Some(v), Some(e.content_key.clone()))
+                // Stored sealed under the KEK, bound to the image name.
+                (Some(v), Some(kek.seal(name, &e.content_key)?))
             }
             // An unchanged entry keeps its encryption material.
             None => match &existing {
@@ -450,6 +452,7 @@ pub fn accept_image_root(
     root_bytes: &[u8],
     targets: Option<&[u8]>,
     candidates: &ImageOnlineKeys,
+    kek: &crate::secrets::Kek,
     now: i64,
 ) -> Result<(u64, ImageOnlineKeys)> {
     let current = tx
@@ -500,6 +503,7 @@ pub fn accept_image_root(
                 tx,
                 t,
                 &BTreeMap::new(),
+                kek,
                 &chosen.snapshot,
                 &chosen.timestamp,
                 now,

@@ -332,7 +332,7 @@ async fn bad_input_gets_clear_4xx_json_errors() {
     assert_eq!(r.status(), 415);
     let r = h
         .http
-        .post(format!("{}/admin/vehicles", h.base))
+        .post(format!("{}/admin/vehicles", h.admin_base))
         .bearer_auth(std::fs::read_to_string(h.data.join("admin-token")).unwrap())
         .header("content-type", "text/plain")
         .body("{}")
@@ -344,7 +344,7 @@ async fn bad_input_gets_clear_4xx_json_errors() {
     // Malformed JSON and unknown fields.
     let r = h
         .http
-        .post(format!("{}/admin/vehicles", h.base))
+        .post(format!("{}/admin/vehicles", h.admin_base))
         .bearer_auth(std::fs::read_to_string(h.data.join("admin-token")).unwrap())
         .header("content-type", "application/json")
         .body("{\"vin\": ")
@@ -387,14 +387,14 @@ async fn bad_input_gets_clear_4xx_json_errors() {
     // Admin API without or with a wrong token.
     let r = h
         .http
-        .get(format!("{}/admin/status", h.base))
+        .get(format!("{}/admin/status", h.admin_base))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
     let r = h
         .http
-        .get(format!("{}/admin/status", h.base))
+        .get(format!("{}/admin/status", h.admin_base))
         .bearer_auth("nope")
         .send()
         .await

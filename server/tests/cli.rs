@@ -34,15 +34,21 @@ fn init_creates_the_layout_and_refuses_to_overwrite() {
         "tls/ca.pem",
         "tls/server.pem",
         "tls/server-key.pem",
+        "keys/kek",
     ] {
         assert!(data.join(f).exists(), "{f}");
     }
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(data.join("tls/server-key.pem"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // Regression (issue 12): db.sqlite was 0644 and the data directory 0755.
+    assert_eq!(mode(&data), 0o700);
+    for f in ["tls/server-key.pem", "db.sqlite", "admin-token", "keys/kek"] {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+    assert_eq!(mode(&data.join("keys")), 0o700);
+    // Regression (issue 12): the CA key sat in the serving directory.
+    assert!(!data.join("tls/ca-key.pem").exists());
+    assert_eq!(mode(&offline.join("tls/ca-key.pem")), 0o600);
     // Offline keys are only in the offline directory.
     assert!(offline.join("image/root").is_dir() && offline.join("image/targets").is_dir());
     assert!(!data.join("keys/image/root").exists() && !data.join("keys/image/targets").exists());
@@ -68,6 +74,21 @@ fn init_creates_the_layout_and_refuses_to_overwrite() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+    // A data directory others can read is refused at start (exit 3).
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wide = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        wide.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&wide.stderr)
+    );
+    assert!(String::from_utf8_lossy(&wide.stderr).contains("wider than 700"));
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -80,6 +101,7 @@ async fn insecure_http_on_loopback_without_the_offline_keys() {
         offline_dir: root.join("offline"),
         hostnames: vec!["127.0.0.1".into()],
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
     })
     .unwrap();
     // The running server never needs the offline keys.
@@ -87,7 +109,7 @@ async fn insecure_http_on_loopback_without_the_offline_keys() {
     let mut config = Config::load(&data.join("server.toml")).unwrap();
     config.transport = Transport::InsecureHttp;
     let server = secureev_server::bind(config).await.unwrap();
-    let base = format!("http://{}", server.local_addr().unwrap());
+    let base = format!("http://{}", server.admin_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.serve(async move {
         let _ = rx.await;

@@ -189,12 +189,12 @@ async fn encrypted_image_campaign_wraps_key_per_ecu() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_is_served_and_committed() {
     let h = start("openapi").await;
-    let r = reqwest::get(format!("{}/admin/openapi.json", h.base)).await;
+    let r = reqwest::get(format!("{}/admin/openapi.json", h.admin_base)).await;
     // The plain client does not trust the dev CA: TLS is really in use.
     assert!(r.is_err());
     let served = h
         .http
-        .get(format!("{}/admin/openapi.json", h.base))
+        .get(format!("{}/admin/openapi.json", h.admin_base))
         .send()
         .await
         .unwrap();
@@ -220,6 +220,7 @@ async fn director_timestamp_is_resigned_before_it_expires() {
         offline_dir: root.join("offline"),
         hostnames: vec!["127.0.0.1".into()],
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
     })
     .unwrap();
     let t0 = secureev_server::unix_now();
@@ -233,13 +234,14 @@ async fn director_timestamp_is_resigned_before_it_expires() {
     .unwrap();
     let server = secureev_server::bind_with_state(state).await.unwrap();
     let base = format!("https://{}", server.local_addr().unwrap());
+    let admin_base = format!("https://{}", server.admin_addr().unwrap());
     tokio::spawn(server.serve(std::future::pending()));
     let http = secureev_server::client::http_client(Some(
         &std::fs::read(data.join("tls/ca.pem")).unwrap(),
     ))
     .unwrap();
     let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
-    let admin = secureev_server::client::AdminClient::new(http.clone(), &base, &token);
+    let admin = secureev_server::client::AdminClient::new(http.clone(), &admin_base, &token);
     let key = secureev_uptane::SigningKey::generate_p256();
     let reg = json!({"vin": "CLOCK1", "primary_serial": "P", "ecus": [
         {"serial": "P", "hardware_id": "hu", "public_key": secureev_uptane::did::to_did(&key.verifying_key())}]});

@@ -17,7 +17,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub struct Harness {
+    /// The vehicle listener.
     pub base: String,
+    /// The admin listener.
+    pub admin_base: String,
     pub admin: AdminClient,
     pub http: reqwest::Client,
     pub data: PathBuf,
@@ -57,29 +60,79 @@ pub async fn start(tag: &str) -> Harness {
         offline_dir: offline.clone(),
         hostnames: vec!["localhost".into(), "127.0.0.1".into()],
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
     })
     .unwrap();
     let mut config = Config::load(&data.join("server.toml")).unwrap();
     config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    start_with(root, data, offline, config).await
+}
+
+pub async fn start_with(root: PathBuf, data: PathBuf, offline: PathBuf, config: Config) -> Harness {
     let server = secureev_server::bind(config).await.unwrap();
     let addr = server.local_addr().unwrap();
+    let admin_addr = server.admin_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(server.serve(async move {
         let _ = rx.await;
     }));
     let base = format!("https://{addr}");
+    let admin_base = format!("https://{admin_addr}");
     let ca = std::fs::read(data.join(layout::CA_CERT)).unwrap();
     let http = http_client(Some(&ca)).unwrap();
     let token = std::fs::read_to_string(data.join(layout::ADMIN_TOKEN)).unwrap();
-    let admin = AdminClient::new(http.clone(), &base, &token);
+    let admin = AdminClient::new(http.clone(), &admin_base, &token);
     Harness {
         base,
+        admin_base,
         admin,
         http,
         data,
         offline,
         root,
         stop: Some(tx),
+    }
+}
+
+impl Harness {
+    /// A fresh enrollment credential for `vin`.
+    pub async fn enrollment_credential(&self, vin: &str) -> String {
+        let r = self
+            .admin
+            .post("/admin/enrollments", &json!({ "vin": vin }))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["credential"].as_str().unwrap().to_owned()
+    }
+
+    /// POST /enroll on the vehicle listener.
+    pub async fn enroll(&self, credential: &str, registration: &Value) -> Reply {
+        let r = self
+            .http
+            .post(format!("{}/enroll", self.base))
+            .bearer_auth(credential)
+            .json(registration)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        Reply {
+            status,
+            body: r.bytes().await.unwrap().to_vec(),
+        }
+    }
+
+    /// An admin client with a new operator's token holding `roles`.
+    pub fn operator(&self, name: &str, roles: &[secureev_server::operators::Role]) -> AdminClient {
+        let db = secureev_server::db::Db::open(&self.data.join(layout::DB_FILE)).unwrap();
+        let token = db
+            .write(|tx| {
+                secureev_server::operators::add(tx, name, roles, secureev_server::unix_now())
+            })
+            .unwrap();
+        AdminClient::new(self.http.clone(), &self.admin_base, &token)
     }
 }
 
@@ -140,6 +193,13 @@ impl TestVehicle {
             .post("/admin/vehicles", &self.registration())
             .await
             .unwrap();
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+
+    /// Enroll with a fresh credential on the vehicle listener.
+    pub async fn enroll(&self, h: &Harness) {
+        let cred = h.enrollment_credential(&self.vin).await;
+        let r = h.enroll(&cred, &self.registration()).await;
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     }
 

@@ -1,0 +1,266 @@
+//! The audit trail: an append-only chain of signed records in the database.
+//!
+//! Each record's `hash` is the SHA-256 of the canonical JSON (OLPC) of
+//! `{seq, at, actor, action, detail, prev}`, where `prev` is the previous
+//! record's hash (64 zeros before the first); the audit key signs the hash
+//! (ECDSA P-256). A record is appended in the same transaction as the change
+//! it records where there is one (enrollment, manifest), so the two commit or
+//! roll back together; `IMMEDIATE` write transactions serialise appends, also
+//! across processes (`secureev-server operator add` runs beside the server).
+//!
+//! [`verify`] recomputes every hash, checks every link and signature, and
+//! names the first record that fails: an edited, deleted, reordered or
+//! inserted record breaks the chain at that point. Whoever holds the audit key
+//! and the database could rewrite the whole chain; export it (`audit
+//! export`) to a SIEM, and pin the audit public key there, to bound that.
+
+use crate::db::{AuditRow, Tx};
+use crate::error::{Error, Result};
+use crate::layout;
+use secureev_uptane::{PublicKey, SigningKey};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// `prev` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Key-store "repository" of the audit key: `keys/audit/log/<keyid>.pem`.
+pub const AUDIT_REPO: &str = "audit";
+/// Key-store role of the audit key.
+pub const AUDIT_ROLE: &str = "log";
+
+/// The hash a record must carry.
+pub fn record_hash(
+    seq: i64,
+    at: i64,
+    actor: &str,
+    action: &str,
+    detail: &Value,
+    prev: &str,
+) -> Result<String> {
+    let v = json!({
+        "seq": seq, "at": at, "actor": actor, "action": action, "detail": detail, "prev": prev,
+    });
+    let bytes = secureev_uptane::canonical::to_canonical(&v)?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// Append one record, chained to the newest, signed by `key`. Returns its `seq`.
+pub fn append(
+    tx: &Tx<'_>,
+    key: &SigningKey,
+    now: i64,
+    actor: &str,
+    action: &str,
+    detail: Value,
+) -> Result<i64> {
+    let (seq, prev) = match tx.audit_head()? {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS.to_owned()),
+    };
+    let hash = record_hash(seq, now, actor, action, &detail, &prev)?;
+    let sig = key.sign_hex(hash.as_bytes());
+    tx.insert_audit(&AuditRow {
+        seq,
+        at: now,
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        detail: detail.to_string(),
+        prev,
+        hash,
+        keyid: key.keyid().to_owned(),
+        sig,
+    })?;
+    Ok(seq)
+}
+
+/// Why a record fails verification.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Broken {
+    /// A record is missing or out of order.
+    #[error(
+        "record {seq}: expected sequence number {expected} (a record was deleted or inserted)"
+    )]
+    Sequence {
+        /// The record's number.
+        seq: i64,
+        /// The number it should have.
+        expected: i64,
+    },
+    /// `prev` is not the previous record's hash.
+    #[error("record {seq}: does not chain to the previous record")]
+    Link {
+        /// The record.
+        seq: i64,
+    },
+    /// The content does not match the stored hash (edited).
+    #[error("record {seq}: content does not match its hash (edited)")]
+    Hash {
+        /// The record.
+        seq: i64,
+    },
+    /// The signature does not verify, or its key is unknown.
+    #[error("record {seq}: signature does not verify with audit key {keyid}")]
+    Signature {
+        /// The record.
+        seq: i64,
+        /// Key id named in the record.
+        keyid: String,
+    },
+    /// `detail` is not JSON.
+    #[error("record {seq}: detail is not JSON")]
+    Detail {
+        /// The record.
+        seq: i64,
+    },
+}
+
+/// Verify a chain (oldest first) against `keys` (by key id). `Ok(n)`: all `n`
+/// records hold; otherwise the first broken one.
+pub fn verify(
+    records: &[AuditRow],
+    keys: &BTreeMap<String, PublicKey>,
+) -> std::result::Result<usize, Broken> {
+    let mut prev = GENESIS.to_owned();
+    for (i, r) in records.iter().enumerate() {
+        let expected = i64::try_from(i).unwrap_or(i64::MAX) + 1;
+        if r.seq != expected {
+            return Err(Broken::Sequence {
+                seq: r.seq,
+                expected,
+            });
+        }
+        if r.prev != prev {
+            return Err(Broken::Link { seq: r.seq });
+        }
+        let detail: Value =
+            serde_json::from_str(&r.detail).map_err(|_| Broken::Detail { seq: r.seq })?;
+        let hash = record_hash(r.seq, r.at, &r.actor, &r.action, &detail, &r.prev)
+            .map_err(|_| Broken::Detail { seq: r.seq })?;
+        if hash != r.hash {
+            return Err(Broken::Hash { seq: r.seq });
+        }
+        let ok = keys
+            .get(&r.keyid)
+            .is_some_and(|k| k.verify_hex(r.hash.as_bytes(), &r.sig));
+        if !ok {
+            return Err(Broken::Signature {
+                seq: r.seq,
+                keyid: r.keyid.clone(),
+            });
+        }
+        prev = r.hash.clone();
+    }
+    Ok(records.len())
+}
+
+/// Load the audit signing key of a data directory, creating it on first use.
+pub fn load_or_create_key(data_dir: &Path) -> Result<SigningKey> {
+    let base = data_dir.join(layout::KEYS);
+    match layout::load_keys(&base, AUDIT_REPO, AUDIT_ROLE) {
+        Ok(mut keys) => keys
+            .pop()
+            .ok_or_else(|| Error::Config("no audit key".into())),
+        Err(_) if !layout::role_dir(&base, AUDIT_REPO, AUDIT_ROLE).exists() => {
+            let key = SigningKey::generate_p256();
+            layout::store_key(&base, AUDIT_REPO, AUDIT_ROLE, &key)?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The audit public keys of a data directory (current and retired), by key id.
+pub fn public_keys(data_dir: &Path) -> Result<BTreeMap<String, PublicKey>> {
+    let base = data_dir.join(layout::KEYS);
+    let mut out = BTreeMap::new();
+    for role in [AUDIT_ROLE, "log.retired"] {
+        if let Ok(keys) = layout::load_keys(&base, AUDIT_REPO, role) {
+            for k in keys {
+                out.insert(k.keyid().to_owned(), k.verifying_key());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every record, oldest first.
+pub fn all_records(tx: &Tx<'_>) -> Result<Vec<AuditRow>> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = tx.audit_records(after, 10_000)?;
+        let Some(last) = batch.last() else { break };
+        after = last.seq;
+        out.extend(batch);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    fn chain(n: usize) -> (Vec<AuditRow>, BTreeMap<String, PublicKey>) {
+        let db = Db::open_in_memory().unwrap();
+        let key = SigningKey::generate_p256();
+        for i in 0..n {
+            db.write(|tx| {
+                append(
+                    tx,
+                    &key,
+                    100 + i as i64,
+                    "operator:a",
+                    "test",
+                    json!({"i": i}),
+                )
+            })
+            .unwrap();
+        }
+        let recs = db.read(all_records).unwrap();
+        let keys = BTreeMap::from([(key.keyid().to_owned(), key.verifying_key())]);
+        (recs, keys)
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        let (recs, keys) = chain(5);
+        assert_eq!(verify(&recs, &keys), Ok(5));
+    }
+
+    #[test]
+    fn each_kind_of_tampering_names_the_record() {
+        let (recs, keys) = chain(5);
+        let mut edited = recs.clone();
+        edited[2].detail = json!({"i": 99}).to_string();
+        assert_eq!(verify(&edited, &keys), Err(Broken::Hash { seq: 3 }));
+        let mut deleted = recs.clone();
+        deleted.remove(1);
+        assert!(matches!(
+            verify(&deleted, &keys),
+            Err(Broken::Sequence { seq: 3, .. })
+        ));
+        // Rehashed after an edit but not re-signed.
+        let mut rehashed = recs.clone();
+        rehashed[3].action = "other".into();
+        rehashed[3].hash = record_hash(
+            4,
+            rehashed[3].at,
+            "operator:a",
+            "other",
+            &json!({"i": 3}),
+            &rehashed[3].prev,
+        )
+        .unwrap();
+        assert!(matches!(
+            verify(&rehashed, &keys),
+            Err(Broken::Signature { seq: 4, .. })
+        ));
+        let mut relinked = recs;
+        relinked[4].prev = GENESIS.into();
+        assert_eq!(verify(&relinked, &keys), Err(Broken::Link { seq: 5 }));
+    }
+}

@@ -1,0 +1,228 @@
+//! Secrets at rest: file modes, and the key-encryption key (KEK) that seals
+//! image content keys in the database.
+//!
+//! `serve` refuses to start when the data directory, its `keys/` tree, the
+//! TLS key or the database are readable by anyone but the owner (the data
+//! directory must be 0700, key files and the database 0600); `init` creates
+//! them that way. The database is created 0600 and SQLite gives its `-wal`
+//! and `-shm` files the same mode.
+//!
+//! Content keys of encrypted images are stored as `kek1:<base64(nonce ||
+//! AES-256-GCM(content key))>`, with the image name as associated data so a
+//! sealed key cannot be moved to another image. The KEK is
+//! `keys/kek` (32 random bytes, 0600), a Director key like the others.
+
+use crate::error::{Error, Result};
+use crate::layout;
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use rand_core::RngCore;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// The KEK file inside the data directory.
+pub const KEK_FILE: &str = "keys/kek";
+/// Prefix of a sealed content key.
+pub const SEALED_PREFIX: &str = "kek1:";
+
+/// The key-encryption key.
+#[derive(Clone)]
+pub struct Kek(zeroize::Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kek(..)")
+    }
+}
+
+impl Kek {
+    /// A fresh random KEK.
+    pub fn generate() -> Self {
+        let mut k = zeroize::Zeroizing::new([0u8; 32]);
+        rand_core::OsRng.fill_bytes(k.as_mut());
+        Kek(k)
+    }
+
+    /// Write it to `<data_dir>/keys/kek` (0600, never overwritten).
+    pub fn store(&self, data_dir: &Path) -> Result<()> {
+        layout::write_private(&data_dir.join(KEK_FILE), self.0.as_ref())
+    }
+
+    /// Load `<data_dir>/keys/kek`, creating it when a data directory from
+    /// before the KEK has none.
+    pub fn load_or_create(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join(KEK_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let arr: [u8; 32] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Config(format!("{} must hold 32 bytes", path.display())))?;
+                Ok(Kek(zeroize::Zeroizing::new(arr)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let k = Kek::generate();
+                k.store(data_dir)?;
+                Ok(k)
+            }
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    fn cipher(&self) -> Result<Aes256Gcm> {
+        Aes256Gcm::new_from_slice(self.0.as_ref()).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Seal a base64 content key of image `name`.
+    pub fn seal(&self, name: &str, content_key_b64: &str) -> Result<String> {
+        let mut nonce = [0u8; 12];
+        rand_core::OsRng.fill_bytes(&mut nonce);
+        let ct = self
+            .cipher()?
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: content_key_b64.as_bytes(),
+                    aad: name.as_bytes(),
+                },
+            )
+            .map_err(|_| Error::Internal("sealing a content key failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        Ok(format!(
+            "{SEALED_PREFIX}{}",
+            base64::engine::general_purpose::STANDARD.encode(out)
+        ))
+    }
+
+    /// Unseal what [`Kek::seal`] made for image `name`. A value without the
+    /// prefix is a content key stored before sealing existed and is returned
+    /// as is.
+    pub fn unseal(&self, name: &str, stored: &str) -> Result<String> {
+        let Some(b64) = stored.strip_prefix(SEALED_PREFIX) else {
+            return Ok(stored.to_owned());
+        };
+        let bad = || Error::Internal(format!("sealed content key of {name} does not open"));
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| bad())?;
+        if raw.len() < 12 + 16 {
+            return Err(bad());
+        }
+        let (nonce, ct) = raw.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().map_err(|_| bad())?;
+        let pt = self
+            .cipher()?
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ct,
+                    aad: name.as_bytes(),
+                },
+            )
+            .map_err(|_| bad())?;
+        String::from_utf8(pt).map_err(|_| bad())
+    }
+}
+
+fn mode_of(path: &Path) -> Result<Option<u32>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m.permissions().mode() & 0o7777)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("inspecting {}", path.display()), e)),
+    }
+}
+
+fn refuse_wider(path: &Path, allowed: u32) -> Result<()> {
+    if let Some(mode) = mode_of(path)? {
+        if mode & !allowed & 0o777 != 0 {
+            return Err(Error::Config(format!(
+                "{} has mode {mode:o}, wider than {allowed:o}: others could read secrets; chmod {allowed:o} it",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_tree(dir: &Path) -> Result<()> {
+    refuse_wider(dir, 0o700)?;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            check_tree(&p)?;
+        } else {
+            refuse_wider(&p, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a data directory whose secrets others could read.
+pub fn check_data_dir(data_dir: &Path) -> Result<()> {
+    refuse_wider(data_dir, 0o700)?;
+    check_tree(&data_dir.join(layout::KEYS))?;
+    for f in [
+        layout::DB_FILE,
+        "db.sqlite-wal",
+        "db.sqlite-shm",
+        layout::SERVER_KEY,
+        layout::ADMIN_TOKEN,
+    ] {
+        refuse_wider(&data_dir.join(f), 0o600)?;
+    }
+    Ok(())
+}
+
+/// Create a directory (and parents) with mode 0700.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("chmod {}", dir.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_keys_open_only_for_their_image() {
+        let k = Kek::generate();
+        let sealed = k.seal("fw.bin", "a2V5").unwrap();
+        assert!(sealed.starts_with(SEALED_PREFIX) && !sealed.contains("a2V5"));
+        assert_eq!(k.unseal("fw.bin", &sealed).unwrap(), "a2V5");
+        assert!(k.unseal("other.bin", &sealed).is_err());
+        assert!(Kek::generate().unseal("fw.bin", &sealed).is_err());
+        // A content key from before sealing passes through.
+        assert_eq!(k.unseal("fw.bin", "a2V5").unwrap(), "a2V5");
+    }
+
+    #[test]
+    fn a_world_readable_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        create_private_dir(&data.join("keys/director/root")).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(data.join("keys"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        std::fs::set_permissions(
+            data.join("keys/director"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        let key = data.join("keys/director/root/k.pem");
+        std::fs::write(&key, "x").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = check_data_dir(&data).unwrap_err().to_string();
+        assert!(e.contains("k.pem") && e.contains("644"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        check_data_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(check_data_dir(&data).is_err());
+    }
+}
