@@ -81,7 +81,8 @@ enum Command {
         /// Vehicle identification number (default: the daemon's configuration).
         #[arg(long)]
         vin: Option<String>,
-        /// One-time registration token from the backend operator.
+        /// Single-use enrollment credential for this VIN from the backend's
+        /// fleet admin (`secureev-server enroll create --vin ...`).
         #[arg(long)]
         token: Option<String>,
         /// Wait until provisioning completes; exit with its code.

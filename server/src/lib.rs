@@ -312,10 +312,6 @@ pub fn vehicle_router(state: AppState) -> Router {
         ));
     let enroll = Router::new()
         .route("/enroll", axum::routing::post(enroll::enroll))
-        // The path secureev-otad 0.1 posts its registration to; on the
-        // vehicle listener it is enrollment too (credential, never an
-        // operator token). Goes when the daemon posts to /enroll.
-        .route("/admin/vehicles", axum::routing::post(enroll::enroll))
         .route_layer(axum::middleware::from_fn(enroll::enroll_auth));
     Router::new()
         .merge(signed)

@@ -86,7 +86,7 @@ async fn a_credential_enrolls_its_vehicle_once_and_nothing_else() {
 async fn the_admin_api_is_not_on_the_vehicle_listener() {
     let h = start("listeners").await;
     let token = std::fs::read_to_string(h.data.join("admin-token")).unwrap();
-    for path in ["/admin/status", "/admin/vehicles/X", "/admin/openapi.json"] {
+    for path in ["/admin/status", "/admin/vehicles", "/admin/openapi.json"] {
         let r = h
             .http
             .get(format!("{}{path}", h.base))
@@ -106,7 +106,7 @@ async fn the_admin_api_is_not_on_the_vehicle_listener() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(r.status(), 404);
     let r = h.admin.get("/admin/status").await.unwrap();
     assert_eq!(r.status, 200);
     // And the vehicle routes are not on the admin listener.

@@ -5,9 +5,10 @@ use crate::agent::Agent;
 use crate::error::{Error, Result};
 
 impl Agent {
-    /// Register this vehicle and its Primary's keys with the backend's registry
-    /// (`POST /admin/vehicles`, authorised by the operator's token), with
-    /// every secondary's identity read over its transport.
+    /// Enroll this vehicle and its Primary's keys with the backend's registry
+    /// (`POST /enroll` on the vehicle listener, authorised by the single-use
+    /// enrollment credential the backend's fleet admin made for this VIN),
+    /// with every secondary's identity read over its transport.
     pub(crate) async fn register(&self, base: &str, token: &str) -> Result<()> {
         let c = &self.daemon.config;
         let mut ecus = vec![serde_json::json!({
@@ -43,7 +44,7 @@ impl Agent {
             "primary_serial": c.vehicle.primary_serial,
             "ecus": ecus,
         });
-        let url = format!("{base}/admin/vehicles");
+        let url = format!("{base}/enroll");
         let resp = self
             .daemon
             .http
