@@ -279,6 +279,17 @@ impl crate::run::ControlService for DbusControl {
             let bus = &agent.daemon.config.dbus;
             let builder =
                 crate::config::dbus_builder(bus).map_err(|e| Error::Bus(e.to_string()))?;
+            // Inhibit files are in `Preconditions` before the name is taken,
+            // then rescanned every INHIBIT_POLL while the agent lives.
+            agent.refresh_inhibits().await;
+            let weak = Arc::downgrade(&agent);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(crate::agent::INHIBIT_POLL).await;
+                    let Some(agent) = weak.upgrade() else { break };
+                    agent.refresh_inhibits().await;
+                }
+            });
             let controller: Arc<dyn Controller> = Arc::new(AgentController(agent.clone()));
             let connection = self
                 .state

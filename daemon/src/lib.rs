@@ -21,6 +21,7 @@
 //! - [`install`]: the Primary's installers, the install journal, decryption.
 //! - [`ecus`]: the secondary ECUs' transports (UDS over DoIP or ISO-TP), the
 //!   transport trait, the metadata bundle a secondary verifies.
+//! - [`inhibit`]: inhibit files, read without following links or blocking.
 //! - [`notify`]: systemd `sd_notify` without libsystemd.
 //! - [`schedule`]: check-in interval, jitter, backoff, triggers.
 //! - [`agent`]: the Uptane cycle (check-in, verification, download, consent,
@@ -39,6 +40,7 @@ pub mod ecus;
 pub mod error;
 pub mod fetch;
 pub mod fs;
+pub mod inhibit;
 pub mod install;
 pub mod keys;
 pub mod notify;

@@ -1,7 +1,7 @@
 //! The cycle itself: check, download, consent and preconditions, install,
 //! report, and how an operation's outcome is published.
 
-use crate::agent::{attack_of, Agent, Pending};
+use crate::agent::{attack_of, Agent, Pending, INHIBIT_PREFIX};
 use crate::dbus_service::error_code;
 use crate::error::Result;
 use crate::fetch::download::{ImageRequest, Progress as DlProgress};
@@ -53,25 +53,46 @@ impl Agent {
         Ok(out)
     }
 
+    /// What holds an install back now: preconditions reported unmet over
+    /// D-Bus and the inhibit files of the last scan ([`Self::refresh_inhibits`]).
+    /// Touches no file: safe on the D-Bus executor.
     pub(crate) fn unmet_preconditions(&self) -> Vec<String> {
-        let mut unmet: Vec<String> = self
-            .lock()
+        let inner = self.lock();
+        let mut unmet: Vec<String> = inner
             .preconditions
             .iter()
             .filter(|(_, (ok, _))| !ok)
             .map(|(name, (_, reason))| format!("{name}: {reason}"))
             .collect();
-        if let Ok(dir) = std::fs::read_dir(&self.inhibit_dir) {
-            for entry in dir.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') {
-                    continue;
-                }
-                let reason = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                unmet.push(format!("inhibit file {name}: {}", reason.trim()));
-            }
-        }
+        unmet.extend(
+            inner
+                .inhibits
+                .iter()
+                .map(|i| format!("inhibit file {}: {}", i.name, i.reason)),
+        );
         unmet
+    }
+
+    /// Scan the inhibit directory (on the blocking pool, see
+    /// [`crate::inhibit`]) and publish what it holds in `Preconditions`, as
+    /// `inhibit/<file name>` (a name `SetPrecondition` cannot use).
+    pub(crate) async fn refresh_inhibits(&self) {
+        let now = crate::inhibit::scan_async(self.inhibit_dir.clone()).await;
+        let before = std::mem::replace(&mut self.lock().inhibits, now.clone());
+        if before == now {
+            return;
+        }
+        for gone in before
+            .iter()
+            .filter(|b| !now.iter().any(|n| n.name == b.name))
+        {
+            self.state
+                .remove_precondition(&format!("{INHIBIT_PREFIX}{}", gone.name));
+        }
+        for i in &now {
+            self.state
+                .set_precondition(&format!("{INHIBIT_PREFIX}{}", i.name), false, &i.reason);
+        }
     }
 
     pub(crate) fn finish(&self, action: &str, update_id: &str, result: &Result<String>) {
@@ -218,6 +239,7 @@ impl Agent {
             self.status(State::AwaitingConsent, "waiting for the user's consent");
             return Ok(format!("update {id} verified and waiting for consent"));
         }
+        self.refresh_inhibits().await;
         let unmet = self.unmet_preconditions();
         if !unmet.is_empty() {
             let message = format!("install held back: {}", unmet.join("; "));

@@ -55,6 +55,7 @@ use secureev_uptane::{Attack, Timestamp};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 mod apply;
@@ -74,6 +75,13 @@ pub const HISTORY_LIMIT: usize = 200;
 /// Directory whose files hold installs back: each file is a precondition that
 /// is not met, named by the file, with its content as the reason.
 pub const DEFAULT_INHIBIT_DIR: &str = "/run/secureev-inhibit";
+
+/// How often the inhibit directory is scanned for `Preconditions` (an install
+/// always scans it again right before it starts).
+pub const INHIBIT_POLL: Duration = Duration::from_secs(1);
+
+/// Prefix of the `Preconditions` entries that stand for inhibit files.
+pub const INHIBIT_PREFIX: &str = "inhibit/";
 
 /// An update that passed full verification and whose images are downloaded.
 #[derive(Debug, Clone)]
@@ -102,6 +110,8 @@ pub(crate) struct Inner {
     /// Each secondary's link as of its last exchange: status and when it
     /// last answered (published in `Ecus`).
     pub(crate) links: BTreeMap<String, (LinkStatus, i64)>,
+    /// The inhibit files of the last scan.
+    pub(crate) inhibits: Vec<crate::inhibit::Inhibit>,
 }
 
 /// The update agent (see the module documentation).

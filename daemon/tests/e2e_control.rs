@@ -1,0 +1,146 @@
+//! The D-Bus control plane attacked as a local app would attack it: the real
+//! `secureev-otad` on a private `dbus-daemon` with the in-test TLS backend
+//! (`e2e_common`). Each scenario has its own directory, backend, bus and
+//! daemon.
+#![allow(clippy::unwrap_used)]
+
+mod e2e_common;
+
+use e2e_common::*;
+use secureev_dbus::ErrorCode;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+const FACTORY: &[u8] = b"factory image, release counter 0";
+const NAME: &str = "hu/rootfs-2.img";
+
+struct Scenario {
+    _dir: tempfile::TempDir,
+    backend: Backend,
+    repos: Repos,
+    vehicle: Vehicle,
+    target: PathBuf,
+}
+
+async fn scenario() -> Scenario {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start().await;
+    backend.set_open(false);
+    let repos = Repos::new();
+    let installed = dir.path().join("installed");
+    std::fs::create_dir_all(&installed).unwrap();
+    let target = installed.join("image.bin");
+    std::fs::write(&target, FACTORY).unwrap();
+    let vehicle = Vehicle::new(
+        &dir.path().join("vehicle"),
+        &backend,
+        &repos,
+        &InstallMode::File(target.clone()),
+        "",
+    );
+    Scenario {
+        _dir: dir,
+        backend,
+        repos,
+        vehicle,
+        target,
+    }
+}
+
+/// Everything a D-Bus client can read from the daemon, as one string: every
+/// property, the history, and the extra texts given (signals, errors).
+async fn everything_visible(v: &Vehicle, extra: &[String]) -> String {
+    let p = v.proxy().await;
+    let props = zbus::fdo::PropertiesProxy::builder(p.inner().connection())
+        .destination(secureev_dbus::BUS_NAME)
+        .unwrap()
+        .path(secureev_dbus::OBJECT_PATH)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let all = props
+        .get_all(zbus::names::InterfaceName::from_static_str_unchecked(
+            secureev_dbus::INTERFACE,
+        ))
+        .await
+        .unwrap();
+    let history = p.get_history().await.unwrap();
+    format!("{all:?}\n{history:?}\n{extra:?}")
+}
+
+/// A member of the inhibit directory's group symlinks the Primary's signing
+/// key into it and adds a FIFO. Neither is read: both hold the install back
+/// (fail closed), the daemon keeps answering, and no reply, property, signal
+/// or history entry carries a byte of the key. Regression test for the key
+/// leak through `read_to_string` of a followed symlink, and the FIFO hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlink_to_a_key_and_a_fifo_in_the_inhibit_dir_are_refused_unread() {
+    let mut s = scenario().await;
+    let inhibit = s.vehicle.dir.join("inhibit");
+    std::fs::create_dir_all(&inhibit).unwrap();
+    let key = s.vehicle.dir.join("keys").join("primary-signing.pem");
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    std::os::unix::fs::symlink(&key, inhibit.join("key-link")).unwrap();
+    let fifo = inhibit.join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+
+    let image = image_bytes(64 * 1024, 7);
+    s.repos.release(NAME, &image, 2);
+    let files = s.repos.publish(&[(NAME, &image)]);
+    let (code, message) = s
+        .vehicle
+        .start_then_check(&s.backend, files, CHECK_TIMEOUT)
+        .await;
+    assert_eq!(
+        code,
+        ErrorCode::Ok.as_u32(),
+        "{message}\n{}",
+        s.vehicle.log()
+    );
+    assert!(message.contains("install held back"), "{message}");
+    assert!(
+        message.contains("key-link") && message.contains("fifo"),
+        "{message}"
+    );
+    // Nothing installed.
+    assert_eq!(std::fs::read(&s.target).unwrap(), FACTORY);
+
+    let proxy = s.vehicle.proxy().await;
+    let pre = proxy.preconditions().await.unwrap();
+    for name in ["inhibit/key-link", "inhibit/fifo"] {
+        let p = pre
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("{name} in {pre:?}"));
+        assert!(!p.satisfied && p.reason.starts_with("(refused:"), "{p:?}");
+    }
+    // Consent does not get around it, and the refusal names no content.
+    let id = proxy.pending_update_id().await.unwrap();
+    let refused = proxy.install(&id, HashMap::new()).await.unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::PreconditionFailed, "{refused}");
+
+    let seen = everything_visible(&s.vehicle, &[message.clone(), refused.to_string()]).await;
+    for line in key_text.lines().filter(|l| !l.is_empty()) {
+        assert!(
+            !seen.contains(line),
+            "key material {line:?} visible over D-Bus:\n{seen}"
+        );
+    }
+    assert!(!seen.contains("PRIVATE KEY"), "{seen}");
+
+    // The FIFO never wedged the daemon: with the entries gone the update
+    // installs at the next check.
+    std::fs::remove_file(inhibit.join("key-link")).unwrap();
+    std::fs::remove_file(&fifo).unwrap();
+    let (code, message) = s.vehicle.check(CHECK_TIMEOUT).await;
+    assert_eq!(code, ErrorCode::Ok.as_u32(), "{message}");
+    assert!(message.contains("installed on"), "{message}");
+    assert_eq!(std::fs::read(&s.target).unwrap(), image);
+}
