@@ -31,7 +31,7 @@ pub(crate) fn error_code(e: &Error) -> ErrorCode {
             },
             _ => ErrorCode::VerificationFailed,
         },
-        Error::SlowRetrieval { .. } => ErrorCode::SlowRetrievalAttack,
+        Error::SlowRetrieval { .. } | Error::Stalled { .. } => ErrorCode::SlowRetrievalAttack,
         Error::InsufficientStorage { .. } => ErrorCode::InsufficientStorage,
         Error::Http { .. }
         | Error::HttpStatus { .. }

@@ -24,6 +24,31 @@ impl fmt::Display for StorageLimit {
     }
 }
 
+/// What a stalled request was waiting for ([`Error::Stalled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallStage {
+    /// The response headers (`[network] response_timeout_secs`).
+    Headers,
+    /// The whole metadata body (`[network] metadata_timeout_secs`).
+    Body,
+    /// The body below the minimum rate over a whole window
+    /// (`[download] min_rate_bytes_per_sec`).
+    Rate,
+    /// The answer to the manifest PUT (`[network] manifest_timeout_secs`).
+    ManifestAnswer,
+}
+
+impl fmt::Display for StallStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StallStage::Headers => "the response headers",
+            StallStage::Body => "the whole body",
+            StallStage::Rate => "the body at the minimum rate",
+            StallStage::ManifestAnswer => "the answer to the manifest",
+        })
+    }
+}
+
 /// Everything that can go wrong in the daemon library.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -125,6 +150,18 @@ pub enum Error {
         /// Configured minimum rate in bytes per second.
         min_rate: u64,
     },
+    /// A metadata fetch or the manifest PUT ran past its bound: the backend,
+    /// a CDN or someone on the path let the connection through and then
+    /// withheld the data (Uptane's slow retrieval attack).
+    #[error("{url}: slow retrieval: {stage} did not arrive within {secs} s")]
+    Stalled {
+        /// URL requested.
+        url: String,
+        /// What did not arrive in time.
+        stage: StallStage,
+        /// The bound that ran out, in seconds.
+        secs: u64,
+    },
     /// The HTTP request failed (connection, TLS, timeout).
     #[error("{url}: {source}")]
     Http {
@@ -225,7 +262,7 @@ impl Error {
     /// reports (`endless-data`, `slow-retrieval`, `arbitrary-software`, ...).
     pub fn attack_name(&self) -> Option<&'static str> {
         match self {
-            Error::SlowRetrieval { .. } => Some("slow-retrieval"),
+            Error::SlowRetrieval { .. } | Error::Stalled { .. } => Some("slow-retrieval"),
             Error::Uptane { source, .. } => source.attack().map(|a| a.as_str()),
             _ => None,
         }

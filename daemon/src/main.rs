@@ -99,6 +99,9 @@ fn main() -> ExitCode {
         secureev_daemon::run_with(config, integrations, shutdown).await?;
         Ok(())
     });
+    // Do not wait for blocking threads still hashing or copying: their state
+    // is resumable (part files are re-hashed, installs journalled).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -190,8 +190,23 @@ pub async fn run_with(
     shutdown.cancelled().await;
     tracing::info!("shutting down");
     daemon.notifier.stopping();
-    // The scheduler returns once the running cycle has finished its step.
-    while tasks.join_next().await.is_some() {}
+    // The scheduler returns once the running cycle has finished its step:
+    // checking, downloading and reporting stop at once (the shutdown token
+    // cancels them at every long await); an install is let finish, but never
+    // for longer than SHUTDOWN_GRACE, well inside the unit's TimeoutStopSec.
+    // An install cut off here is settled at the next start by its journal,
+    // exactly as after a power cut.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "the running step did not finish in time; stopping anyway (the install journal settles it at the next start)"
+        );
+        tasks.abort_all();
+    }
     if let Some(control) = &integrations.control {
         if let Err(e) = control.stop().await {
             tracing::warn!("leaving the bus: {e}");
@@ -199,6 +214,11 @@ pub async fn run_with(
     }
     Ok(())
 }
+
+/// Longest wait for the running step after SIGTERM (see [`run_with`]):
+/// only an install takes more than a moment. Below the unit's
+/// `TimeoutStopSec=90s`.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Cancel `token` on the first SIGTERM or SIGINT.
 pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {

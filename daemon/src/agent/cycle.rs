@@ -133,7 +133,15 @@ impl Agent {
         let now = self.now();
         self.status(State::Checking, "checking for updates");
         self.progress(State::Checking, 0, 0, "", "checking for updates");
-        let plan = match self.verify(now, &cancel).await {
+        // Dropping the check mid-way is safe: every metadata file is stored
+        // atomically once verified, and the next check starts over from the
+        // trusted state (TUF's update order).
+        let check = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(crate::error::Error::Cancelled("check".into())),
+            r = self.verify(now, &cancel) => r,
+        };
+        let plan = match check {
             Ok(p) => p,
             Err(e) => {
                 if let Some(a) = attack_of(&e) {
@@ -271,6 +279,8 @@ impl Agent {
             .await
         {
             tracing::warn!("reporting the install failed: {e}");
+            // The result goes into the next manifest instead.
+            self.lock().recovered = Some((outcome.0, outcome.1.to_owned(), outcome.2.clone()));
         }
         self.daemon.downloader.prune(&[]).ok();
         result.map(|_| outcome.2)

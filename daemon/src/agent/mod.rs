@@ -137,7 +137,7 @@ impl std::fmt::Debug for Agent {
 pub(crate) fn attack_of(e: &Error) -> Option<Attack> {
     match e {
         Error::Uptane { source, .. } => source.attack(),
-        Error::SlowRetrieval { .. } => Some(Attack::SlowRetrieval),
+        Error::SlowRetrieval { .. } | Error::Stalled { .. } => Some(Attack::SlowRetrieval),
         _ => None,
     }
 }

@@ -51,6 +51,10 @@ impl Agent {
             .post(&url)
             .bearer_auth(token)
             .json(&body)
+            // Bounded like the manifest PUT: the whole exchange.
+            .timeout(std::time::Duration::from_secs(
+                c.network.manifest_timeout_secs,
+            ))
             .send()
             .await
             .map_err(|source| Error::Http {

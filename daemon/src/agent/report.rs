@@ -86,7 +86,15 @@ impl Agent {
         self.status(State::Reporting, "sending the vehicle version manifest");
         // First, so that the time the Primary reports and signs the request
         // with is taken after the (up to SECONDARY_REPORT_TIMEOUT) wait.
-        let secondary_reports = self.secondary_reports().await;
+        // Cancel and SIGTERM reach the reporting phase too: the running
+        // operation's token (none for an install started over D-Bus, which
+        // is still bounded by the secondaries' and the manifest's timeouts).
+        let cancel = self.lock().operation.clone().unwrap_or_default();
+        let secondary_reports = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(Error::Cancelled("report".into())),
+            r = self.secondary_reports() => r,
+        };
         if !self.secondaries.is_empty() {
             self.publish_ecus();
         }
@@ -138,7 +146,19 @@ impl Agent {
                 .map_err(|e| Error::uptane("manifest", e))?,
         )
         .map_err(|e| Error::Tls(format!("manifest JSON: {e}")))?;
-        self.backend.put_manifest(&body, now).await
+        let sent = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(Error::Cancelled("report".into())),
+            r = self.backend.put_manifest(&body, now) => r,
+        };
+        if sent.is_err() {
+            // Not delivered: the interrupted install's result goes into the
+            // next manifest instead of being lost.
+            if let Some(r) = recovered {
+                self.lock().recovered.get_or_insert(r);
+            }
+        }
+        sent
     }
 
     /// A fresh signed version report from every configured secondary that

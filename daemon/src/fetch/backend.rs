@@ -7,10 +7,65 @@
 //! core gives ([`secureev_uptane::trusted::MetaRequest::max_length`] and
 //! [`secureev_uptane::trusted::Limits`]) so that an endless-data attack stops
 //! at the cap, not in memory exhaustion.
+//!
+//! **Every request is bounded** ([`Bounds`], from `[network]` and
+//! `[download]`): the HTTP client gives up on a connect or TLS handshake after
+//! `connect_timeout_secs`; here a metadata fetch gets `response_timeout_secs`
+//! for its response headers, `metadata_timeout_secs` for the whole body and
+//! must keep the minimum rate of `[download]` over every window, and the
+//! manifest PUT gets `manifest_timeout_secs` for the whole exchange. A request
+//! that runs past a bound is [`Error::Stalled`], the slow retrieval attack of
+//! the Uptane threat model: a backend, CDN or on-path attacker that lets the
+//! handshake through and then withholds data must not freeze the vehicle.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StallStage};
 use secureev_uptane::request_auth::sign_request;
 use secureev_uptane::{SigningKey, Timestamp};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The bounds of metadata fetches and the manifest PUT (see the module
+/// documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Request sent → response headers.
+    pub response: Duration,
+    /// A whole metadata fetch.
+    pub metadata: Duration,
+    /// The whole manifest PUT.
+    pub manifest: Duration,
+    /// Minimum body rate in bytes per second; 0 turns the check off.
+    pub min_rate_bytes_per_sec: u64,
+    /// Window over which the rate is measured.
+    pub min_rate_window: Duration,
+}
+
+impl Bounds {
+    /// The bounds of `config`.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let n = &config.network;
+        Bounds {
+            response: Duration::from_secs(n.response_timeout_secs),
+            metadata: Duration::from_secs(n.metadata_timeout_secs),
+            manifest: Duration::from_secs(n.manifest_timeout_secs),
+            min_rate_bytes_per_sec: config.download.min_rate_bytes_per_sec,
+            min_rate_window: Duration::from_secs(config.download.min_rate_window_secs),
+        }
+    }
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        use crate::config as c;
+        Bounds {
+            response: Duration::from_secs(c::DEFAULT_RESPONSE_TIMEOUT_SECS),
+            metadata: Duration::from_secs(c::DEFAULT_METADATA_TIMEOUT_SECS),
+            manifest: Duration::from_secs(c::DEFAULT_MANIFEST_TIMEOUT_SECS),
+            min_rate_bytes_per_sec: c::DEFAULT_MIN_RATE_BYTES_PER_SEC,
+            min_rate_window: Duration::from_secs(c::DEFAULT_MIN_RATE_WINDOW_SECS),
+        }
+    }
+}
 
 /// How to reach and authenticate to the backend.
 #[derive(Clone)]
@@ -22,6 +77,7 @@ pub struct Backend {
     vin: String,
     key: SigningKey,
     clock: std::sync::Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    bounds: Bounds,
 }
 
 impl std::fmt::Debug for Backend {
@@ -62,7 +118,14 @@ impl Backend {
             image_path: image_path.to_owned(),
             vin: vin.to_owned(),
             key,
+            bounds: Bounds::default(),
         }
+    }
+
+    /// The same backend with `bounds` on every request.
+    pub fn with_bounds(mut self, bounds: Bounds) -> Self {
+        self.bounds = bounds;
+        self
     }
 
     /// The backend of the daemon's configuration.
@@ -79,6 +142,7 @@ impl Backend {
                 std::sync::Arc::new(move || clock.now().now)
             },
         )
+        .with_bounds(Bounds::from_config(&d.config))
     }
 
     fn path(&self, repo: Repository, file: &str) -> String {
@@ -139,10 +203,23 @@ impl Backend {
         let url = format!("{}{}", self.base, path);
         // The backend authenticates vehicles on both repositories.
         let req = self.sign(self.http.get(&url), "GET", &path, now, b"")?;
-        let mut resp = req.send().await.map_err(|source| Error::Http {
+        let b = self.bounds;
+        let started = Instant::now();
+        let deadline = started + b.metadata;
+        let stalled = |stage, bound: Duration| Error::Stalled {
             url: url.clone(),
-            source,
-        })?;
+            stage,
+            secs: bound.as_secs(),
+        };
+        let headers_by = deadline.min(started + b.response);
+        let mut resp = match tokio::time::timeout_at(headers_by, req.send()).await {
+            Err(_) if headers_by == deadline => return Err(stalled(StallStage::Body, b.metadata)),
+            Err(_) => return Err(stalled(StallStage::Headers, b.response)),
+            Ok(r) => r.map_err(|source| Error::Http {
+                url: url.clone(),
+                source,
+            })?,
+        };
         let status = resp.status().as_u16();
         if status == 404 || status == 403 {
             return Ok(None);
@@ -150,11 +227,34 @@ impl Backend {
         if !(200..300).contains(&status) {
             return Err(Error::HttpStatus { url, status });
         }
+        let required = (b.min_rate_bytes_per_sec as f64 * b.min_rate_window.as_secs_f64()) as u64;
+        let mut window_end = Instant::now() + b.min_rate_window;
+        let mut window_bytes = 0u64;
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|source| Error::Http {
-            url: url.clone(),
-            source,
-        })? {
+        loop {
+            let next = tokio::time::timeout_at(deadline.min(window_end), resp.chunk()).await;
+            let chunk = match next {
+                Err(_) if Instant::now() >= deadline => {
+                    // Uptane 2.1 §4.3.1 slow retrieval: the whole file in time.
+                    return Err(stalled(StallStage::Body, b.metadata));
+                }
+                Err(_) => {
+                    // ... and at the minimum rate over every window.
+                    if required > 0 && window_bytes < required {
+                        return Err(stalled(StallStage::Rate, b.min_rate_window));
+                    }
+                    window_end += b.min_rate_window;
+                    window_bytes = 0;
+                    continue;
+                }
+                Ok(r) => r.map_err(|source| Error::Http {
+                    url: url.clone(),
+                    source,
+                })?,
+            };
+            let Some(chunk) = chunk else {
+                return Ok(Some(body));
+            };
             if (body.len() + chunk.len()) as u64 > max_length {
                 return Err(Error::uptane(
                     file,
@@ -164,12 +264,14 @@ impl Backend {
                     },
                 ));
             }
+            window_bytes += chunk.len() as u64;
             body.extend_from_slice(&chunk);
         }
-        Ok(Some(body))
     }
 
-    /// PUT the signed vehicle version manifest.
+    /// PUT the signed vehicle version manifest, all of it within
+    /// `[network] manifest_timeout_secs` (headers within
+    /// `response_timeout_secs`).
     pub async fn put_manifest(&self, body: &[u8], now: Timestamp) -> Result<()> {
         let path = self.path(Repository::Director, "manifest");
         let url = format!("{}{}", self.base, path);
@@ -179,13 +281,32 @@ impl Backend {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_vec());
         let req = self.sign(req, "PUT", &path, now, body)?;
-        let resp = req.send().await.map_err(|source| Error::Http {
+        let b = self.bounds;
+        let started = Instant::now();
+        let deadline = started + b.manifest;
+        let stalled = |stage, bound: Duration| Error::Stalled {
             url: url.clone(),
-            source,
-        })?;
+            stage,
+            secs: bound.as_secs(),
+        };
+        let headers_by = deadline.min(started + b.response);
+        let resp = match tokio::time::timeout_at(headers_by, req.send()).await {
+            Err(_) if headers_by == deadline => {
+                return Err(stalled(StallStage::ManifestAnswer, b.manifest))
+            }
+            Err(_) => return Err(stalled(StallStage::Headers, b.response)),
+            Ok(r) => r.map_err(|source| Error::Http {
+                url: url.clone(),
+                source,
+            })?,
+        };
         let status = resp.status().as_u16();
         if !(200..300).contains(&status) {
-            let text = resp.text().await.unwrap_or_default();
+            let text = tokio::time::timeout_at(deadline, resp.text())
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or_default();
             tracing::warn!(status, body = %text.chars().take(500).collect::<String>(), "manifest refused");
             return Err(Error::HttpStatus { url, status });
         }

@@ -86,7 +86,8 @@ pub fn tls_config(config: &Config) -> Result<rustls::ClientConfig> {
     }
 }
 
-/// A reqwest client on `tls`, HTTPS only, connecting within `connect_timeout`.
+/// A reqwest client on `tls`, HTTPS only, connecting (TCP and TLS handshake)
+/// within `connect_timeout`.
 /// No overall timeout: downloads are long, and the download engine enforces a
 /// minimum rate instead.
 pub fn client_with_tls(
@@ -107,7 +108,10 @@ pub fn client_with_tls(
 pub fn client(config: &Config) -> Result<reqwest::Client> {
     client_with_tls(
         tls_config(config)?,
-        Duration::from_secs(config.download.timeout_secs),
+        // reqwest's connect timeout covers the whole connector: TCP connect
+        // and the TLS handshake (a server that accepts and then says nothing
+        // is cut off here).
+        Duration::from_secs(config.network.connect_timeout_secs),
     )
 }
 

@@ -7,7 +7,10 @@
 //!   signature of every request with `secureev_uptane::request_auth` (and
 //!   refuses a replayed nonce), answers `Range` requests, can pace a file's
 //!   bytes (slow retrieval, throttled downloads), records every request and
-//!   every manifest `PUT`, and can be closed (503 for everything).
+//!   every manifest `PUT`, and can be closed (503 for everything). It can
+//!   also stall ([`Stall`]): hold a TCP connection without a TLS handshake,
+//!   or read a request (a GET of one path, the manifest `PUT`) and never
+//!   answer it, holding the connection until the client gives up.
 //! - [`Repos`]: the Director and Image repository as two
 //!   `secureev_uptane::builder::RepoBuilder`s, with helpers that add targets
 //!   with the custom fields the backend uses and lay the signed files out.
@@ -112,8 +115,21 @@ pub struct Logged {
     pub status: u16,
 }
 
+/// How the backend withholds an answer (issue 11: a vehicle must not be
+/// frozen by a backend that lets the handshake through and then waits).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Stall {
+    /// Accept TCP connections but never do the TLS handshake.
+    Handshake,
+    /// Read the GET of this path and never send the response headers.
+    Headers(String),
+    /// Read the manifest PUT and never answer it.
+    Manifest,
+}
+
 #[derive(Default)]
 struct Shared {
+    stalls: Mutex<HashSet<Stall>>,
     files: Mutex<Files>,
     open: AtomicBool,
     log: Mutex<Vec<Logged>>,
@@ -183,6 +199,9 @@ impl Backend {
                 };
                 let (acceptor, s) = (acceptor.clone(), s.clone());
                 tokio::spawn(async move {
+                    if s.stalls.lock().unwrap().contains(&Stall::Handshake) {
+                        return hold(tcp).await;
+                    }
                     if let Ok(tls) = acceptor.accept(tcp).await {
                         let _ = serve(tls, s).await;
                     }
@@ -193,6 +212,17 @@ impl Backend {
             base: format!("https://127.0.0.1:{port}"),
             ca_pem: pki.ca_pem,
             shared,
+        }
+    }
+
+    /// Start or stop withholding answers of one kind ([`Stall`]); a
+    /// connection stalled already stays stalled until the client closes it.
+    pub fn set_stall(&self, stall: Stall, on: bool) {
+        let mut s = self.shared.stalls.lock().unwrap();
+        if on {
+            s.insert(stall);
+        } else {
+            s.remove(&stall);
         }
     }
 
@@ -263,6 +293,13 @@ pub fn install_results(manifests: &[Value]) -> Vec<Value> {
         .map(|m| primary_report(m)["installation_result"].clone())
         .filter(|r| !r.is_null())
         .collect()
+}
+
+/// Say nothing and hold `sock` until the peer closes it (no timer: the
+/// client's own bound is what ends it).
+async fn hold<S: tokio::io::AsyncRead + Unpin>(mut sock: S) {
+    let mut tmp = [0u8; 1024];
+    while matches!(sock.read(&mut tmp).await, Ok(n) if n > 0) {}
 }
 
 async fn serve<S>(mut sock: S, shared: Arc<Shared>) -> std::io::Result<()>
@@ -354,6 +391,11 @@ where
         return sock.shutdown().await;
     }
     if method == "PUT" && path == format!("/director/{VIN}/manifest") {
+        if shared.stalls.lock().unwrap().contains(&Stall::Manifest) {
+            log(0);
+            hold(sock).await;
+            return Ok(());
+        }
         let status = match serde_json::from_slice::<Value>(&body) {
             Ok(v) => {
                 shared.manifests.lock().unwrap().push(v);
@@ -368,6 +410,16 @@ where
         )
         .await?;
         return sock.shutdown().await;
+    }
+    if shared
+        .stalls
+        .lock()
+        .unwrap()
+        .contains(&Stall::Headers(path.clone()))
+    {
+        log(0);
+        hold(sock).await;
+        return Ok(());
     }
     let file = shared.files.lock().unwrap().get(&path).cloned();
     let Some(file) = file.filter(|_| method == "GET") else {
@@ -739,6 +791,31 @@ inhibit_dir = "{d}/inhibit"
             .status();
         let _ = child.kill();
         child.wait().unwrap();
+    }
+
+    /// SIGTERM the daemon (not its process group: systemd's `KillMode=mixed`)
+    /// and wait for it to exit, at most `timeout`; how long it took and its
+    /// exit status. Panics with the log if it outlives `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> (Duration, std::process::ExitStatus) {
+        let mut child = self.child.take().expect("started");
+        let t0 = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (t0.elapsed(), status);
+            }
+            if t0.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "secureev-otad outlived SIGTERM by {timeout:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Whether the daemon is still running.
