@@ -173,6 +173,14 @@ fn cases() -> Vec<(&'static str, CaseFn)> {
         ("valid-delegation-diamond", || {
             delegation_diamond(Diamond::SignedByBoth, Restart::No)
         }),
+        ("duplicate-key-envelope", || {
+            duplicate_key(DupLevel::Envelope)
+        }),
+        ("duplicate-key-signed", || duplicate_key(DupLevel::Signed)),
+        ("duplicate-key-targets", || duplicate_key(DupLevel::Targets)),
+        ("duplicate-key-delegations", || {
+            duplicate_key(DupLevel::Delegations)
+        }),
         ("release-counter-rollback", release_counter_rollback),
         ("unknown-hash-algorithm", unknown_hash_algorithm),
         ("wrong-type", wrong_type),
@@ -1683,6 +1691,112 @@ fn delegation_diamond(signers: Diamond, restart: Restart) -> Res<Fixture> {
         image,
         expect,
     ))
+}
+
+// ---- duplicate object keys -------------------------------------------------------
+
+/// Where the duplicate key goes.
+#[derive(Clone, Copy)]
+enum DupLevel {
+    /// A second `signed` at the top of the Image targets envelope.
+    Envelope,
+    /// A second `version` inside the Image timestamp's `signed`.
+    Signed,
+    /// A second entry for primary-fw-2.bin in the Image targets' `targets`.
+    Targets,
+    /// A second `keys` in the Image targets' `delegations`.
+    Delegations,
+}
+
+/// Insert `text` right after the first occurrence of `anchor` in `bytes`:
+/// duplicate keys cannot be written through `serde_json::Value`.
+fn inject(bytes: &[u8], anchor: &str, text: &str) -> Res<Vec<u8>> {
+    let s = std::str::from_utf8(bytes)?;
+    let at = s
+        .find(anchor)
+        .ok_or_else(|| format!("no {anchor:?} in file"))?
+        + anchor.len();
+    Ok(format!("{}{text}{}", &s[..at], &s[at..]).into_bytes())
+}
+
+/// A parser differential: the honest, validly signed file gets a duplicate
+/// key placed *before* the signed one. serde_json (last one wins) would see
+/// the honest value and accept; a first-wins reader (another tool, a
+/// Secondary, an auditor) would see the attacker's. The core refuses the
+/// document as malformed.
+fn duplicate_key(level: DupLevel) -> Res<Fixture> {
+    let mut w = World::standard()?;
+    let (d, mut i) = w.publish()?;
+    let evil = image_bytes("evil primary", PRIMARY_LEN);
+    let evil_entry = serde_json::to_string(&target_value(&evil, image_custom(PRIMARY_HW, 2))?)?;
+    let (role, what) = match level {
+        DupLevel::Envelope => {
+            let mut signed: Value = serde_json::from_slice::<Value>(&i.targets)?["signed"].clone();
+            signed["targets"][PRIMARY_IMG] = serde_json::from_str(&evil_entry)?;
+            let text = format!("\n  \"signed\": {},", serde_json::to_string(&signed)?);
+            i.targets = inject(&i.targets, "{", &text)?;
+            (
+                "targets",
+                "the Image targets envelope carries a second \"signed\" before the signed \
+                 one, listing a malicious primary-fw-2.bin",
+            )
+        }
+        DupLevel::Signed => {
+            i.timestamp = inject(&i.timestamp, "\"signed\": {", "\n    \"version\": 999999,")?;
+            (
+                "timestamp",
+                "the Image timestamp's signed object names \"version\" twice, 999999 \
+                 first (a fast-forward for a first-wins reader)",
+            )
+        }
+        DupLevel::Targets => {
+            let text = format!("\n      \"{PRIMARY_IMG}\": {evil_entry},");
+            i.targets = inject(&i.targets, "\"targets\": {", &text)?;
+            (
+                "targets",
+                "the Image targets list primary-fw-2.bin twice, the malicious entry first",
+            )
+        }
+        DupLevel::Delegations => {
+            let attacker = SigningKey::generate_p256();
+            let bms = w
+                .image
+                .delegated
+                .iter()
+                .find(|r| r.role.name == BMS_ROLE)
+                .ok_or("no bms role")?;
+            let keyid = bms.keys[0].keyid().to_owned();
+            let text = format!(
+                "\n      \"keys\": {{\"{keyid}\": {}}},",
+                serde_json::to_string(attacker.public_key())?
+            );
+            i.targets = inject(&i.targets, "\"delegations\": {", &text)?;
+            (
+                "targets",
+                "the Image targets' delegations name \"keys\" twice, the first mapping the \
+                 bms role's key id to an attacker's key",
+            )
+        }
+    };
+    if role == "targets" {
+        let meta = meta_value(version_of(&i.targets)?, &i.targets)?;
+        resnapshot(&mut w.image, &mut i, |s| s["meta"]["targets.json"] = meta)?;
+    }
+    Fixture::honest(
+        &format!(
+            "Duplicate object key: {what}. The signatures are valid for the last value of \
+             the key, which is the honest one, so a parser that keeps the last value (as \
+             serde_json does) would accept the file while a parser that keeps the first \
+             would see the attacker's. Any duplicate key makes the document malformed."
+        ),
+        &w,
+        &d,
+        &i,
+        fails("Malformed", None)
+            .role(role)
+            .message("duplicate object key")
+            .done(),
+    )
 }
 
 // ---- Uptane custom fields, hashes, types ---------------------------------------------

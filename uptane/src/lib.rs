@@ -9,6 +9,7 @@
 //! the attack.
 //!
 //! ## Architecture
+//! - [`json`]: the one JSON parser for untrusted input (refuses duplicate keys).
 //! - [`canonical`]: OLPC canonical JSON, the bytes that signatures cover.
 //! - [`keys`]: ECDSA P-256 and Ed25519 keys, key ids, signing.
 //! - [`metadata`]: the typed metadata model (unknown fields kept).
@@ -35,6 +36,7 @@ pub mod custom;
 pub mod did;
 pub mod encryption;
 pub mod error;
+pub mod json;
 pub mod keys;
 pub mod manifest;
 pub mod metadata;

@@ -378,14 +378,17 @@ pub fn verify_ecu_report(
     key: &PublicKey,
     expected_serial: &str,
 ) -> Result<Verified<EcuVersionReport>> {
-    let value: Value = serde_json::from_slice(bytes)
+    // Duplicate object keys are refused at every depth (see [`crate::json`]).
+    let value: Value = crate::json::parse(bytes)
         .map_err(|e| invalid(expected_serial, &format!("not JSON: {e}")))?;
     verify_report(&value, Arc::from(bytes), key, expected_serial)
 }
 
 /// Verify an ECU version report envelope that arrived as a JSON value (inside a
 /// manifest). The proof's [`Verified::raw`] is the compact JSON of `envelope`;
-/// persist the bytes of the enclosing manifest.
+/// persist the bytes of the enclosing manifest. Parse the enclosing document
+/// with [`crate::json::parse`]: a `Value` from `serde_json::from_slice` has
+/// already dropped duplicate keys, so they can no longer be refused here.
 pub fn verify_ecu_report_value(
     envelope: &Value,
     key: &PublicKey,
@@ -519,7 +522,9 @@ pub fn verify_manifest(
     primary_key: &PublicKey,
     ecu_keys: impl Fn(&str) -> Option<PublicKey>,
 ) -> Result<VerifiedManifest> {
-    let value: Value = serde_json::from_slice(bytes)
+    // Duplicate object keys are refused at every depth, the ECU reports
+    // inside included (see [`crate::json`]).
+    let value: Value = crate::json::parse(bytes)
         .map_err(|e| invalid("<unknown vehicle>", &format!("not JSON: {e}")))?;
     // Only a label for errors until the signature is checked.
     let label = value
@@ -770,6 +775,49 @@ mod tests {
         );
         assert_eq!(r.nonce.as_ref().unwrap().len(), 2 * NONCE_LEN);
         assert!(r.attacks().is_empty());
+    }
+
+    /// Insert `text` after the first `anchor` (duplicate keys cannot be built
+    /// through `serde_json::Value`).
+    fn inject(bytes: &[u8], anchor: &str, text: &str) -> Vec<u8> {
+        let s = std::str::from_utf8(bytes).unwrap();
+        let at = s.find(anchor).unwrap() + anchor.len();
+        format!("{}{text}{}", &s[..at], &s[at..]).into_bytes()
+    }
+
+    /// A parser differential at every level the backend verifies: the
+    /// manifest envelope, its `signed`, an ECU report inside it, and a report
+    /// on its own. The signatures are valid for the last value of each
+    /// duplicated key; the document is refused anyway.
+    #[test]
+    fn duplicate_keys_are_refused_at_every_level() {
+        let v = p256_vehicle();
+        let bytes = v.sign(&v.manifest());
+        v.verify(&bytes).unwrap();
+        for (anchor, text) in [
+            ("{", r#""signatures":[],"#),
+            (r#""signed":{"#, r#""vin":"OTHER-VIN","#),
+            (r#""ecu_version_reports":{"#, r#""ECU-1":{},"#),
+            (r#""ecu_serial":"ECU-1","#, r#""report_counter":999999,"#),
+        ] {
+            let forged = inject(&bytes, anchor, text);
+            let (_, reason) = invalid_from(v.verify(&forged));
+            assert!(
+                reason.contains("duplicate object key"),
+                "{anchor}: {reason}"
+            );
+        }
+        let key = SigningKey::generate_p256();
+        let report = serde_json::to_vec(
+            &sign_ecu_report(&EcuVersionReport::new("ECU-1", "hw", now(), 1), &key).unwrap(),
+        )
+        .unwrap();
+        verify_ecu_report(&report, &key.verifying_key(), "ECU-1").unwrap();
+        let forged = inject(&report, r#""signed":{"#, r#""hardware_id":"other","#);
+        assert!(matches!(
+            verify_ecu_report(&forged, &key.verifying_key(), "ECU-1"),
+            Err(Error::InvalidManifest { reason, .. }) if reason.contains("duplicate object key")
+        ));
     }
 
     #[test]

@@ -67,8 +67,10 @@ impl Envelope {
             role: role.to_owned(),
             reason,
         };
+        // One parse for every level (envelope, signed, targets, delegations):
+        // a duplicate object key anywhere is malformed (see [`crate::json`]).
         let mut value: Value =
-            serde_json::from_slice(bytes).map_err(|e| malformed(format!("not JSON: {e}")))?;
+            crate::json::parse(bytes).map_err(|e| malformed(format!("not JSON: {e}")))?;
         let obj = value
             .as_object_mut()
             .ok_or_else(|| malformed("top level is not an object".into()))?;

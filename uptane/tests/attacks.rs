@@ -87,6 +87,11 @@ const REQUIRED_CASES: &[&str] = &[
     "delegation-diamond-stored-a-then-b",
     "delegation-diamond-stored-b-then-a",
     "valid-delegation-diamond",
+    // duplicate object keys (parser differential), at every level
+    "duplicate-key-envelope",
+    "duplicate-key-signed",
+    "duplicate-key-targets",
+    "duplicate-key-delegations",
     // Uptane custom fields, hashes, types
     "release-counter-rollback",
     "unknown-hash-algorithm",
