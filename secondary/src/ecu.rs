@@ -521,7 +521,7 @@ impl Ecu {
         loop {
             match image.find_target(&a.name)? {
                 TargetSearch::Found { role, target } => {
-                    return Ok(match_image(a, ecu, &role, &target)?.release_counter)
+                    return Ok(match_image(a, ecu, &role, &target)?.release_counter())
                 }
                 TargetSearch::NeedRole { role, parent } => {
                     let bytes = bundle

@@ -40,7 +40,7 @@ async fn register_assign_verify_download_report_complete() {
 
     // Nothing assigned yet: the Director's targets are empty but name the vehicle.
     let plan = car.full_verification(&h, &[]).await;
-    assert!(plan.targets.is_empty());
+    assert!(plan.targets().is_empty());
 
     let r = h
         .admin
@@ -54,13 +54,13 @@ async fn register_assign_verify_download_report_complete() {
     let assignment_id = r.json()["assignment"]["id"].as_i64().unwrap();
 
     let plan = car.full_verification(&h, &[]).await;
-    assert_eq!(plan.targets.len(), 1);
-    let t = &plan.targets[0];
+    assert_eq!(plan.targets().len(), 1);
+    let t = &plan.targets()[0];
     assert_eq!(t.ecu_serial(), "BRK-1");
-    assert_eq!(t.release_counter, 7);
+    assert_eq!(t.release_counter(), 7);
 
     // Download in two ranges (a resumed download) and verify as the core does.
-    let sha = &t.assignment.director_target.hashes["sha256"];
+    let sha = &t.assignment().director_target.hashes["sha256"];
     let path = format!("/image/targets/brake/{sha}.fw-2.1.bin");
     let (first, cr) = car.client.get_range(&path, "bytes=0-99999").await.unwrap();
     assert_eq!(first.status, 206);
@@ -102,7 +102,7 @@ async fn register_assign_verify_download_report_complete() {
 
     // The Director no longer lists it; metadata still verifies.
     let plan = car.full_verification(&h, &[]).await;
-    assert!(plan.targets.is_empty());
+    assert!(plan.targets().is_empty());
 
     let hist = h
         .admin
@@ -160,16 +160,16 @@ async fn encrypted_image_campaign_wraps_key_per_ecu() {
 
     for car in [&a, &b] {
         let plan = car.full_verification(&h, &[]).await;
-        assert_eq!(plan.targets.len(), 1);
-        let t = &plan.targets[0];
+        assert_eq!(plan.targets().len(), 1);
+        let t = &plan.targets()[0];
         let serial = t.ecu_serial().to_owned();
         let info =
-            EncryptionInfo::from_custom(t.name(), t.assignment.director_target.custom.as_ref())
+            EncryptionInfo::from_custom(t.name(), t.assignment().director_target.custom.as_ref())
                 .unwrap()
                 .unwrap();
         // Only this vehicle's ECU has a wrapped key here.
         assert_eq!(info.keys.keys().collect::<Vec<_>>(), vec![&serial]);
-        let sha = &t.assignment.director_target.hashes["sha256"];
+        let sha = &t.assignment().director_target.hashes["sha256"];
         let blob = car
             .client
             .get(&format!("/image/targets/{sha}.{}", t.name()))

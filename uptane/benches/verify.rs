@@ -131,7 +131,7 @@ fn bench(c: &mut Criterion) {
     );
     c.bench_function("checkin_full_verification_50_targets", |b| {
         b.iter(|| match checkin(&director, &image, &vehicle) {
-            Decision::Plan(plan) => assert_eq!(plan.targets.len(), 50),
+            Decision::Plan(plan) => assert_eq!(plan.targets().len(), 50),
             other => unreachable!("{other:?}"),
         })
     });

@@ -53,7 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "  verified Director + Image repository (8 roles) in {:.2} ms; {} image(s) to install",
         started.elapsed().as_secs_f64() * 1e3,
-        plan.targets.len()
+        plan.targets().len()
     );
 
     let ecu_keys: BTreeMap<&str, SigningKey> = [
@@ -62,14 +62,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ]
     .into();
     let mut reports = Vec::new();
-    for t in &plan.targets {
+    for t in plan.targets() {
         let served = &world.images[t.name()];
         let mut v = t.stream_verifier()?;
         for chunk in served.chunks(16 * 1024) {
             v.update(chunk)?;
         }
         v.finish()?;
-        let custom = &t.assignment.custom;
+        let custom = &t.assignment().custom;
         let installed_bytes = if let Some(enc) = &custom.encryption {
             let info = secureev_uptane::encryption::EncryptionInfo::from_value(t.name(), enc)?;
             let key = info.unwrap_key_for(t.name(), t.ecu_serial(), &world.bms_x25519)?;
@@ -101,10 +101,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let image = InstalledImage::new(
             t.name(),
             t.length(),
-            t.assignment.director_target.hashes.clone(),
+            t.assignment().director_target.hashes.clone(),
         )
-        .with_release_counter(t.release_counter);
-        let report = EcuVersionReport::new(t.ecu_serial(), &t.assignment.hardware_id, now, 1)
+        .with_release_counter(t.release_counter());
+        let report = EcuVersionReport::new(t.ecu_serial(), &t.assignment().hardware_id, now, 1)
             .with_installed_image(image);
         reports.push(sign_ecu_report(&report, &ecu_keys[t.ecu_serial()])?);
     }
@@ -132,7 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             img[100] ^= 1;
         }
         let plan = verify(&world, &world.director, &world.image, &vehicle)?;
-        for t in &plan.targets {
+        for t in plan.targets() {
             let mut v = t.stream_verifier()?;
             v.update(&w[t.name()])?;
             v.finish()?;

@@ -50,7 +50,7 @@
 //!         Step::Done(other) => panic!("{other:?}"),
 //!     }
 //! };
-//! assert_eq!(plan.targets[0].name(), "fw.bin");
+//! assert_eq!(plan.targets()[0].name(), "fw.bin");
 //! ```
 //!
 //! ## Steps
@@ -1236,7 +1236,7 @@ mod tests {
 
     fn plan_names(d: &Decision) -> Vec<String> {
         match d {
-            Decision::Plan(p) => p.targets.iter().map(|t| t.name().to_owned()).collect(),
+            Decision::Plan(p) => p.targets().iter().map(|t| t.name().to_owned()).collect(),
             other => panic!("not a plan: {other:?}"),
         }
     }
@@ -1500,7 +1500,7 @@ mod tests {
         let Decision::Plan(plan) = decision else {
             panic!()
         };
-        assert_eq!(plan.targets[0].image_role, "c");
+        assert_eq!(plan.targets()[0].image_role(), "c");
         let delegated: Vec<&String> = world
             .log
             .iter()

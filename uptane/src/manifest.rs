@@ -421,29 +421,38 @@ fn verify_report(
     }
     // Uptane 2.1 §5.4.2.1.2: "signed by the ECU's key". Only the key registered
     // for this ECU counts.
-    check_signature(expected_serial, signed, &signatures, key)?;
-    let report: EcuVersionReport = serde_json::from_value(signed.clone()).map_err(|e| {
-        invalid(
-            expected_serial,
-            &format!("malformed ECU version report: {e}"),
-        )
-    })?;
-    // Uptane 2.1 §5.4.2.1.2: "the latest time the ECU can verify".
-    report.latest_verified_at().map_err(|_| {
-        invalid(
-            expected_serial,
-            &format!(
-                "latest_verified_time {:?} is not YYYY-MM-DDTHH:MM:SSZ",
-                shorten(&report.latest_verified_time)
-            ),
-        )
-    })?;
-    if let Some(nonce) = &report.nonce {
-        if nonce.is_empty() || hex::decode(nonce).is_err() {
-            return Err(invalid(expected_serial, "nonce is not hex"));
-        }
-    }
-    Ok(Verified::new(report, raw))
+    let sig = select_signature(expected_serial, &signatures, key)?;
+    crate::verify::verified_by_key(
+        signed,
+        raw,
+        key,
+        sig,
+        || bad_signature(expected_serial, key),
+        |signed| {
+            let report = EcuVersionReport::deserialize(signed).map_err(|e| {
+                invalid(
+                    expected_serial,
+                    &format!("malformed ECU version report: {e}"),
+                )
+            })?;
+            // Uptane 2.1 §5.4.2.1.2: "the latest time the ECU can verify".
+            report.latest_verified_at().map_err(|_| {
+                invalid(
+                    expected_serial,
+                    &format!(
+                        "latest_verified_time {:?} is not YYYY-MM-DDTHH:MM:SSZ",
+                        shorten(&report.latest_verified_time)
+                    ),
+                )
+            })?;
+            if let Some(nonce) = &report.nonce {
+                if nonce.is_empty() || hex::decode(nonce).is_err() {
+                    return Err(invalid(expected_serial, "nonce is not hex"));
+                }
+            }
+            Ok(report)
+        },
+    )
 }
 
 /// A vehicle version manifest whose signature and every ECU report in it were
@@ -535,13 +544,24 @@ pub fn verify_manifest(
         .to_owned();
     let (signed, signatures) = split_envelope(&label, &value)?;
     // Uptane 2.1 §5.4.2.1.1: the manifest is signed by the Primary's key.
-    check_signature(&label, signed, &signatures, primary_key)?;
-    let manifest: VehicleManifest = serde_json::from_value(signed.clone())
-        .map_err(|e| invalid(&label, &format!("malformed vehicle version manifest: {e}")))?;
-    // Uptane 2.1 §5.4.2.1.1: the manifest names the vehicle.
-    if manifest.vin.is_empty() {
-        return Err(invalid(&label, "empty vin"));
-    }
+    let sig = select_signature(&label, &signatures, primary_key)?;
+    let manifest = crate::verify::verified_by_key(
+        signed,
+        Arc::from(bytes),
+        primary_key,
+        sig,
+        || bad_signature(&label, primary_key),
+        |signed| {
+            let manifest = VehicleManifest::deserialize(signed).map_err(|e| {
+                invalid(&label, &format!("malformed vehicle version manifest: {e}"))
+            })?;
+            // Uptane 2.1 §5.4.2.1.1: the manifest names the vehicle.
+            if manifest.vin.is_empty() {
+                return Err(invalid(&label, "empty vin"));
+            }
+            Ok(manifest)
+        },
+    )?;
     let mut reports = BTreeMap::new();
     for (serial, envelope) in &manifest.ecu_version_reports {
         // The backend only trusts ECUs it registered for this vehicle; a report
@@ -554,10 +574,7 @@ pub fn verify_manifest(
             verify_ecu_report_value(envelope, &key, serial)?,
         );
     }
-    Ok(VerifiedManifest {
-        manifest: Verified::new(manifest, Arc::from(bytes)),
-        reports,
-    })
+    Ok(VerifiedManifest { manifest, reports })
 }
 
 /// Replay check: the offered `report_counter` must be strictly greater than the
@@ -603,18 +620,18 @@ fn split_envelope<'a>(
     Ok((signed, signatures))
 }
 
-/// Check that `signed` carries a valid signature by `key`.
+/// Select the signature entry of `key` in `signatures` and check the rules
+/// around it; [`crate::verify::verified_by_key`] then checks the signature.
 ///
 /// The signature entry is selected by key id (that of `key`'s key object); one
 /// key id listed twice is refused, as for metadata. Its `method` must be the
 /// key's scheme, and the signature must verify over the canonical form of the
 /// raw `signed` value.
-fn check_signature(
+fn select_signature<'a>(
     signer: &str,
-    signed: &Value,
-    signatures: &[EnvelopeSignature],
+    signatures: &'a [EnvelopeSignature],
     key: &PublicKey,
-) -> Result<()> {
+) -> Result<&'a str> {
     let mut seen = HashSet::new();
     for s in signatures {
         if !seen.insert(s.keyid.as_str()) {
@@ -643,14 +660,16 @@ fn check_signature(
             ))
         }
     }
-    let canonical = to_canonical(signed)?;
-    if !key.verify_hex(&canonical, &entry.sig) {
-        return Err(invalid(
-            signer,
-            &format!("signature by the registered key {keyid} does not verify"),
-        ));
-    }
-    Ok(())
+    Ok(&entry.sig)
+}
+
+/// The error for a signature by the registered key that does not verify.
+fn bad_signature(signer: &str, key: &PublicKey) -> Error {
+    let keyid = key.to_key().keyid().unwrap_or_default();
+    invalid(
+        signer,
+        &format!("signature by the registered key {keyid} does not verify"),
+    )
 }
 
 fn invalid(signer: &str, reason: &str) -> Error {

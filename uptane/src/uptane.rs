@@ -96,16 +96,15 @@ impl Assignment {
 }
 
 /// An image that passed full verification and may be installed on one ECU.
+///
+/// Its fields are private: it exists only inside a [`Verified<UpdatePlan>`]
+/// that the Uptane match made (see [`crate::verify`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdateTarget {
-    /// The Director's assignment.
-    pub assignment: Assignment,
-    /// The Image repository's entry (identical length and hashes).
-    pub image_target: TargetFile,
-    /// The Image repository role that listed it.
-    pub image_role: String,
-    /// Release counter of the new image (0 when none is given).
-    pub release_counter: u64,
+    assignment: Assignment,
+    image_target: TargetFile,
+    image_role: String,
+    release_counter: u64,
 }
 
 impl UpdateTarget {
@@ -124,6 +123,26 @@ impl UpdateTarget {
         self.assignment.director_target.length
     }
 
+    /// The Director's assignment (its target entry and custom fields).
+    pub fn assignment(&self) -> &Assignment {
+        &self.assignment
+    }
+
+    /// The Image repository's entry (identical length and hashes).
+    pub fn image_target(&self) -> &TargetFile {
+        &self.image_target
+    }
+
+    /// The Image repository role that listed it.
+    pub fn image_role(&self) -> &str {
+        &self.image_role
+    }
+
+    /// Release counter of the new image (0 when none is given).
+    pub fn release_counter(&self) -> u64 {
+        self.release_counter
+    }
+
     /// A verifier for the image bytes as they are downloaded: length cap
     /// (endless data), then length and every hash at the end (Uptane 2.1
     /// §5.4.3.4).
@@ -136,13 +155,30 @@ impl UpdateTarget {
     }
 }
 
-/// What full verification decided.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// What full verification decided. Private fields: the only way to get one
+/// is inside the [`Verified<UpdatePlan>`] of [`full_verification`] or
+/// [`secondary_full_verification`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdatePlan {
+    targets: Vec<UpdateTarget>,
+    director_targets_version: u64,
+}
+
+impl UpdatePlan {
     /// Images to install, one per ECU at most.
-    pub targets: Vec<UpdateTarget>,
+    pub fn targets(&self) -> &[UpdateTarget] {
+        &self.targets
+    }
+
     /// Director targets version the plan came from.
-    pub director_targets_version: u64,
+    pub fn director_targets_version(&self) -> u64 {
+        self.director_targets_version
+    }
+
+    /// Whether nothing is to be installed.
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
 }
 
 /// Outcome of one step of [`full_verification`].
@@ -393,11 +429,16 @@ pub fn full_verification(
             }
         }
     }
-    let raw = director
-        .targets()
-        .map(|t| t.raw().to_vec())
-        .unwrap_or_default();
-    Ok(FullVerification::Done(Verified::new(plan, raw.into())))
+    Ok(FullVerification::Done(derive_plan(director, plan)?))
+}
+
+/// The decision as a proof: derived (see [`Verified::derive`]) from the
+/// verified Director targets it was made from, whose bytes it carries.
+fn derive_plan(director: &TrustedRepository, plan: UpdatePlan) -> Result<Verified<UpdatePlan>> {
+    let targets = director.targets().ok_or_else(|| {
+        Error::Workflow("director targets must be loaded before verification".into())
+    })?;
+    Verified::derive(targets, |_| Ok(plan))
 }
 
 /// Full verification on a Secondary (Uptane 2.1 §5.4.4.2 step 10: "A
@@ -436,11 +477,7 @@ pub fn secondary_full_verification(
             }
         }
     }
-    let raw = director
-        .targets()
-        .map(|t| t.raw().to_vec())
-        .unwrap_or_default();
-    Ok(FullVerification::Done(Verified::new(plan, raw.into())))
+    Ok(FullVerification::Done(derive_plan(director, plan)?))
 }
 
 /// Partial verification for one secondary ECU (Uptane 2.1 §5.4.4.1): the
@@ -475,5 +512,5 @@ pub fn partial_verification(
         });
     }
     check_release_counter(&a.name, ecu, a.custom.release_counter.unwrap_or(0))?;
-    Ok(Some(Verified::new(a, targets.raw().into())))
+    Ok(Some(Verified::derive(targets, |_| Ok(a))?))
 }

@@ -5,10 +5,62 @@
 //! canonicalise the raw `signed` value, check signatures against the delegating
 //! role's keys and threshold, and only then build the typed struct. The original
 //! bytes travel with the proof so that callers persist exactly what was served.
+//!
+//! # The proof cannot be forged
+//!
+//! A [`Verified<T>`] is made in exactly three places, all in this module:
+//! [`Envelope::verify_as`] (TUF/Uptane metadata, threshold of a role's keys),
+//! [`verified_by_key`] (manifests and ECU version reports, one registered key),
+//! and [`Verified::derive`], the one way to make a verified value *from* verified
+//! inputs: the Uptane match (`uptane::full_verification` and friends) derives
+//! the `Verified<UpdatePlan>` from the verified Director targets and the Image
+//! repository entries it looked up. Its fields are private, it has no
+//! `DerefMut` and no setter, and an [`Envelope`]'s fields are private too, so the
+//! value a proof holds is the one built from the very `signed` value whose
+//! canonical bytes were verified. Outside this crate none of this compiles:
+//!
+//! ```compile_fail
+//! # use secureev_uptane::Verified;
+//! // No public constructor.
+//! let v: Verified<u64> = Verified::new(1, std::sync::Arc::from(&b""[..]));
+//! ```
+//!
+//! ```compile_fail
+//! # use secureev_uptane::Verified;
+//! // No struct literal: the fields are private.
+//! let v = Verified { value: 1u64, raw: std::sync::Arc::from(&b""[..]) };
+//! ```
+//!
+//! ```compile_fail
+//! # use secureev_uptane::{metadata::Targets, Verified};
+//! // No way to change what a proof holds (Deref, no DerefMut).
+//! fn tamper(mut v: Verified<Targets>) { v.targets.clear(); }
+//! ```
+//!
+//! ```compile_fail
+//! # use secureev_uptane::verify::Envelope;
+//! // An envelope cannot be edited between parsing and verification.
+//! fn swap(mut env: Envelope, other: serde_json::Value) { env.signed = other; }
+//! ```
+//!
+//! ```compile_fail
+//! # use secureev_uptane::uptane::UpdatePlan;
+//! // The plan that decides what is installed has private fields.
+//! let plan = UpdatePlan { targets: Vec::new(), director_targets_version: 1 };
+//! ```
+//!
+//! Reading is fine, which is what the examples above are compared with:
+//!
+//! ```
+//! # use secureev_uptane::{metadata::Targets, verify::Envelope, Verified};
+//! fn read(v: &Verified<Targets>, env: &Envelope) -> (usize, bool) {
+//!     (v.targets.len() + v.raw().len(), env.signed().is_object())
+//! }
+//! ```
 
 use crate::canonical::to_canonical;
 use crate::error::{Error, Result};
-use crate::keys::Key;
+use crate::keys::{Key, PublicKey};
 use crate::metadata::{RoleType, Signature};
 use serde_json::Value;
 use sha2::{Digest, Sha256, Sha512};
@@ -16,7 +68,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::ops::Deref;
 use std::sync::Arc;
 
-/// Metadata whose signatures have been checked. Only this crate can make one.
+/// A value whose signatures have been checked. Only this module can make one
+/// (see the module docs); downstream code takes it by type.
 #[derive(Debug, Clone)]
 pub struct Verified<T> {
     value: T,
@@ -24,8 +77,21 @@ pub struct Verified<T> {
 }
 
 impl<T> Verified<T> {
-    pub(crate) fn new(value: T, raw: Arc<[u8]>) -> Self {
+    /// Private: every proof is made by a signature check in this module, or
+    /// derived from one by [`Self::derive`].
+    fn new(value: T, raw: Arc<[u8]>) -> Self {
         Verified { value, raw }
+    }
+
+    /// The one way to make a verified value from verified inputs: `f` sees only
+    /// the verified `source` (and whatever else verified state it captures) and
+    /// returns the derived decision, which keeps `source`'s raw bytes. Used by
+    /// the Uptane match, which derives `Verified<UpdatePlan>` (and the
+    /// Secondary's `Verified<Assignment>`) from the verified Director targets;
+    /// crate-internal so that nothing outside the core can mint a decision.
+    pub(crate) fn derive<S>(source: &Verified<S>, f: impl FnOnce(&S) -> Result<T>) -> Result<Self> {
+        let value = f(&source.value)?;
+        Ok(Verified::new(value, source.raw.clone()))
     }
 
     /// The exact bytes that were received and verified; persist these.
@@ -46,17 +112,41 @@ impl<T> Deref for Verified<T> {
     }
 }
 
-/// A parsed but unverified signed envelope.
+/// Check one signature by one registered `key` over the canonical form of
+/// `signed`, then build the typed value from that same `signed` value. For
+/// documents signed by a single known key (vehicle manifests, ECU version
+/// reports); `bad` is the error when the signature does not verify, `build`
+/// parses and checks the typed value. `raw` is what the caller persists.
+pub(crate) fn verified_by_key<T>(
+    signed: &Value,
+    raw: Arc<[u8]>,
+    key: &PublicKey,
+    sig_hex: &str,
+    bad: impl FnOnce() -> Error,
+    build: impl FnOnce(&Value) -> Result<T>,
+) -> Result<Verified<T>> {
+    let canonical = to_canonical(signed)?;
+    if !key.verify_hex(&canonical, sig_hex) {
+        return Err(bad());
+    }
+    Ok(Verified::new(build(signed)?, raw))
+}
+
+/// A parsed but unverified signed envelope. Its fields are private and set
+/// once, by [`Envelope::parse`]: the canonical bytes are computed from the
+/// `signed` value at parse time, and [`Envelope::verify_as`] builds the typed
+/// value from that same `signed` value after checking signatures over those
+/// bytes.
 #[derive(Debug, Clone)]
 pub struct Envelope {
     /// The raw `signed` value, exactly as received.
-    pub signed: Value,
+    signed: Value,
     /// Signatures.
-    pub signatures: Vec<Signature>,
+    signatures: Vec<Signature>,
     /// Canonical bytes of `signed`: what the signatures cover.
-    pub canonical: Vec<u8>,
+    canonical: Vec<u8>,
     /// The original bytes.
-    pub raw: Arc<[u8]>,
+    raw: Arc<[u8]>,
 }
 
 impl Envelope {
@@ -94,13 +184,34 @@ impl Envelope {
         })
     }
 
+    /// The raw `signed` value, exactly as received (not verified).
+    pub fn signed(&self) -> &Value {
+        &self.signed
+    }
+
+    /// The signatures (not verified).
+    pub fn signatures(&self) -> &[Signature] {
+        &self.signatures
+    }
+
+    /// The canonical bytes of `signed`: what the signatures cover.
+    pub fn canonical(&self) -> &[u8] {
+        &self.canonical
+    }
+
+    /// The bytes the envelope was parsed from.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
     /// The `_type` of the signed value.
     pub fn type_(&self) -> Option<&str> {
         self.signed.get("_type").and_then(Value::as_str)
     }
 
     /// Check `_type`, then signatures against `keys`/`keyids`/`threshold`, then
-    /// build the typed value.
+    /// build the typed value from the `signed` value whose canonical bytes the
+    /// signatures were checked over (both fixed at parse time).
     pub fn verify_as<T: RoleType>(
         &self,
         role: &str,
@@ -124,11 +235,12 @@ impl Envelope {
     /// Build the typed value without verification. Crate-internal so that
     /// unverified values never escape as typed metadata.
     pub(crate) fn to_typed<T: RoleType>(&self, role: &str) -> Result<T> {
-        let value: T =
-            serde_json::from_value(self.signed.clone()).map_err(|e| Error::Malformed {
-                role: role.to_owned(),
-                reason: e.to_string(),
-            })?;
+        // From `&Value`: no copy of the tree, and the very value that was
+        // canonicalised.
+        let value: T = T::deserialize(&self.signed).map_err(|e| Error::Malformed {
+            role: role.to_owned(),
+            reason: e.to_string(),
+        })?;
         if let Some(sv) = &value.common().spec_version {
             // TUF 1.0 §5: only the major version must match.
             if sv.split('.').next() != Some("1") {

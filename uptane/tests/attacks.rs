@@ -345,7 +345,7 @@ fn simulate(dir: &Path, case: &Case) -> Sim<Vec<String>> {
     };
 
     let mut names = Vec::new();
-    for target in &plan.targets {
+    for target in plan.targets() {
         let name = target.name();
         let step = format!("image download: {name}");
         let data = read(&dir.join("image/targets").join(name))?;

@@ -90,7 +90,7 @@ impl Agent {
         // The ECU checks what it receives: the bytes as served (for encrypted
         // images it decrypts and checks the plaintext itself).
         facts.length = target.length();
-        if let Some(h) = target.assignment.director_target.hashes.get("sha256") {
+        if let Some(h) = target.assignment().director_target.hashes.get("sha256") {
             facts.sha256 = h.clone();
         }
         let name = target.name().to_owned();
@@ -110,8 +110,8 @@ impl Agent {
             InstalledRecord {
                 name: target.name().to_owned(),
                 length: target.length(),
-                hashes: target.assignment.director_target.hashes.clone(),
-                release_counter: target.release_counter,
+                hashes: target.assignment().director_target.hashes.clone(),
+                release_counter: target.release_counter(),
                 installed_at: self.now().unix(),
             },
         )?;
@@ -123,8 +123,8 @@ impl Agent {
         let record = InstalledRecord {
             name: target.name().to_owned(),
             length: target.length(),
-            hashes: target.assignment.director_target.hashes.clone(),
-            release_counter: target.release_counter,
+            hashes: target.assignment().director_target.hashes.clone(),
+            release_counter: target.release_counter(),
             installed_at: self.now().unix(),
         };
         let image = match decrypt::encryption_info(target)? {

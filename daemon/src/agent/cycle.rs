@@ -18,18 +18,18 @@ impl Agent {
         plan: &UpdatePlan,
         cancel: &CancellationToken,
     ) -> Result<Vec<(UpdateTarget, PathBuf)>> {
-        let total: u64 = plan.targets.iter().map(UpdateTarget::length).sum();
+        let total: u64 = plan.targets().iter().map(UpdateTarget::length).sum();
         let mut done_before = 0u64;
         let mut out = Vec::new();
-        for t in &plan.targets {
+        for t in plan.targets() {
             let sha256 = t
-                .assignment
+                .assignment()
                 .director_target
                 .hashes
                 .get("sha256")
                 .cloned()
                 .unwrap_or_default();
-            let url = match t.assignment.custom.uri.as_deref() {
+            let url = match t.assignment().custom.uri.as_deref() {
                 Some(uri) if uri.starts_with("https://") => uri.to_owned(),
                 _ => self.backend.target_url(t.name(), &sha256),
             };
@@ -155,7 +155,7 @@ impl Agent {
             }
         };
         self.state.set_last_check(now.unix());
-        if plan.targets.is_empty() {
+        if plan.targets().is_empty() {
             self.lock().pending = None;
             self.state.clear_pending();
             let attacks = std::mem::take(&mut self.lock().attacks);
@@ -183,19 +183,19 @@ impl Agent {
                 .map(|(t, _)| PendingUpdate {
                     update_id: String::new(),
                     ecu_serial: t.ecu_serial().to_owned(),
-                    hardware_id: t.assignment.hardware_id.clone(),
+                    hardware_id: t.assignment().hardware_id.clone(),
                     target: t.name().to_owned(),
-                    version: t.release_counter.to_string(),
+                    version: t.release_counter().to_string(),
                     size: t.length(),
                     sha256: t
-                        .assignment
+                        .assignment()
                         .director_target
                         .hashes
                         .get("sha256")
                         .cloned()
                         .unwrap_or_default(),
                     release_notes: t
-                        .assignment
+                        .assignment()
                         .custom
                         .unrecognized
                         .get("releaseNotes")

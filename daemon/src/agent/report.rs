@@ -38,7 +38,7 @@ fn check_secondary_report(serial: &str, bytes: &[u8]) -> Result<serde_json::Valu
         reason: format!("bad version report: {reason}"),
     };
     let envelope: Value =
-        serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        secureev_uptane::json::parse(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
     let signed = envelope
         .as_object()
         .and_then(|o| o.get("signed"))

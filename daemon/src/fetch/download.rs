@@ -99,7 +99,7 @@ impl ImageRequest {
             target: target.name().to_owned(),
             url,
             length: target.length(),
-            hashes: target.assignment.director_target.hashes.clone(),
+            hashes: target.assignment().director_target.hashes.clone(),
         }
     }
 

@@ -18,7 +18,7 @@ fn uptane(what: &str, source: secureev_uptane::Error) -> Error {
 
 /// The signed encryption parameters of a verified target, if it is encrypted.
 pub fn encryption_info(target: &UpdateTarget) -> Result<Option<EncryptionInfo>> {
-    match &target.assignment.custom.encryption {
+    match &target.assignment().custom.encryption {
         None => Ok(None),
         Some(v) => EncryptionInfo::from_value(target.name(), v)
             .map(Some)

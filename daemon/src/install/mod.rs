@@ -84,7 +84,7 @@ impl TargetFacts {
             None => (
                 target.length(),
                 target
-                    .assignment
+                    .assignment()
                     .director_target
                     .hashes
                     .get("sha256")
@@ -95,8 +95,8 @@ impl TargetFacts {
         Ok(TargetFacts {
             name: target.name().to_owned(),
             ecu_serial: target.ecu_serial().to_owned(),
-            hardware_id: target.assignment.hardware_id.clone(),
-            release_counter: target.release_counter,
+            hardware_id: target.assignment().hardware_id.clone(),
+            release_counter: target.release_counter(),
             length,
             sha256: sha256.to_ascii_lowercase(),
         })
