@@ -140,6 +140,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_descriptor_limit_is_raised_and_checked_against_max_connections() {
+        let n = raise_nofile_limit(16).unwrap();
+        assert!(n >= 2 * 16 + NOFILE_RESERVE);
+        assert_eq!(
+            rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
+            Some(n)
+        );
+        // A limit no host grants is refused rather than served into EMFILE.
+        assert!(matches!(
+            raise_nofile_limit(usize::MAX / 4),
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[test]
     fn peer_slots_are_bounded_and_released() {
         let l = PeerLimiter::new(2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();

@@ -325,6 +325,15 @@ impl TestVehicle {
         serde_json::to_vec(&sign_manifest(&m, &self.ecus[0].key).unwrap()).unwrap()
     }
 
+    /// As [`TestVehicle::send_manifest`], a transport failure as `Err`.
+    pub async fn send_manifest_result(&self, body: &[u8]) -> Result<u16, String> {
+        self.client
+            .put_json(&format!("/director/{}/manifest", self.vin), body)
+            .await
+            .map(|r| r.status)
+            .map_err(|e| e.to_string())
+    }
+
     pub async fn send_manifest(&self, body: &[u8]) -> Reply {
         self.client
             .put_json(&format!("/director/{}/manifest", self.vin), body)
