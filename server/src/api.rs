@@ -203,7 +203,7 @@ pub async fn put_manifest(
         tx.set_manifest_counter(&vin, manifest.report_counter)?;
         let manifest_id = tx.insert_manifest(&vin, manifest.report_counter, &body, now)?;
         tx.touch_vehicle(&vin, now)?;
-        let pending = tx.assignments(Some(&vin), Some(db::PENDING), None)?;
+        let pending = tx.pending_assignments(&vin)?;
         let mut completed = Vec::new();
         for (serial, report) in verified.reports() {
             let installed = report.installed_image.as_ref();

@@ -32,37 +32,85 @@ pub struct VehicleIdentity {
     pub vin: String,
 }
 
-/// Nonces seen within the replay window.
-#[derive(Debug, Default)]
+/// Most nonces remembered at once. At 8 bytes of hash plus the expiry queue
+/// this is about 17 MiB when full; see [`NonceCache`] for what happens then.
+pub const NONCE_CACHE_ENTRIES: usize = 1 << 19;
+
+/// Nonces seen within the replay window, bounded.
+///
+/// Each `(vehicle, nonce)` is remembered as a keyed 64-bit hash (SipHash with
+/// a per-process random key, so nobody can aim collisions; an accidental one
+/// refuses one honest request, which the vehicle retries with a fresh nonce)
+/// until its request leaves the replay window. When the cache is full the
+/// oldest entry is forgotten early, and from then on every request whose
+/// window ends at or before that entry's is refused: a forgotten nonce can
+/// never be replayed, the acceptance window only narrows under a flood.
+#[derive(Debug)]
 pub struct NonceCache {
-    seen: HashSet<(String, String)>,
-    order: VecDeque<(i64, String, String)>,
+    key: std::collections::hash_map::RandomState,
+    seen: HashSet<u64>,
+    order: VecDeque<(i64, u64)>,
+    capacity: usize,
+    floor: i64,
+}
+
+impl Default for NonceCache {
+    fn default() -> Self {
+        Self::with_capacity(NONCE_CACHE_ENTRIES)
+    }
 }
 
 impl NonceCache {
-    /// Record `(vin, nonce)`, valid until `expires`; `false` if already seen.
+    /// A cache remembering at most `capacity` nonces (at least one).
+    pub fn with_capacity(capacity: usize) -> Self {
+        NonceCache {
+            key: Default::default(),
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            floor: i64::MIN,
+        }
+    }
+
+    /// Record `(vin, nonce)`, valid until `expires`; `false` if already seen,
+    /// or if it expires no later than a nonce that had to be forgotten early.
     pub fn insert(&mut self, vin: &str, nonce: &str, expires: i64, now: i64) -> bool {
-        while let Some((exp, _, _)) = self.order.front() {
-            if *exp >= now {
+        while let Some(&(exp, h)) = self.order.front() {
+            if exp >= now {
                 break;
             }
-            if let Some((_, v, n)) = self.order.pop_front() {
-                self.seen.remove(&(v, n));
-            }
+            self.order.pop_front();
+            self.seen.remove(&h);
         }
-        let key = (vin.to_owned(), nonce.to_owned());
-        if self.seen.contains(&key) {
+        if expires <= self.floor {
             return false;
         }
-        self.seen.insert(key);
-        self.order
-            .push_back((expires, vin.to_owned(), nonce.to_owned()));
+        let h = self.hash(vin, nonce);
+        if self.seen.contains(&h) {
+            return false;
+        }
+        while self.seen.len() >= self.capacity {
+            let Some((exp, old)) = self.order.pop_front() else {
+                break;
+            };
+            self.seen.remove(&old);
+            self.floor = self.floor.max(exp);
+        }
+        if expires <= self.floor {
+            return false;
+        }
+        self.seen.insert(h);
+        self.order.push_back((expires, h));
         true
+    }
+
+    fn hash(&self, vin: &str, nonce: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.key, (vin, nonce))
     }
 
     /// Whether `(vin, nonce)` was seen (and may not have expired yet).
     pub fn contains(&self, vin: &str, nonce: &str) -> bool {
-        self.seen.contains(&(vin.to_owned(), nonce.to_owned()))
+        self.seen.contains(&self.hash(vin, nonce))
     }
 
     /// Number of remembered nonces.
@@ -285,5 +333,26 @@ mod tests {
         // "aa" expired at 100 and was dropped.
         assert!(c.insert("V", "aa", 400, 150));
         assert_eq!(c.len(), 2);
+    }
+
+    // Regression: the cache grew without bound within the replay window
+    // (25 → 147 MB of server memory over 80,000 check-ins).
+    #[test]
+    fn full_nonce_cache_forgets_the_oldest_and_refuses_what_it_could_not_tell() {
+        let mut c = NonceCache::with_capacity(3);
+        assert!(c.insert("V", "n1", 100, 0));
+        assert!(c.insert("V", "n2", 110, 0));
+        assert!(c.insert("V", "n3", 120, 0));
+        // Full: n1 (window ends at 100) is forgotten to make room.
+        assert!(c.insert("V", "n4", 130, 0));
+        assert_eq!(c.len(), 3);
+        // A replay of n1 is still refused: its window ends at the floor.
+        assert!(!c.insert("V", "n1", 100, 0));
+        // So is any fresh nonce whose window ends that early...
+        assert!(!c.insert("V", "n5", 95, 0));
+        // ...but not one with a later window, and remembered ones stay refused.
+        assert!(c.insert("V", "n6", 140, 0));
+        assert!(!c.insert("V", "n4", 130, 0));
+        assert_eq!(c.len(), 3);
     }
 }

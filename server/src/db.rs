@@ -7,9 +7,11 @@
 //! same functions.
 
 use crate::error::{Error, Result};
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{
+    params, Connection, OptionalExtension, Params, Row, Transaction, TransactionBehavior,
+};
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Schema migrations; `user_version` is the number applied.
@@ -132,13 +134,84 @@ CREATE TABLE audit (
     sig TEXT NOT NULL
 );
 "#,
+    // 3: campaign progress is read by campaign.
+    r#"
+CREATE INDEX assignments_campaign ON assignments(campaign_id, status);
+"#,
 ];
 
-/// The database handle: one connection behind a mutex. Calls are short; WAL
-/// lets an external reader (backup, `sqlite3`) run alongside.
+/// Statements kept prepared per connection (`prepare_cached`); more than the
+/// server has distinct statements, so none is ever re-prepared.
+const STATEMENT_CACHE: usize = 128;
+/// Idle read connections kept open; more are opened under load and closed
+/// when returned to a full pool.
+const READERS_KEPT: usize = 8;
+
+/// The database handle.
+///
+/// One write connection behind a mutex (SQLite has one writer at a time
+/// anyway, and `BEGIN IMMEDIATE` would serialise writers regardless) and, for
+/// a file database, a pool of read connections: in WAL mode readers never
+/// wait for the writer or for each other, so the read-only hot path of a
+/// check-in (request authentication, the fresh Director timestamp, Image
+/// metadata) takes no global lock beyond popping a connection off the pool.
+/// An in-memory database (tests) has only the one connection.
 #[derive(Debug)]
 pub struct Db {
-    conn: Mutex<Connection>,
+    writer: Mutex<Connection>,
+    readers: Option<Readers>,
+}
+
+#[derive(Debug)]
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// A read connection borrowed from the pool, returned on drop.
+struct Borrowed<'a> {
+    conn: Option<Connection>,
+    pool: &'a Readers,
+}
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        if let (Some(conn), Ok(mut idle)) = (self.conn.take(), self.pool.idle.lock()) {
+            if idle.len() < READERS_KEPT {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+impl Readers {
+    fn get(&self) -> Result<Borrowed<'_>> {
+        let pooled = self
+            .idle
+            .lock()
+            .map_err(|_| Error::Internal("database pool poisoned".into()))?
+            .pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        Ok(Borrowed {
+            conn: Some(conn),
+            pool: self,
+        })
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // A read connection refuses writes: a `read` closure cannot change data.
+    conn.pragma_update(None, "query_only", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
 }
 
 /// A transaction handed to [`Db::read`] and [`Db::write`] closures.
@@ -159,7 +232,12 @@ impl Db {
                 .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         }
         let conn = Connection::open(path)?;
-        Self::setup(conn)
+        let mut db = Self::setup(conn)?;
+        db.readers = Some(Readers {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+        });
+        Ok(db)
     }
 
     /// An in-memory database (tests, benchmarks).
@@ -172,26 +250,40 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate(&mut conn)?;
         Ok(Db {
-            conn: Mutex::new(conn),
+            writer: Mutex::new(conn),
+            readers: None,
         })
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
-        self.conn
+        self.writer
             .lock()
             .map_err(|_| Error::Internal("database mutex poisoned".into()))
     }
 
-    /// Run `f` in a read transaction.
+    /// Run `f` in a read transaction (a consistent snapshot; on a file
+    /// database, on a pooled read connection that does not wait for writes).
     pub fn read<R>(&self, f: impl FnOnce(&Tx<'_>) -> Result<R>) -> Result<R> {
-        let mut conn = self.lock()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let tx = Tx(tx);
-        let r = f(&tx)?;
-        tx.0.commit()?;
-        Ok(r)
+        let Some(readers) = &self.readers else {
+            let mut conn = self.lock()?;
+            return run_read(&mut conn, f);
+        };
+        let mut borrowed = readers.get()?;
+        let conn = borrowed
+            .conn
+            .as_mut()
+            .ok_or_else(|| Error::Internal("database pool emptied".into()))?;
+        match run_read(conn, f) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                // A connection that failed may be in any state: do not reuse it.
+                borrowed.conn = None;
+                Err(e)
+            }
+        }
     }
 
     /// Run `f` in one write transaction: committed only if `f` returns `Ok`.
@@ -209,6 +301,13 @@ impl Db {
             .lock()?
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
+}
+
+fn run_read<R>(conn: &mut Connection, f: impl FnOnce(&Tx<'_>) -> Result<R>) -> Result<R> {
+    let tx = Tx(conn.transaction_with_behavior(TransactionBehavior::Deferred)?);
+    let r = f(&tx)?;
+    tx.0.commit()?;
+    Ok(r)
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -502,6 +601,12 @@ fn assignment_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignmentRow> {
     })
 }
 
+/// Pending assignments of one vehicle (index `assignments_vin`).
+const SQL_PENDING_OF_VEHICLE: &str = "SELECT id, vin, ecu_serial, image, campaign_id, status, created_at, updated_at FROM assignments WHERE vin = ?1 AND status = 'pending' ORDER BY id";
+/// A vehicle's newest events (index `events_vin`).
+const SQL_EVENTS_OF_VEHICLE: &str =
+    "SELECT id, vin, ecu_serial, kind, detail, at FROM events WHERE vin = ?1 ORDER BY id DESC LIMIT ?2";
+
 /// Status of an assignment waiting for the vehicle.
 pub const PENDING: &str = "pending";
 /// Status of an assignment whose install the vehicle reported.
@@ -510,11 +615,38 @@ pub const COMPLETED: &str = "completed";
 pub const CANCELLED: &str = "cancelled";
 
 impl Tx<'_> {
+    /// Run a cached statement.
+    fn exec<P: Params>(&self, sql: &str, p: P) -> Result<usize> {
+        Ok(self.0.prepare_cached(sql)?.execute(p)?)
+    }
+
+    /// At most one row of a cached statement.
+    fn one<T, P: Params>(
+        &self,
+        sql: &str,
+        p: P,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        Ok(self.0.prepare_cached(sql)?.query_row(p, f).optional()?)
+    }
+
+    /// Every row of a cached statement.
+    fn all<T, P: Params>(
+        &self,
+        sql: &str,
+        p: P,
+        f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut st = self.0.prepare_cached(sql)?;
+        let rows = st.query_map(p, f)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     // ---- vehicles and ECUs -------------------------------------------------
 
     /// Insert a vehicle.
     pub fn insert_vehicle(&self, vin: &str, primary_serial: &str, now: i64) -> Result<()> {
-        let n = self.0.execute(
+        let n = self.exec(
             "INSERT OR IGNORE INTO vehicles (vin, primary_serial, created_at) VALUES (?1, ?2, ?3)",
             params![vin, primary_serial, now],
         )?;
@@ -536,7 +668,7 @@ impl Tx<'_> {
         encryption_key: Option<&str>,
         now: i64,
     ) -> Result<()> {
-        self.0.execute(
+        self.exec(
             "INSERT INTO ecus (vin, serial, hardware_id, did, encryption_key, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![vin, serial, hardware_id, did, encryption_key, now],
         )?;
@@ -554,7 +686,7 @@ impl Tx<'_> {
         encryption_key: Option<&str>,
         now: i64,
     ) -> Result<()> {
-        let n = self.0.execute(
+        let n = self.exec(
             "UPDATE ecus SET hardware_id = ?3, did = ?4, encryption_key = ?5, report_counter = NULL, installed_name = NULL, installed_length = NULL, installed_sha256 = NULL, installed_release_counter = NULL, updated_at = ?6 WHERE vin = ?1 AND serial = ?2",
             params![vin, serial, hardware_id, did, encryption_key, now],
         )?;
@@ -566,7 +698,7 @@ impl Tx<'_> {
 
     /// Forget the vehicle's manifest counter (its Primary was replaced).
     pub fn reset_manifest_counter(&self, vin: &str) -> Result<()> {
-        self.0.execute(
+        self.exec(
             "UPDATE vehicles SET manifest_counter = NULL WHERE vin = ?1",
             params![vin],
         )?;
@@ -575,70 +707,57 @@ impl Tx<'_> {
 
     /// One vehicle.
     pub fn vehicle(&self, vin: &str) -> Result<Option<VehicleRow>> {
-        Ok(self
-            .0
-            .query_row(
+        self.one(
                 "SELECT vin, primary_serial, manifest_counter, last_seen, created_at FROM vehicles WHERE vin = ?1",
                 params![vin],
                 vehicle_of,
             )
-            .optional()?)
     }
 
     /// All vehicles.
     pub fn vehicles(&self) -> Result<Vec<VehicleRow>> {
-        let mut st = self.0.prepare(
-            "SELECT vin, primary_serial, manifest_counter, last_seen, created_at FROM vehicles ORDER BY vin",
-        )?;
-        let rows = st.query_map([], vehicle_of)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.all("SELECT vin, primary_serial, manifest_counter, last_seen, created_at FROM vehicles ORDER BY vin", [], vehicle_of)
     }
 
     /// ECUs of a vehicle.
     pub fn ecus(&self, vin: &str) -> Result<Vec<EcuRow>> {
-        let mut st = self.0.prepare(&format!(
-            "SELECT {ECU_COLS} FROM ecus WHERE vin = ?1 ORDER BY serial"
-        ))?;
-        let rows = st.query_map(params![vin], ecu_of)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.all(
+            &format!("SELECT {ECU_COLS} FROM ecus WHERE vin = ?1 ORDER BY serial"),
+            params![vin],
+            ecu_of,
+        )
     }
 
     /// One ECU.
     pub fn ecu(&self, vin: &str, serial: &str) -> Result<Option<EcuRow>> {
-        Ok(self
-            .0
-            .query_row(
-                &format!("SELECT {ECU_COLS} FROM ecus WHERE vin = ?1 AND serial = ?2"),
-                params![vin, serial],
-                ecu_of,
-            )
-            .optional()?)
+        self.one(
+            &format!("SELECT {ECU_COLS} FROM ecus WHERE vin = ?1 AND serial = ?2"),
+            params![vin, serial],
+            ecu_of,
+        )
     }
 
     /// Every ECU with a hardware ID, across vehicles.
     pub fn ecus_with_hardware(&self, hardware_id: &str) -> Result<Vec<EcuRow>> {
-        let mut st = self.0.prepare(&format!(
-            "SELECT {ECU_COLS} FROM ecus WHERE hardware_id = ?1 ORDER BY vin, serial"
-        ))?;
-        let rows = st.query_map(params![hardware_id], ecu_of)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.all(
+            &format!("SELECT {ECU_COLS} FROM ecus WHERE hardware_id = ?1 ORDER BY vin, serial"),
+            params![hardware_id],
+            ecu_of,
+        )
     }
 
     /// The primary's DID of a vehicle (for request authentication).
     pub fn primary_did(&self, vin: &str) -> Result<Option<String>> {
-        Ok(self
-            .0
-            .query_row(
+        self.one(
                 "SELECT e.did FROM vehicles v JOIN ecus e ON e.vin = v.vin AND e.serial = v.primary_serial WHERE v.vin = ?1",
                 params![vin],
                 |r| r.get(0),
             )
-            .optional()?)
     }
 
     /// Record that a vehicle made an authenticated request.
     pub fn touch_vehicle(&self, vin: &str, now: i64) -> Result<()> {
-        self.0.execute(
+        self.exec(
             "UPDATE vehicles SET last_seen = ?2 WHERE vin = ?1",
             params![vin, now],
         )?;
@@ -647,7 +766,7 @@ impl Tx<'_> {
 
     /// Store the accepted manifest counter.
     pub fn set_manifest_counter(&self, vin: &str, counter: u64) -> Result<()> {
-        self.0.execute(
+        self.exec(
             "UPDATE vehicles SET manifest_counter = ?2 WHERE vin = ?1",
             params![vin, i64_of(counter)?],
         )?;
@@ -668,7 +787,7 @@ impl Tx<'_> {
             Some((n, l, s, r)) => (Some(n), Some(i64_of(l)?), s, r.map(i64_of).transpose()?),
             None => (None, None, None, None),
         };
-        self.0.execute(
+        self.exec(
             "UPDATE ecus SET report_counter = ?3, installed_name = ?4, installed_length = ?5, installed_sha256 = ?6, installed_release_counter = ?7, updated_at = ?8 WHERE vin = ?1 AND serial = ?2",
             params![vin, serial, i64_of(counter)?, name, length, sha, rc, now],
         )?;
@@ -677,7 +796,7 @@ impl Tx<'_> {
 
     /// Store a manifest's bytes.
     pub fn insert_manifest(&self, vin: &str, counter: u64, bytes: &[u8], now: i64) -> Result<i64> {
-        self.0.execute(
+        self.exec(
             "INSERT INTO manifests (vin, report_counter, received_at, bytes) VALUES (?1, ?2, ?3, ?4)",
             params![vin, i64_of(counter)?, now, bytes],
         )?;
@@ -686,11 +805,11 @@ impl Tx<'_> {
 
     /// Keep only a vehicle's newest `manifests` manifests and `events` events.
     pub fn prune_vehicle_history(&self, vin: &str, manifests: u32, events: u32) -> Result<()> {
-        self.0.execute(
+        self.exec(
             "DELETE FROM manifests WHERE vin = ?1 AND id <= (SELECT id FROM manifests WHERE vin = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
             params![vin, manifests],
         )?;
-        self.0.execute(
+        self.exec(
             "DELETE FROM events WHERE vin = ?1 AND id <= (SELECT id FROM events WHERE vin = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
             params![vin, events],
         )?;
@@ -701,7 +820,7 @@ impl Tx<'_> {
 
     /// Record a stored blob (idempotent).
     pub fn insert_blob(&self, sha256: &str, length: u64, now: i64) -> Result<()> {
-        self.0.execute(
+        self.exec(
             "INSERT OR IGNORE INTO blobs (sha256, length, created_at) VALUES (?1, ?2, ?3)",
             params![sha256, i64_of(length)?, now],
         )?;
@@ -710,20 +829,17 @@ impl Tx<'_> {
 
     /// Length of a stored blob.
     pub fn blob_length(&self, sha256: &str) -> Result<Option<u64>> {
-        let v: Option<i64> = self
-            .0
-            .query_row(
-                "SELECT length FROM blobs WHERE sha256 = ?1",
-                params![sha256],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let v: Option<i64> = self.one(
+            "SELECT length FROM blobs WHERE sha256 = ?1",
+            params![sha256],
+            |r| r.get(0),
+        )?;
         Ok(u64_of(v))
     }
 
     /// Insert or replace an image record.
     pub fn upsert_image(&self, img: &ImageRow, now: i64) -> Result<()> {
-        self.0.execute(
+        self.exec(
             &format!("INSERT OR REPLACE INTO images ({IMAGE_COLS}, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
             params![
                 img.name,
@@ -744,23 +860,20 @@ impl Tx<'_> {
 
     /// One image.
     pub fn image(&self, name: &str) -> Result<Option<ImageRow>> {
-        Ok(self
-            .0
-            .query_row(
-                &format!("SELECT {IMAGE_COLS} FROM images WHERE name = ?1"),
-                params![name],
-                image_of,
-            )
-            .optional()?)
+        self.one(
+            &format!("SELECT {IMAGE_COLS} FROM images WHERE name = ?1"),
+            params![name],
+            image_of,
+        )
     }
 
     /// All images.
     pub fn images(&self) -> Result<Vec<ImageRow>> {
-        let mut st = self
-            .0
-            .prepare(&format!("SELECT {IMAGE_COLS} FROM images ORDER BY name"))?;
-        let rows = st.query_map([], image_of)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.all(
+            &format!("SELECT {IMAGE_COLS} FROM images ORDER BY name"),
+            [],
+            image_of,
+        )
     }
 
     // ---- metadata ----------------------------------------------------------
@@ -774,7 +887,7 @@ impl Tx<'_> {
         expires: i64,
         bytes: &[u8],
     ) -> Result<()> {
-        self.0.execute(
+        self.exec(
             "INSERT INTO metadata (repo, role, version, expires, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![repo, role, i64_of(version)?, expires, bytes],
         )?;
@@ -783,7 +896,7 @@ impl Tx<'_> {
 
     /// Keep only the newest `keep` versions of a role.
     pub fn prune_meta(&self, repo: &str, role: &str, keep: u64) -> Result<()> {
-        self.0.execute(
+        self.exec(
             "DELETE FROM metadata WHERE repo = ?1 AND role = ?2 AND version <= (SELECT MAX(version) FROM metadata WHERE repo = ?1 AND role = ?2) - ?3",
             params![repo, role, i64_of(keep)?],
         )?;
@@ -792,9 +905,7 @@ impl Tx<'_> {
 
     /// The newest version of a role.
     pub fn latest_meta(&self, repo: &str, role: &str) -> Result<Option<MetaRow>> {
-        Ok(self
-            .0
-            .query_row(
+        self.one(
                 "SELECT version, expires, bytes FROM metadata WHERE repo = ?1 AND role = ?2 ORDER BY version DESC LIMIT 1",
                 params![repo, role],
                 |r| {
@@ -805,26 +916,22 @@ impl Tx<'_> {
                     })
                 },
             )
-            .optional()?)
     }
 
     /// One version of a role.
     pub fn meta_version(&self, repo: &str, role: &str, version: u64) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .0
-            .query_row(
-                "SELECT bytes FROM metadata WHERE repo = ?1 AND role = ?2 AND version = ?3",
-                params![repo, role, i64_of(version)?],
-                |r| r.get(0),
-            )
-            .optional()?)
+        self.one(
+            "SELECT bytes FROM metadata WHERE repo = ?1 AND role = ?2 AND version = ?3",
+            params![repo, role, i64_of(version)?],
+            |r| r.get(0),
+        )
     }
 
     // ---- assignments and campaigns -----------------------------------------
 
     /// Cancel the pending assignment of an ECU, if any; returns whether one was.
     pub fn cancel_pending(&self, vin: &str, serial: &str, now: i64) -> Result<bool> {
-        let n = self.0.execute(
+        let n = self.exec(
             "UPDATE assignments SET status = 'cancelled', updated_at = ?3 WHERE vin = ?1 AND ecu_serial = ?2 AND status = 'pending'",
             params![vin, serial, now],
         )?;
@@ -840,42 +947,71 @@ impl Tx<'_> {
         campaign_id: Option<i64>,
         now: i64,
     ) -> Result<i64> {
-        self.0.execute(
+        self.exec(
             "INSERT INTO assignments (vin, ecu_serial, image, campaign_id, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
             params![vin, serial, image, campaign_id, now],
         )?;
         Ok(self.0.last_insert_rowid())
     }
 
-    /// Assignments, optionally of one vehicle and/or status.
+    /// Assignments, optionally of one vehicle, status and/or campaign.
+    ///
+    /// Each combination of filters is its own statement, so that SQLite plans
+    /// it with the index it needs: an optional filter written as
+    /// `(?1 IS NULL OR vin = ?1)` is planned as a scan of the whole table, on
+    /// every manifest (see `hot_path_queries_use_indexes`).
     pub fn assignments(
         &self,
         vin: Option<&str>,
         status: Option<&str>,
         campaign: Option<i64>,
     ) -> Result<Vec<AssignmentRow>> {
-        let mut st = self.0.prepare(&format!(
-            "SELECT {ASSIGNMENT_COLS} FROM assignments WHERE (?1 IS NULL OR vin = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR campaign_id = ?3) ORDER BY id"
-        ))?;
-        let rows = st.query_map(params![vin, status, campaign], assignment_of)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut sql = format!("SELECT {ASSIGNMENT_COLS} FROM assignments");
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        let mut clause = |column: &str, v: rusqlite::types::Value| {
+            sql.push_str(if values.is_empty() {
+                " WHERE "
+            } else {
+                " AND "
+            });
+            values.push(v);
+            sql.push_str(&format!("{column} = ?{}", values.len()));
+        };
+        if let Some(v) = vin {
+            clause("vin", v.to_owned().into());
+        }
+        if let Some(s) = status {
+            clause("status", s.to_owned().into());
+        }
+        if let Some(c) = campaign {
+            clause("campaign_id", c.into());
+        }
+        sql.push_str(" ORDER BY id");
+        self.all(
+            &sql,
+            rusqlite::params_from_iter(values.iter()),
+            assignment_of,
+        )
+    }
+
+    /// Pending assignments of one vehicle (every manifest, every Director
+    /// regeneration).
+    pub fn pending_assignments(&self, vin: &str) -> Result<Vec<AssignmentRow>> {
+        self.all(SQL_PENDING_OF_VEHICLE, params![vin], assignment_of)
     }
 
     /// One assignment.
     pub fn assignment(&self, id: i64) -> Result<Option<AssignmentRow>> {
-        Ok(self
-            .0
-            .query_row(
-                &format!("SELECT {ASSIGNMENT_COLS} FROM assignments WHERE id = ?1"),
-                params![id],
-                assignment_of,
-            )
-            .optional()?)
+        self.one(
+            &format!("SELECT {ASSIGNMENT_COLS} FROM assignments WHERE id = ?1"),
+            params![id],
+            assignment_of,
+        )
     }
 
     /// Set an assignment's status.
     pub fn set_assignment_status(&self, id: i64, status: &str, now: i64) -> Result<()> {
-        self.0.execute(
+        self.exec(
             "UPDATE assignments SET status = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, status, now],
         )?;
@@ -890,7 +1026,7 @@ impl Tx<'_> {
         hardware_id: &str,
         now: i64,
     ) -> Result<i64> {
-        self.0.execute(
+        self.exec(
             "INSERT INTO campaigns (name, image, hardware_id, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![name, image, hardware_id, now],
         )?;
@@ -899,19 +1035,19 @@ impl Tx<'_> {
 
     /// Campaigns.
     pub fn campaigns(&self) -> Result<Vec<CampaignRow>> {
-        let mut st = self.0.prepare(
+        self.all(
             "SELECT id, name, image, hardware_id, created_at FROM campaigns ORDER BY id",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(CampaignRow {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                image: r.get(2)?,
-                hardware_id: r.get(3)?,
-                created_at: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            [],
+            |r| {
+                Ok(CampaignRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    image: r.get(2)?,
+                    hardware_id: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
+            },
+        )
     }
 
     // ---- operators -----------------------------------------------------------
@@ -925,7 +1061,7 @@ impl Tx<'_> {
         digest: &[u8],
         now: i64,
     ) -> Result<()> {
-        let n = self.0.execute(
+        let n = self.exec(
             "INSERT OR IGNORE INTO operators (id, name, roles, digest, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, name, roles, digest, now],
         )?;
@@ -937,28 +1073,25 @@ impl Tx<'_> {
 
     /// An operator by token id, revoked or not.
     pub fn operator(&self, id: &str) -> Result<Option<OperatorRow>> {
-        Ok(self
-            .0
-            .query_row(
-                "SELECT id, name, roles, digest, created_at, revoked_at FROM operators WHERE id = ?1",
-                params![id],
-                operator_of,
-            )
-            .optional()?)
+        self.one(
+            "SELECT id, name, roles, digest, created_at, revoked_at FROM operators WHERE id = ?1",
+            params![id],
+            operator_of,
+        )
     }
 
     /// All operators.
     pub fn operators(&self) -> Result<Vec<OperatorRow>> {
-        let mut st = self.0.prepare(
+        self.all(
             "SELECT id, name, roles, digest, created_at, revoked_at FROM operators ORDER BY name",
-        )?;
-        let rows = st.query_map([], operator_of)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            [],
+            operator_of,
+        )
     }
 
     /// Revoke an operator's token; `false` if no such active operator.
     pub fn revoke_operator(&self, name: &str, now: i64) -> Result<bool> {
-        let n = self.0.execute(
+        let n = self.exec(
             "UPDATE operators SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
             params![name, now],
         )?;
@@ -976,7 +1109,7 @@ impl Tx<'_> {
         now: i64,
         expires_at: i64,
     ) -> Result<i64> {
-        self.0.execute(
+        self.exec(
             "INSERT INTO enrollments (vin, digest, created_by, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![vin, digest, created_by, now, expires_at],
         )?;
@@ -987,22 +1120,16 @@ impl Tx<'_> {
     /// marks it used only if it is unused, unexpired and bound to `vin`, so
     /// two racing enrollments cannot both consume it. Returns its id.
     pub fn consume_enrollment(&self, digest: &[u8], vin: &str, now: i64) -> Result<Option<i64>> {
-        Ok(self
-            .0
-            .query_row(
+        self.one(
                 "UPDATE enrollments SET consumed_at = ?3 WHERE digest = ?1 AND vin = ?2 AND consumed_at IS NULL AND expires_at > ?3 RETURNING id",
                 params![digest, vin, now],
                 |r| r.get(0),
             )
-            .optional()?)
     }
 
     /// Enrollment credentials (never their secrets), newest first.
     pub fn enrollments(&self, limit: u32) -> Result<Vec<EnrollmentRow>> {
-        let mut st = self.0.prepare(
-            "SELECT id, vin, created_by, created_at, expires_at, consumed_at FROM enrollments ORDER BY id DESC LIMIT ?1",
-        )?;
-        let rows = st.query_map(params![limit], |r| {
+        self.all("SELECT id, vin, created_by, created_at, expires_at, consumed_at FROM enrollments ORDER BY id DESC LIMIT ?1", params![limit], |r| {
             Ok(EnrollmentRow {
                 id: r.get(0)?,
                 vin: r.get(1)?,
@@ -1011,27 +1138,23 @@ impl Tx<'_> {
                 expires_at: r.get(4)?,
                 consumed_at: r.get(5)?,
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     // ---- audit trail -----------------------------------------------------------
 
     /// The newest audit record's sequence number and hash.
     pub fn audit_head(&self) -> Result<Option<(i64, String)>> {
-        Ok(self
-            .0
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?)
+        self.one(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     /// Append an audit record (the caller computed hash and signature).
     pub fn insert_audit(&self, rec: &AuditRow) -> Result<()> {
-        self.0.execute(
+        self.exec(
             "INSERT INTO audit (seq, at, actor, action, detail, prev, hash, keyid, sig) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![rec.seq, rec.at, rec.actor, rec.action, rec.detail, rec.prev, rec.hash, rec.keyid, rec.sig],
         )?;
@@ -1040,10 +1163,7 @@ impl Tx<'_> {
 
     /// Audit records with `seq > after`, oldest first, at most `limit`.
     pub fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRow>> {
-        let mut st = self.0.prepare(
-            "SELECT seq, at, actor, action, detail, prev, hash, keyid, sig FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = st.query_map(params![after, limit], |r| {
+        self.all("SELECT seq, at, actor, action, detail, prev, hash, keyid, sig FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2", params![after, limit], |r| {
             Ok(AuditRow {
                 seq: r.get(0)?,
                 at: r.get(1)?,
@@ -1055,8 +1175,7 @@ impl Tx<'_> {
                 keyid: r.get(7)?,
                 sig: r.get(8)?,
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     // ---- events ------------------------------------------------------------
@@ -1070,7 +1189,7 @@ impl Tx<'_> {
         detail: &str,
         now: i64,
     ) -> Result<()> {
-        self.0.execute(
+        self.exec(
             "INSERT INTO events (vin, ecu_serial, kind, detail, at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![vin, serial, kind, detail, now],
         )?;
@@ -1079,10 +1198,7 @@ impl Tx<'_> {
 
     /// History, newest first, optionally of one vehicle.
     pub fn events(&self, vin: Option<&str>, limit: u32) -> Result<Vec<EventRow>> {
-        let mut st = self.0.prepare(
-            "SELECT id, vin, ecu_serial, kind, detail, at FROM events WHERE (?1 IS NULL OR vin = ?1) ORDER BY id DESC LIMIT ?2",
-        )?;
-        let rows = st.query_map(params![vin, limit], |r| {
+        let row = |r: &Row<'_>| {
             Ok(EventRow {
                 id: r.get(0)?,
                 vin: r.get(1)?,
@@ -1091,13 +1207,21 @@ impl Tx<'_> {
                 detail: r.get(4)?,
                 at: r.get(5)?,
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        };
+        match vin {
+            Some(vin) => self.all(SQL_EVENTS_OF_VEHICLE, params![vin, limit], row),
+            None => self.all(
+                "SELECT id, vin, ecu_serial, kind, detail, at FROM events ORDER BY id DESC LIMIT ?1",
+                params![limit],
+                row,
+            ),
+        }
     }
 
     /// Row counts for the status endpoint.
     pub fn counts(&self) -> Result<serde_json::Value> {
-        let count = |sql: &str| -> Result<i64> { Ok(self.0.query_row(sql, [], |r| r.get(0))?) };
+        let count =
+            |sql: &str| -> Result<i64> { Ok(self.one(sql, [], |r| r.get(0))?.unwrap_or(0)) };
         Ok(serde_json::json!({
             "vehicles": count("SELECT COUNT(*) FROM vehicles")?,
             "ecus": count("SELECT COUNT(*) FROM ecus")?,
@@ -1195,5 +1319,120 @@ mod tests {
         assert!(db
             .write(|tx| tx.insert_assignment("V1", "P1", "fw", None, 0))
             .is_err());
+    }
+    static TRACED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    fn traced(sql: &str) {
+        if let Ok(mut t) = TRACED.lock() {
+            t.push(sql.to_owned());
+        }
+    }
+
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let mut rows = st.raw_query();
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().unwrap() {
+            out.push(r.get::<_, String>(3).unwrap());
+        }
+        out
+    }
+
+    fn scans(detail: &[String]) -> bool {
+        detail.iter().any(|d| d.starts_with("SCAN "))
+    }
+
+    fn image_row(name: &str) -> ImageRow {
+        ImageRow {
+            name: name.into(),
+            sha256: "aa".into(),
+            sha512: None,
+            length: 1,
+            hardware_ids: vec!["hw".into()],
+            release_counter: None,
+            version: None,
+            encryption: None,
+            encrypted: false,
+            targets_version: 1,
+            content_key: None,
+        }
+    }
+
+    // Regression: `(?1 IS NULL OR vin = ?1)` filters were planned as
+    // `SCAN assignments`, 1.22 ms per manifest at 30,000 assignments. Every
+    // statement a check-in runs (request authentication, Director and Image
+    // metadata, the manifest's write, the Director's regeneration after a
+    // completed install) must be an index search.
+    #[test]
+    fn hot_path_queries_use_indexes() {
+        let db = Db::open_in_memory().unwrap();
+        let keys = crate::director::DirectorKeys::generate();
+        db.write(|tx| {
+            tx.insert_blob("aa", 1, 0)?;
+            tx.upsert_image(&image_row("fw"), 0)?;
+            for i in 0..50 {
+                let vin = format!("V{i}");
+                tx.insert_vehicle(&vin, "P", 0)?;
+                tx.insert_ecu(&vin, "P", "hw", "did:key:z", None, 0)?;
+                tx.insert_assignment(&vin, "P", "fw", None, 0)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        {
+            let conn = db.lock().unwrap();
+            conn.execute_batch("ANALYZE").unwrap();
+        }
+        db.lock().unwrap().trace(Some(traced));
+        let now = 1_900_000_000;
+        // What one check-in and one completed install run.
+        db.read(|tx| {
+            tx.primary_did("V1")?;
+            crate::director::fresh_timestamp(tx, "V1", now)?;
+            tx.meta_version(&crate::repo::director_repo("V1"), "targets", 1)?;
+            tx.latest_meta(crate::repo::IMAGE, "timestamp")?;
+            tx.vehicle("V1")?;
+            tx.ecus("V1")?;
+            Ok(())
+        })
+        .unwrap();
+        db.write(|tx| {
+            tx.vehicle("V1")?;
+            tx.ecus("V1")?;
+            tx.set_manifest_counter("V1", 5)?;
+            tx.insert_manifest("V1", 5, b"{}", now)?;
+            tx.touch_vehicle("V1", now)?;
+            let pending = tx.pending_assignments("V1")?;
+            tx.update_ecu_report("V1", "P", 5, Some(("fw", 1, Some("aa"), None)), now)?;
+            tx.event(Some("V1"), Some("P"), "install-ok", "", now)?;
+            tx.image("fw")?;
+            tx.set_assignment_status(pending[0].id, COMPLETED, now)?;
+            tx.prune_vehicle_history("V1", 50, 1000)?;
+            crate::director::regenerate(tx, &keys, "V1", now)?;
+            tx.assignments(Some("V1"), None, None)?;
+            tx.assignments(None, None, Some(1))?;
+            tx.events(Some("V1"), 10)?;
+            Ok(())
+        })
+        .unwrap();
+        let mut conn = db.lock().unwrap();
+        conn.trace(None);
+        let statements: Vec<String> = TRACED.lock().unwrap().clone();
+        let mut checked = 0;
+        for sql in statements.iter().filter(|s| {
+            let u = s.trim_start().to_ascii_uppercase();
+            u.starts_with("SELECT") || u.starts_with("UPDATE") || u.starts_with("DELETE")
+        }) {
+            let detail = plan(&conn, sql);
+            assert!(!scans(&detail), "{sql}\nis planned as {detail:?}");
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} statements traced");
+        // The check can fail: the old optional-filter form is a scan.
+        let old = plan(
+            &conn,
+            "SELECT id FROM assignments WHERE (?1 IS NULL OR vin = ?1) AND (?2 IS NULL OR status = ?2) ORDER BY id",
+        );
+        assert!(scans(&old), "{old:?}");
     }
 }

@@ -112,7 +112,7 @@ pub fn regenerate(tx: &Tx<'_>, keys: &DirectorKeys, vin: &str, now: i64) -> Resu
     let expires = now + DIRECTOR_TARGETS_LIFETIME_SECS.min(TARGETS_LIFETIME_SECS);
     let mut entries: BTreeMap<String, (TargetFile, TargetCustom, Option<EncryptionInfo>)> =
         BTreeMap::new();
-    for a in tx.assignments(Some(vin), Some(crate::db::PENDING), None)? {
+    for a in tx.pending_assignments(vin)? {
         let image = tx
             .image(&a.image)?
             .ok_or_else(|| Error::Internal(format!("assigned image {} missing", a.image)))?;
