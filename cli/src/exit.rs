@@ -54,8 +54,35 @@ pub fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
     .into()
 }
 
+/// `NotPermitted`: the bus policy refused the call (`AccessDenied`).
+pub const NOT_PERMITTED: u8 = 8;
+
+/// The bus policy's refusal (`org.freedesktop.DBus.Error.AccessDenied`), as
+/// one line: the caller is not in a group the policy lets talk to the
+/// daemon (or receive its signals).
+pub fn access_denied(e: &anyhow::Error) -> Option<String> {
+    let OtaError::ZBus(z) = e.downcast_ref::<OtaError>()? else {
+        return None;
+    };
+    match z {
+        zbus::Error::MethodError(name, message, _)
+            if name.as_str() == "org.freedesktop.DBus.Error.AccessDenied" =>
+        {
+            Some(message.clone().unwrap_or_default())
+        }
+        zbus::Error::FDO(f) => match f.as_ref() {
+            zbus::fdo::Error::AccessDenied(m) => Some(m.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The exit status for an error from a command.
 pub fn code_of(e: &anyhow::Error) -> u8 {
+    if access_denied(e).is_some() {
+        return NOT_PERMITTED;
+    }
     if let Some(x) = e.downcast_ref::<Exit>() {
         return x.code;
     }

@@ -5,6 +5,19 @@
 //! documented exit status ([`exit`]).
 #![forbid(unsafe_code)]
 
+/// `println!` that ends the program quietly (status 0) when stdout is a
+/// closed pipe (`secureevctl --json history | head -1`), as ripgrep does,
+/// instead of panicking. It shadows the standard macro in every module.
+macro_rules! println {
+    () => { $crate::print_or_exit(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::print_or_exit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` with the same treatment of a closed pipe.
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::print_or_exit(format_args!($($arg)*)) };
+}
+
 mod commands;
 mod exit;
 mod output;
@@ -91,6 +104,19 @@ enum Command {
     },
 }
 
+/// Write to stdout; on a closed pipe exit at once with status 0, on another
+/// write error with 1 (one line on stderr).
+fn print_or_exit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("secureevctl: cannot write to stdout: {e}");
+        std::process::exit(i32::from(exit::FAILURE));
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -106,7 +132,14 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            eprintln!("secureevctl: {e:#}");
+            match exit::access_denied(&e) {
+                Some(m) => eprintln!(
+                    "secureevctl: access denied by the D-Bus policy (is this user in the daemon's \
+                     groups? see docs/dbus-api.md, Access control): {}",
+                    m.lines().next().unwrap_or_default()
+                ),
+                None => eprintln!("secureevctl: {e:#}"),
+            }
             std::process::ExitCode::from(exit::code_of(&e))
         }
     }

@@ -292,3 +292,52 @@ async fn provision_calls_the_daemon() {
     let out = ctl(&d.bus, &["provision", "http://plain.example"]).await;
     assert_eq!(code(&out), 4, "{}", stderr(&out));
 }
+
+/// The bus policy refusing a call is one clear line and exit status 8
+/// (NotPermitted), not a zbus error dump and 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_by_the_bus_policy_is_exit_8_with_one_line() {
+    let bus = PrivateBus::start_with_policy(
+        r#"<policy context="default">
+    <deny send_destination="io.secureev.Ota1" send_interface="io.secureev.Ota1" send_member="GetHistory"/>
+  </policy>"#,
+    )
+    .expect("private dbus-daemon");
+    let state = StateHandle::new();
+    let fake = FakeController::new(state.clone(), Duration::from_millis(50));
+    let _server = state
+        .serve(bus.builder().unwrap(), Arc::new(fake))
+        .await
+        .unwrap();
+    let out = ctl(&bus, &["history"]).await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 8, "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("access denied by the D-Bus policy"), "{err}");
+}
+
+/// `secureevctl --json history | head -1`: a closed stdout ends the program
+/// quietly (status 0, nothing on stderr) instead of a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_stdout_pipe_exits_quietly() {
+    let d = daemon(Duration::from_millis(50)).await;
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--bus")
+        .arg(d.bus.address())
+        .args(["--json", "history"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().unwrap();
+        // Close the read end before the CLI writes anything.
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 0, "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "{err}");
+}

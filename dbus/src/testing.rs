@@ -30,6 +30,13 @@ impl PrivateBus {
     /// Starts `dbus-daemon --nofork --print-address` with a generated config that
     /// allows everything (the policy of the real system bus is the daemon's job).
     pub fn start() -> std::io::Result<Self> {
+        Self::start_with_policy("")
+    }
+
+    /// [`Self::start`] with `extra` (`<policy>` elements) after the allow-all
+    /// default policy, e.g. a `<deny …/>` to test a client's handling of
+    /// `AccessDenied`.
+    pub fn start_with_policy(extra: &str) -> std::io::Result<Self> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("bus");
         let config = dir.path().join("bus.conf");
@@ -47,9 +54,11 @@ impl PrivateBus {
     <allow eavesdrop="true"/>
     <allow own="*"/>
   </policy>
+  {}
 </busconfig>
 "#,
-                socket.display()
+                socket.display(),
+                extra
             ),
         )?;
         let mut child = Command::new("dbus-daemon")

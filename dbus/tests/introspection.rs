@@ -100,8 +100,8 @@ fn committed_form(live: &str) -> String {
          \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n\
          <!-- io.secureev.Ota1: SecureEV-OTA vehicle update service.\n     \
          Bus name {BUS_NAME}, object {OBJECT_PATH}. Documented in docs/dbus-api.md.\n     \
-         Generated from live introspection (SECUREEV_BLESS_XML=1 cargo test -p secureev-dbus\n     \
-         --test introspection) and checked against it by that test. -->\n\
+         Generated from live introspection (SECUREEV_BLESS_XML=1 and the introspection\n     \
+         test of secureev-dbus) and checked against it by that test. -->\n\
          <node>\n{body}</node>\n"
     )
 }
@@ -131,6 +131,24 @@ async fn live_introspection_matches_committed_xml() {
         want.join("\n"),
         got.join("\n")
     );
+}
+
+/// XML forbids `--` inside a comment; xmllint and gdbus-codegen refused the
+/// committed file when its header said `--test` (regression).
+#[test]
+fn committed_xml_has_no_double_hyphen_in_comments() {
+    let committed = std::fs::read_to_string(COMMITTED).unwrap();
+    let mut rest = committed.as_str();
+    while let Some(start) = rest.find("<!--") {
+        let body = &rest[start + 4..];
+        let end = body.find("-->").expect("unterminated comment");
+        assert!(
+            !body[..end].contains("--"),
+            "'--' inside a comment of {COMMITTED}: {:?}",
+            &body[..end]
+        );
+        rest = &body[end + 3..];
+    }
 }
 
 #[test]

@@ -14,7 +14,9 @@
 #      secureev-otad.service and secureev-ecu@vcan0.service.
 #   3. sysusers.d and tmpfiles.d entries applied to the temporary root.
 #   4. Consistency of unit, activation file and policy (name, user, unit).
-#   5. The policy under a real dbus-daemon with a system-bus configuration
+#   5. dbus/io.secureev.Ota1.xml: well-formed (xmllint), gdbus-codegen
+#      generates C from it and that C compiles against GIO.
+#   6. The policy under a real dbus-daemon with a system-bus configuration
 #      (deny by default, like system.conf) that includes our policy file:
 #      who may own io.secureev.Ota1 and who may call, read properties and
 #      introspect it.
@@ -233,6 +235,38 @@ elif [ ! -d "$TREE/../daemon" ]; then
     echo "note    no daemon/ crate yet: defaults check not applicable"
 else
     fail "daemon/src/config.rs not found: update the defaults check in systemd/tests/run.sh"
+fi
+
+# --------------------------------------------------------------------------
+note "interface XML for UI teams (dbus/io.secureev.Ota1.xml): xmllint, gdbus-codegen, compiled"
+
+IFACE_XML="$TREE/../dbus/io.secureev.Ota1.xml"
+xml_pkgs=()
+command -v xmllint >/dev/null || xml_pkgs+=(libxml2-utils)
+command -v gdbus-codegen >/dev/null || xml_pkgs+=(libglib2.0-dev-bin)
+command -v cc >/dev/null || xml_pkgs+=(gcc libc6-dev)
+command -v pkg-config >/dev/null || xml_pkgs+=(pkg-config)
+pkg-config --exists gio-2.0 2>/dev/null || xml_pkgs+=(libglib2.0-dev)
+if [ "${#xml_pkgs[@]}" -gt 0 ] && [ "$IS_ROOT" = 1 ] && command -v apt-get >/dev/null; then
+    echo "installing: ${xml_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -qq --no-install-recommends "${xml_pkgs[@]}" ||
+      { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${xml_pkgs[@]}"; }; } >/dev/null
+fi
+if [ ! -f "$IFACE_XML" ]; then
+    fail "dbus/io.secureev.Ota1.xml not found"
+else
+    check "interface XML is well-formed (xmllint --noout)" xmllint --noout "$IFACE_XML"
+    GEN="$WORK/codegen"; mkdir -p "$GEN"
+    check "gdbus-codegen generates C from the interface XML" \
+        gdbus-codegen --interface-prefix io.secureev. --c-namespace SecureEv \
+            --generate-c-code "$GEN/ota1" "$IFACE_XML"
+    check "the generated C compiles (-Wall -Werror) against GIO" bash -c \
+        "cc -c -Wall -Werror \$(pkg-config --cflags gio-2.0) '$GEN/ota1.c' -o '$GEN/ota1.o'"
+    # A broken copy must fail, so the checks above can fail.
+    sed 's/<node>/<node><!-- a -- b -->/' "$IFACE_XML" > "$GEN/broken.xml"
+    check "xmllint rejects '--' inside a comment (the old bug)" \
+        bash -c "! xmllint --noout '$GEN/broken.xml' 2>/dev/null"
 fi
 
 # --------------------------------------------------------------------------
