@@ -6,12 +6,12 @@
 //! specification and against python-tuf, which the suite's expectations follow.
 //!
 //! ## Architecture and the I/O boundary
-//! Every decision about trust is made by
-//! [`secureev_uptane::trusted::TrustedRepository`]; this crate only moves
-//! bytes. [`Client`] reads the trusted files of a metadata directory, fetches
-//! files over HTTP ([`fetch`]), offers the bytes to the core in the order of
-//! the TUF 1.0 §5.3 client workflow, and persists exactly the bytes the core
-//! accepted ([`store`]). The current time is an argument: the binary reads the
+//! Every decision about trust, and the order of the TUF 1.0 §5.3 client
+//! workflow, is the core's: [`secureev_uptane::client::UpdateClient`] in its
+//! TUF mode, the same machine the Uptane daemon and ECU drive. This crate only
+//! moves bytes: [`Client`] answers the machine's steps from the trusted files
+//! of a metadata directory and over HTTP ([`fetch`]), and persists exactly the
+//! bytes the core accepted ([`store`]). The current time is an argument: the binary reads the
 //! wall clock once per run, tests pass whatever time they need.
 //!
 //! The request sequence is python-tuf ngclient's, because the suite checks it:
@@ -43,13 +43,11 @@ pub use error::{Error, Result};
 pub use fetch::{Fetch, HttpFetcher};
 
 use quote::{quote_component, quote_path};
+use secureev_uptane::client::{Decision, Failure, Repo, Role, Step, UpdateClient};
 use secureev_uptane::metadata::TargetFile;
-use secureev_uptane::trusted::{
-    Limits, MetaRequest, TargetSearch, TimestampUpdate, TrustedRepository,
-};
+use secureev_uptane::trusted::Limits;
 use secureev_uptane::verify::check_length_and_hashes;
 use secureev_uptane::Timestamp;
-use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use store::{write_atomic, MetadataDir};
@@ -119,13 +117,10 @@ impl<F: Fetch> Client<F> {
         self.metadata.store(ROOT, &bytes)
     }
 
-    /// Update the top-level metadata (TUF 1.0 §5.3) and return the trusted
-    /// state, ready for target searches.
-    pub fn refresh(&self, now: Timestamp) -> Result<TrustedRepository> {
-        let base = self
-            .metadata_url
-            .as_deref()
-            .ok_or_else(|| Error::Usage("refresh needs a metadata URL".into()))?;
+    /// Update the top-level metadata (TUF 1.0 §5.3) and return the refreshed
+    /// client, ready for target lookups ([`Client::download_target`]).
+    pub fn refresh(&self, now: Timestamp) -> Result<UpdateClient> {
+        let base = self.base("refresh")?;
         // TUF 1.0 §5.2: "Load the trusted root metadata file." It must be
         // signed by a threshold of its own keys; a root that is not fails the
         // refresh before any request is made.
@@ -135,14 +130,13 @@ impl<F: Fetch> Client<F> {
                 self.metadata.dir().display()
             ))
         })?;
-        let mut repo = TrustedRepository::new("repository", &root)
-            .map_err(Error::verify("trusted root.json"))?
+        let mut client = UpdateClient::tuf("repository", &root, now)
+            .map_err(|f| Error::verification_of("trusted root.json", f.into_error()))?
             .with_limits(self.limits.clone());
-        self.update_root(&mut repo, base)?;
-        self.update_timestamp(&mut repo, base, now)?;
-        self.update_snapshot(&mut repo, base, now)?;
-        self.load_targets(&mut repo, base, TARGETS, ROOT, now)?;
-        Ok(repo)
+        match self.drive(&mut client, base)? {
+            Decision::Refreshed => Ok(client),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Refresh, then download and verify each target into `target_dir`,
@@ -160,29 +154,32 @@ impl<F: Fetch> Client<F> {
                 "download needs at least one target name".into(),
             ));
         }
-        let mut repo = self.refresh(now)?;
+        let mut client = self.refresh(now)?;
         target_names
             .iter()
-            .map(|name| self.download_target(&mut repo, name, target_base_url, target_dir, now))
+            .map(|name| self.download_target(&mut client, name, target_base_url, target_dir))
             .collect()
     }
 
-    /// Find `name` through the delegations of a refreshed `repo` and store the
-    /// verified target as `target_dir/<quote(name, safe="")>`. A file already
-    /// there whose length and hashes match is kept and not downloaded again.
+    /// Find `name` through the delegations of a refreshed `client` and store
+    /// the verified target as `target_dir/<quote(name, safe="")>`. A file
+    /// already there whose length and hashes match is kept and not downloaded
+    /// again.
     pub fn download_target(
         &self,
-        repo: &mut TrustedRepository,
+        client: &mut UpdateClient,
         name: &str,
         target_base_url: &str,
         target_dir: &Path,
-        now: Timestamp,
     ) -> Result<PathBuf> {
-        let base = self
-            .metadata_url
-            .as_deref()
-            .ok_or_else(|| Error::Usage("download needs a metadata URL".into()))?;
-        let target = self.find_target(repo, base, name, now)?;
+        let base = self.base("download")?;
+        // TUF 1.0 §5.6.7: the client searches the delegations, asking for the
+        // roles it needs.
+        client.find_target(name).map_err(failure(base))?;
+        let target = match self.drive(client, base)? {
+            Decision::Target { target, .. } => target,
+            other => return Err(unexpected(&other)),
+        };
         // TUF 1.0 §5.7.2: the target must match the length and hashes its
         // targets role lists. A target listed without hashes cannot be
         // verified at all, so it is refused rather than accepted unchecked.
@@ -203,11 +200,14 @@ impl<F: Fetch> Client<F> {
                 return Ok(path);
             }
         }
+        let consistent_snapshot = client
+            .repository(Repo::Image)
+            .is_some_and(|r| r.root().consistent_snapshot);
         let url = target_url(
             &with_trailing_slash(target_base_url),
             name,
             &target,
-            repo.root().consistent_snapshot,
+            consistent_snapshot,
         );
         let data = self.fetcher.fetch(&url, target.length)?;
         verify(&data).map_err(Error::verify(url))?;
@@ -216,165 +216,82 @@ impl<F: Fetch> Client<F> {
         Ok(path)
     }
 
-    /// TUF 1.0 §5.3.2–§5.3.9: fetch root N+1, N+2, ... until the repository
-    /// answers 403 or 404, at most `max_root_rotations` times; each must be
-    /// signed by the trusted root and by itself, and is persisted at once.
-    fn update_root(&self, repo: &mut TrustedRepository, base: &str) -> Result<()> {
-        let first = repo.root().common.version.saturating_add(1);
-        let end = first.saturating_add(self.limits.max_root_rotations);
-        for version in first..end {
-            let url = format!("{base}{version}.root.json");
-            let bytes = match self.fetcher.fetch(&url, self.limits.root_max_length) {
-                Ok(bytes) => bytes,
-                Err(Error::HttpStatus {
-                    status: 403 | 404, ..
-                }) => break,
-                Err(e) => return Err(e),
-            };
-            repo.update_root(&bytes).map_err(Error::verify(&url))?;
-            self.metadata.store(ROOT, &bytes)?;
-        }
-        Ok(())
+    fn base(&self, what: &str) -> Result<&str> {
+        self.metadata_url
+            .as_deref()
+            .ok_or_else(|| Error::Usage(format!("{what} needs a metadata URL")))
     }
 
-    /// TUF 1.0 §5.4. The local timestamp goes first, so that the remote one
-    /// is checked against it for rollback; a local file that fails is ignored
-    /// (an expired one is still kept by the core as the rollback reference).
-    /// A remote timestamp of the same version changes nothing and is not
-    /// stored.
-    fn update_timestamp(
-        &self,
-        repo: &mut TrustedRepository,
-        base: &str,
-        now: Timestamp,
-    ) -> Result<()> {
-        if let Ok(Some(local)) = self.metadata.load(TIMESTAMP) {
-            let _ignored = repo.update_timestamp(&local, now);
-        }
-        let url = format!("{base}timestamp.json");
-        let bytes = self.fetcher.fetch(&url, self.limits.timestamp_max_length)?;
-        match repo
-            .update_timestamp(&bytes, now)
-            .map_err(Error::verify(&url))?
-        {
-            TimestampUpdate::Updated => self.metadata.store(TIMESTAMP, &bytes),
-            TimestampUpdate::Unchanged => Ok(()),
-        }
-    }
-
-    /// TUF 1.0 §5.5. A local snapshot that is still the one the timestamp
-    /// lists (and not expired) is final: nothing is downloaded.
-    fn update_snapshot(
-        &self,
-        repo: &mut TrustedRepository,
-        base: &str,
-        now: Timestamp,
-    ) -> Result<()> {
-        if let Ok(Some(local)) = self.metadata.load(SNAPSHOT) {
-            if repo.update_snapshot_local_skip_hashes(&local, now).is_ok() {
-                return Ok(());
-            }
-        }
-        let request = repo
-            .snapshot_request()
-            .map_err(Error::verify("timestamp.json"))?;
-        let url = meta_url(base, &request);
-        let bytes = self.fetcher.fetch(&url, request.max_length)?;
-        repo.update_snapshot(&bytes, now)
-            .map_err(Error::verify(&url))?;
-        self.metadata.store(SNAPSHOT, &bytes)
-    }
-
-    /// TUF 1.0 §5.6: load targets role `role` delegated by `parent` (`root`
-    /// for the top-level targets), from the local copy when it still matches
-    /// the snapshot, else from the repository.
-    fn load_targets(
-        &self,
-        repo: &mut TrustedRepository,
-        base: &str,
-        role: &str,
-        parent: &str,
-        now: Timestamp,
-    ) -> Result<()> {
-        // Delegated roles share the directory with the top-level roles: a
-        // delegation named like one would overwrite its trusted file.
-        if parent != ROOT && TOP_LEVEL_ROLES.contains(&role) {
-            return Err(Error::verification_of(
-                format!("delegation from {parent}"),
-                secureev_uptane::Error::InvalidDelegation {
-                    role: role.to_owned(),
-                    reason: "a delegated role may not take the name of a top-level role".into(),
-                },
-            ));
-        }
-        if let Ok(Some(local)) = self.metadata.load(role) {
-            if repo
-                .update_delegated_targets(&local, role, parent, now)
-                .is_ok()
-            {
-                return Ok(());
-            }
-        }
-        let request = repo
-            .targets_request(role)
-            .map_err(Error::verify(format!("snapshot entry for {role}")))?;
-        let url = meta_url(base, &request);
-        let bytes = self.fetcher.fetch(&url, request.max_length)?;
-        repo.update_delegated_targets(&bytes, role, parent, now)
-            .map_err(Error::verify(&url))?;
-        self.metadata.store(role, &bytes)
-    }
-
-    /// TUF 1.0 §5.6.7: pre-order depth-first search, loading each delegated
-    /// role the core asks for.
-    fn find_target(
-        &self,
-        repo: &mut TrustedRepository,
-        base: &str,
-        name: &str,
-        now: Timestamp,
-    ) -> Result<TargetFile> {
-        let mut loaded: HashSet<String> = HashSet::new();
+    /// The I/O loop around the core's [`UpdateClient`]: it decides the order
+    /// (python-tuf ngclient's, which the suite checks: `<N+1>.root.json`
+    /// until 403/404, `timestamp.json`, the snapshot unless the local one is
+    /// still current, the targets unless the local copy still matches, then
+    /// delegated roles as the search asks); this loop reads local files,
+    /// fetches, and stores exactly the bytes the core accepted.
+    fn drive(&self, client: &mut UpdateClient, base: &str) -> Result<Decision> {
         loop {
-            match repo
-                .find_target(name)
-                .map_err(Error::verify(format!("delegations for {name:?}")))?
-            {
-                TargetSearch::Found { target, .. } => return Ok(target),
-                TargetSearch::NotFound => {
-                    return Err(Error::verification_of(
-                        format!("target {name:?}"),
-                        secureev_uptane::Error::TargetNotFound {
-                            target: name.to_owned(),
-                        },
-                    ))
-                }
-                TargetSearch::NeedRole { role, parent } => {
-                    // Each role is loaded once; asking twice would loop forever.
-                    if !loaded.insert(role.clone()) {
-                        return Err(Error::verification_of(
-                            format!("delegations for {name:?}"),
-                            secureev_uptane::Error::Workflow(format!(
-                                "role {role} requested again after it was loaded"
-                            )),
-                        ));
+            match client.next_step().map_err(failure(base))? {
+                Step::Load { role, .. } => {
+                    // Delegated roles share the directory with the top-level
+                    // roles: a delegation named like one would overwrite its
+                    // trusted file.
+                    if let Role::Delegated(name) = &role {
+                        if TOP_LEVEL_ROLES.contains(&name.as_str()) {
+                            return Err(Error::verification_of(
+                                "delegation",
+                                secureev_uptane::Error::InvalidDelegation {
+                                    role: name.clone(),
+                                    reason: "a delegated role may not take the name of a \
+                                             top-level role"
+                                        .into(),
+                                },
+                            ));
+                        }
                     }
-                    self.load_targets(repo, base, &role, &parent, now)?;
+                    // A local file that cannot be read counts as absent.
+                    match self.metadata.load(role.as_str()) {
+                        Ok(Some(local)) => client.offer(&local),
+                        _ => client.offer_not_found(),
+                    }
+                    .map_err(failure(base))?;
                 }
+                Step::Fetch(request) => {
+                    let url = format!("{base}{}", request.file);
+                    match self.fetcher.fetch(&url, request.max_length) {
+                        Ok(bytes) => client.offer(&bytes).map_err(failure(base))?,
+                        // TUF 1.0 §5.3.3: no newer root.
+                        Err(Error::HttpStatus {
+                            status: 403 | 404, ..
+                        }) if request.optional() => {
+                            client.offer_not_found().map_err(failure(base))?
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Step::Persist { role, bytes, .. } => self.metadata.store(role.as_str(), &bytes)?,
+                Step::Done(decision) => return Ok(decision),
             }
         }
     }
 }
 
-/// URL of a snapshot or targets role: `<base><version>.<role>.json` under
-/// consistent snapshots, `<base><role>.json` otherwise, with the role name
-/// quoted as python-tuf quotes it.
-fn meta_url(base: &str, request: &MetaRequest) -> String {
-    let role = quote_component(&request.role);
-    match request.version {
-        Some(version) => format!("{base}{version}.{role}.json"),
-        None => format!("{base}{role}.json"),
+/// A core failure as this client's error: named by the URL of the file that
+/// failed, or by what was being checked.
+fn failure(base: &str) -> impl Fn(Failure) -> Error + '_ {
+    move |f| {
+        let what = match f.file_name() {
+            Some(file) => format!("{base}{file}"),
+            None => f.context().to_owned(),
+        };
+        Error::verification_of(what, f.into_error())
     }
+}
+
+fn unexpected(decision: &Decision) -> Error {
+    Error::verification_of(
+        "refresh",
+        secureev_uptane::Error::Workflow(format!("unexpected decision {decision:?}")),
+    )
 }
 
 /// TUF 1.0 §5.7.3: with consistent snapshots a target is fetched as
@@ -441,22 +358,6 @@ mod tests {
             target_url("http://h/t/", "x y", &t, true),
             "http://h/t/bb.x%20y"
         );
-    }
-
-    #[test]
-    fn meta_urls_quote_role_names() {
-        let req = |role: &str, version| MetaRequest {
-            role: role.into(),
-            version,
-            max_length: 1,
-        };
-        assert_eq!(
-            meta_url("u/", &req("snapshot", Some(3))),
-            "u/3.snapshot.json"
-        );
-        assert_eq!(meta_url("u/", &req("targets", None)), "u/targets.json");
-        assert_eq!(meta_url("u/", &req("../x", Some(1))), "u/1...%2Fx.json");
-        assert_eq!(meta_url("u/", &req("?", None)), "u/%3F.json");
     }
 
     #[test]

@@ -14,7 +14,8 @@ mod common;
 
 use common::{assert_exit, list, now, variant, Cli, Server, TempDir};
 use secureev_tuf_conformance::Client;
-use secureev_uptane::trusted::{TargetSearch, TimestampUpdate, TrustedRepository};
+use secureev_uptane::client::{drive, Decision, Repo, UpdateClient};
+use secureev_uptane::quote::quote_component;
 use secureev_uptane::verify::check_length_and_hashes;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -118,15 +119,43 @@ fn fixture() -> Option<&'static Fixture> {
     }))
 }
 
+/// The core's client (TUF mode) against the python-tuf repository, files
+/// answered straight from the build directory: the requests it makes, the
+/// keys securesystemslib made, and the delegation search.
 #[test]
-fn trusted_repository_verifies_the_python_tuf_repository() {
+fn core_client_verifies_the_python_tuf_repository() {
     let Some(f) = fixture() else { return };
     let now = now();
     let read = |file: &str| f.read("good", file);
-    let mut repo = TrustedRepository::new("python-tuf", &read("1.root.json")).unwrap();
+    let requests = std::cell::RefCell::new(Vec::new());
+    let mut run = |client: &mut UpdateClient| {
+        drive(
+            client,
+            |req| {
+                requests.borrow_mut().push(req.file.clone());
+                let path = f.dir.join("good/metadata").join(&req.file);
+                fs::read(path).ok()
+            },
+            |_, _| None,
+            |_, _, _, _| {},
+        )
+        .unwrap()
+    };
+    let mut client = UpdateClient::tuf("python-tuf", &read("1.root.json"), now).unwrap();
+    assert!(matches!(run(&mut client), Decision::Refreshed));
     // Root rotation: 2.root.json has a new root key and a new timestamp key
     // and is signed by both the old and the new root key.
-    repo.update_root(&read("2.root.json")).unwrap();
+    assert_eq!(
+        requests.take(),
+        [
+            "2.root.json",
+            "3.root.json",
+            "timestamp.json",
+            "2.snapshot.json",
+            "2.targets.json"
+        ]
+    );
+    let repo = client.repository(Repo::Image).unwrap();
     assert_eq!(repo.root().common.version, 2);
     for (keyid, key) in &repo.root().keys {
         assert_eq!(
@@ -138,18 +167,10 @@ fn trusted_repository_verifies_the_python_tuf_repository() {
     }
     assert!(repo.root().consistent_snapshot);
 
-    assert_eq!(
-        repo.update_timestamp(&read("timestamp.json"), now).unwrap(),
-        TimestampUpdate::Updated
-    );
-    assert_eq!(repo.snapshot_request().unwrap().version, Some(2));
-    repo.update_snapshot(&read("2.snapshot.json"), now).unwrap();
-    assert_eq!(repo.targets_request("targets").unwrap().version, Some(2));
-    repo.update_targets(&read("2.targets.json"), now).unwrap();
-
     let hello = f.content("hello.txt");
-    match repo.find_target("hello.txt").unwrap() {
-        TargetSearch::Found { role, target } => {
+    client.find_target("hello.txt").unwrap();
+    match run(&mut client) {
+        Decision::Target { role, target } => {
             assert_eq!(role, "targets");
             check_length_and_hashes(
                 "hello.txt",
@@ -161,20 +182,13 @@ fn trusted_repository_verifies_the_python_tuf_repository() {
         }
         other => panic!("hello.txt: {other:?}"),
     }
+    assert!(requests.take().is_empty());
 
     let role = f.manifest["delegated_role"].as_str().unwrap();
     let image = f.content("firmware/ecu-a.bin");
-    assert_eq!(
-        repo.find_target("firmware/ecu-a.bin").unwrap(),
-        TargetSearch::NeedRole {
-            role: role.into(),
-            parent: "targets".into()
-        }
-    );
-    repo.update_delegated_targets(&read(&format!("1.{role}.json")), role, "targets", now)
-        .unwrap();
-    match repo.find_target("firmware/ecu-a.bin").unwrap() {
-        TargetSearch::Found {
+    client.find_target("firmware/ecu-a.bin").unwrap();
+    match run(&mut client) {
+        Decision::Target {
             role: found_in,
             target,
         } => {
@@ -202,11 +216,16 @@ fn trusted_repository_verifies_the_python_tuf_repository() {
         }
         other => panic!("firmware/ecu-a.bin: {other:?}"),
     }
+    assert_eq!(
+        requests.take(),
+        [format!("1.{}.json", quote_component(role))]
+    );
     // The firmware role is terminating, and `docs` (listed first) does not
     // match the path: an unknown firmware path ends the search there.
-    assert_eq!(
-        repo.find_target("firmware/none.bin").unwrap(),
-        TargetSearch::NotFound
+    let err = client.find_target("firmware/none.bin").unwrap_err();
+    assert!(
+        matches!(err.error(), secureev_uptane::Error::TargetNotFound { .. }),
+        "{err}"
     );
 }
 

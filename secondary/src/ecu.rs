@@ -18,12 +18,15 @@ use secureev_uds::protocol::{
 };
 use secureev_uds::server::{Context, DownloadRequest, EcuBackend, ImageSink, Progress};
 use secureev_uds::Nrc;
+use secureev_uptane::client::{
+    Decision, Failure, MetaRequest, Repo as UptaneRepo, Role, Step, UpdateClient,
+};
 use secureev_uptane::encryption::{EncryptionInfo, StreamDecryptor};
 use secureev_uptane::manifest::{
     sign_ecu_report, EcuVersionReport, InstallationResult, ATTACK_SEPARATOR,
 };
-use secureev_uptane::trusted::{Layout, TargetSearch, TrustedRepository};
-use secureev_uptane::uptane::{match_image, partial_verification, EcuInfo, InstalledImage};
+use secureev_uptane::trusted::TrustedRepository;
+use secureev_uptane::uptane::{EcuInfo, InstalledImage};
 use secureev_uptane::Timestamp;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -113,6 +116,14 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 
 fn outcome_of(e: &secureev_uptane::Error) -> Outcome {
     (ResultCode::from_uptane_error(e), e.to_string())
+}
+
+/// The state directory's name for a repository of the core's client.
+fn local_repo(repo: UptaneRepo) -> Repo {
+    match repo {
+        UptaneRepo::Director => Repo::Director,
+        UptaneRepo::Image => Repo::Image,
+    }
 }
 
 /// `signed.version` of a metadata file, if it parses.
@@ -295,20 +306,6 @@ impl Ecu {
         outcome
     }
 
-    /// Apply a staged root chain; roots not newer than the trusted one are
-    /// skipped (the Primary cannot know which version this ECU trusts).
-    fn apply_roots(repo: &mut TrustedRepository, roots: &[Vec<u8>]) -> secureev_uptane::Result<()> {
-        for r in roots {
-            if version_of(r).is_some_and(|v| v <= repo.root().common.version) {
-                continue;
-            }
-            // Uptane 2.1 §5.4.4.3 (1)-(4): N+1, signed by a threshold of the
-            // old and of its own keys.
-            repo.update_root(r)?;
-        }
-        Ok(())
-    }
-
     fn trusted_root(&self, repo: Repo) -> Result<Vec<u8>, secureev_uptane::Error> {
         let shipped = match repo {
             Repo::Director => Some(self.shipped_director_root.clone()),
@@ -320,115 +317,130 @@ impl Ecu {
             .ok_or_else(|| secureev_uptane::Error::Workflow("no trusted root".into()))
     }
 
-    /// TUF roles of one repository for full verification: stored copies are
-    /// the rollback reference, staged ones the new state. Returns the bytes to
-    /// persist on success.
-    fn update_tuf(
-        &self,
-        repo: &mut TrustedRepository,
-        which: Repo,
-        now: Timestamp,
-    ) -> secureev_uptane::Result<Vec<(&'static str, Vec<u8>)>> {
+    /// The staged copy the Primary wrote for a role, for a [`Step::Fetch`]:
+    /// a staged root of exactly the requested version, a staged timestamp,
+    /// snapshot or targets (else the stored one: the Primary need not send
+    /// again what this ECU holds), or a delegated role from the staged
+    /// delegation bundle.
+    fn staged_for(&self, request: &MetaRequest, bundle: &[(String, Vec<u8>)]) -> Option<Vec<u8>> {
         use MetadataRole as R;
-        let (ts_role, snap_role, tgt_role) = match which {
-            Repo::Director => (
-                R::DirectorTimestamp,
-                R::DirectorSnapshot,
-                R::DirectorTargets,
-            ),
-            Repo::Image => (R::ImageTimestamp, R::ImageSnapshot, R::ImageTargets),
+        let repo = local_repo(request.repo);
+        let staged = |director: R, image: R| {
+            let role = match repo {
+                Repo::Director => director,
+                Repo::Image => image,
+            };
+            self.staged.roles.get(&role).cloned()
         };
-        let stored = |role: &str| self.dir.metadata(which, role).ok().flatten();
-        let staged = |r: MetadataRole| self.staged.roles.get(&r).cloned();
-        let repo_name = repo.name().to_owned();
-        let missing = |role: &str| {
-            secureev_uptane::Error::Workflow(format!("{repo_name} {role} was not sent"))
+        let stored = || {
+            self.dir
+                .metadata(repo, request.role.as_str())
+                .ok()
+                .flatten()
         };
-        let mut save = Vec::new();
-        // Uptane 2.1 §5.4.4.4: timestamp, with the stored one as the rollback
-        // reference.
-        let local_ts = stored("timestamp").map(|b| repo.update_timestamp_local(&b, now));
-        match staged(ts_role) {
-            Some(b) => {
-                repo.update_timestamp(&b, now)?;
-                save.push(("timestamp", b));
+        match &request.role {
+            Role::Root => {
+                let roots = match repo {
+                    Repo::Director => &self.staged.director_roots,
+                    Repo::Image => &self.staged.image_roots,
+                };
+                roots
+                    .iter()
+                    .find(|r| version_of(r) == request.version)
+                    .cloned()
             }
-            None => {
-                local_ts.ok_or_else(|| missing("timestamp"))??;
-            }
+            Role::Timestamp => staged(R::DirectorTimestamp, R::ImageTimestamp).or_else(stored),
+            Role::Snapshot => staged(R::DirectorSnapshot, R::ImageSnapshot).or_else(stored),
+            Role::Targets => staged(R::DirectorTargets, R::ImageTargets).or_else(stored),
+            Role::Delegated(name) => bundle
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, b)| b.clone()),
         }
-        // §5.4.4.5: snapshot.
-        match (staged(snap_role), stored("snapshot")) {
-            (Some(b), old) => {
-                if let Some(old) = old {
-                    let _ = repo.update_snapshot_local_skip_hashes(&old, now);
-                }
-                repo.update_snapshot(&b, now)?;
-                save.push(("snapshot", b));
-            }
-            (None, Some(old)) => repo.update_snapshot_local_skip_hashes(&old, now)?,
-            (None, None) => return Err(missing("snapshot")),
-        }
-        // §5.4.4.6: targets.
-        match staged(tgt_role) {
-            Some(b) => {
-                repo.update_targets(&b, now)?;
-                save.push(("targets", b));
-            }
-            None => {
-                repo.update_targets(&stored("targets").ok_or_else(|| missing("targets"))?, now)?
-            }
-        }
-        Ok(save)
     }
 
     fn verify_metadata_inner(&mut self) -> secureev_uptane::Result<Outcome> {
         let Some(written) = self.time_written else {
             return Ok((ResultCode::NoTime, "no time written since power-up".into()));
         };
-        // The ECU's clock never goes below the latest attested time.
+        // The ECU's clock never goes below the latest attested time (Uptane
+        // 2.1 §5.4.4.1/2 step 1: "Load and verify the current time or the
+        // most recent securely attested time").
         let now = Timestamp::from_unix(written.max(self.state.time_floor.unwrap_or(i64::MIN)));
         let ecu = self.ecu_info();
-
-        let mut director = TrustedRepository::new("director", &self.trusted_root(Repo::Director)?)?;
-        Self::apply_roots(&mut director, &self.staged.director_roots)?;
-        let mut save: Vec<(Repo, &'static str, Vec<u8>)> = Vec::new();
-        let mut image_repo = None;
-        match self.verification {
+        let director_root = self.trusted_root(Repo::Director)?;
+        // The one update client of the core: §5.4.4.1 (partial) or §5.4.4.2
+        // (full, this ECU's image only); this loop only moves bytes between
+        // it, the staged metadata and the state directory.
+        let mut client = match self.verification {
             Verification::Partial => {
-                // Uptane 2.1 §5.4.4.1: "Load and verify the current time", then
-                // the Director targets against the Director root.
-                director = director.with_layout(Layout::RootAndTargetsOnly);
-                let targets = match self.staged.roles.get(&MetadataRole::DirectorTargets) {
-                    Some(b) => b.clone(),
-                    None => self
-                        .dir
-                        .metadata(Repo::Director, "targets")
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| {
-                            secureev_uptane::Error::Workflow(
-                                "director targets were not sent".into(),
-                            )
-                        })?,
-                };
-                director.update_targets(&targets, now)?;
-                save.push((Repo::Director, "targets", targets));
+                UpdateClient::secondary_partial(ecu.clone(), &director_root, now)
             }
-            Verification::Full => {
-                // Uptane 2.1 §5.4.4.2 steps 2-5: the Director repository.
-                for (role, b) in self.update_tuf(&mut director, Repo::Director, now)? {
-                    save.push((Repo::Director, role, b));
-                }
-                // Steps 7-9: the Image repository.
-                let mut image = TrustedRepository::new("image", &self.trusted_root(Repo::Image)?)?;
-                Self::apply_roots(&mut image, &self.staged.image_roots)?;
-                for (role, b) in self.update_tuf(&mut image, Repo::Image, now)? {
-                    save.push((Repo::Image, role, b));
-                }
-                image_repo = Some(image);
-            }
+            Verification::Full => UpdateClient::secondary_full(
+                ecu.clone(),
+                &director_root,
+                &self.trusted_root(Repo::Image)?,
+                now,
+            ),
         }
+        .map_err(Failure::into_error)?;
+        let bundle = match self.staged.roles.get(&MetadataRole::ImageDelegations) {
+            Some(b) => protocol::decode_delegations(b)
+                .map_err(|e| secureev_uptane::Error::Workflow(format!("delegation bundle: {e}")))?,
+            None => Vec::new(),
+        };
+        // Persisted only once the whole check passed.
+        let mut save: Vec<(Repo, &'static str, Vec<u8>)> = Vec::new();
+        let decision = loop {
+            match client.next_step().map_err(Failure::into_error)? {
+                Step::Load { repo, role } => {
+                    let stored = match role {
+                        Role::Timestamp | Role::Snapshot | Role::Targets => self
+                            .dir
+                            .metadata(local_repo(repo), role.as_str())
+                            .ok()
+                            .flatten(),
+                        // Delegated roles come with each bundle; none are kept.
+                        Role::Root | Role::Delegated(_) => None,
+                    };
+                    match stored {
+                        Some(b) => client.offer(&b),
+                        None => client.offer_not_found(),
+                    }
+                    .map_err(Failure::into_error)?;
+                }
+                Step::Fetch(request) => match self.staged_for(&request, &bundle) {
+                    Some(b) => client.offer(&b).map_err(Failure::into_error)?,
+                    None if request.optional() => {
+                        client.offer_not_found().map_err(Failure::into_error)?
+                    }
+                    None => {
+                        return Err(secureev_uptane::Error::Workflow(format!(
+                            "{} {} was not sent",
+                            request.repo,
+                            request.role.as_str()
+                        )))
+                    }
+                },
+                Step::Persist {
+                    repo, role, bytes, ..
+                } => {
+                    let role = match role {
+                        Role::Timestamp => "timestamp",
+                        Role::Snapshot => "snapshot",
+                        Role::Targets => "targets",
+                        // The final root is saved below; delegated roles are
+                        // not kept.
+                        Role::Root | Role::Delegated(_) => continue,
+                    };
+                    save.push((local_repo(repo), role, bytes));
+                }
+                Step::Done(decision) => break decision,
+            }
+        };
+        let director = client
+            .repository(UptaneRepo::Director)
+            .ok_or_else(|| secureev_uptane::Error::Workflow("no director".into()))?;
         // §5.4.4.6 (3): the Director targets version must not roll back. With
         // root-and-targets only this is the one rollback reference.
         let version = director.targets().map(|t| t.common.version).unwrap_or(0);
@@ -441,17 +453,28 @@ impl Ecu {
                 });
             }
         }
-        // §5.4.4.6 (5)-(6) and this ECU's entry: hardware ID, release counter.
-        let assignment = partial_verification(&director, &ecu)?;
-        let accepted = match assignment {
+        // This ECU's entry, hardware ID and release counter were checked by
+        // the client; an image already installed is nothing new.
+        let target = match decision {
+            Decision::Assignment(Some(a)) if !a.is_installed_on(&ecu) => {
+                let counter = a.custom.release_counter.unwrap_or(0);
+                Some((a.value().clone(), counter))
+            }
+            Decision::Assignment(_) => None,
+            // §5.4.4.2 step 10: the Image repository entry matched.
+            Decision::Plan(plan) => plan
+                .targets()
+                .first()
+                .map(|t| (t.assignment().clone(), t.release_counter())),
+            other => {
+                return Err(secureev_uptane::Error::Workflow(format!(
+                    "unexpected decision {other:?}"
+                )))
+            }
+        };
+        let accepted = match target {
             None => None,
-            Some(a) if a.is_installed_on(&ecu) => None,
-            Some(a) => {
-                let release_counter = match &image_repo {
-                    // §5.4.4.2 step 10: the Image repository entry matches.
-                    Some(image) => self.match_in_image(image, &a, &ecu, now)?,
-                    None => a.custom.release_counter.unwrap_or(0),
-                };
+            Some((a, release_counter)) => {
                 let encryption = match &a.custom.encryption {
                     None => None,
                     Some(v) => {
@@ -479,7 +502,7 @@ impl Ecu {
         self.dir
             .save_metadata(Repo::Director, "root", &final_root)
             .map_err(|e| secureev_uptane::Error::Workflow(e.to_string()))?;
-        if let Some(image) = &image_repo {
+        if let Some(image) = client.repository(UptaneRepo::Image) {
             self.dir
                 .save_metadata(Repo::Image, "root", image.root().raw())
                 .map_err(|e| secureev_uptane::Error::Workflow(e.to_string()))?;
@@ -503,46 +526,6 @@ impl Ecu {
                 (ResultCode::Ok, detail)
             }
         })
-    }
-
-    fn match_in_image(
-        &self,
-        image: &TrustedRepository,
-        a: &secureev_uptane::uptane::Assignment,
-        ecu: &EcuInfo,
-        now: Timestamp,
-    ) -> secureev_uptane::Result<u64> {
-        let bundle = match self.staged.roles.get(&MetadataRole::ImageDelegations) {
-            Some(b) => protocol::decode_delegations(b)
-                .map_err(|e| secureev_uptane::Error::Workflow(format!("delegation bundle: {e}")))?,
-            None => Vec::new(),
-        };
-        let mut image = image.clone();
-        loop {
-            match image.find_target(&a.name)? {
-                TargetSearch::Found { role, target } => {
-                    return Ok(match_image(a, ecu, &role, &target)?.release_counter())
-                }
-                TargetSearch::NeedRole { role, parent } => {
-                    let bytes = bundle
-                        .iter()
-                        .find(|(n, _)| *n == role)
-                        .map(|(_, b)| b)
-                        .ok_or_else(|| {
-                            secureev_uptane::Error::Workflow(format!(
-                                "delegated role {role} was not sent"
-                            ))
-                        })?;
-                    image.update_delegated_targets(bytes, &role, &parent, now)?;
-                }
-                TargetSearch::NotFound => {
-                    return Err(secureev_uptane::Error::TargetMismatch {
-                        target: a.name.clone(),
-                        field: "not listed by the image repository".into(),
-                    })
-                }
-            }
-        }
     }
 
     // ---- verify-image and activate ------------------------------------------------

@@ -289,8 +289,7 @@ pub fn rotate(
         }
     }
     let bytes = secureev_uptane::builder::sign_value(signed, &signers)?;
-    let mut trusted = secureev_uptane::trusted::TrustedRepository::new("director", &root.bytes)?;
-    trusted.update_root(&bytes)?;
+    let trusted = secureev_uptane::client::check_next_root("director", &root.bytes, &bytes)?;
     let version = root.version + 1;
     let expires = trusted.root().common.expires_at()?.unix();
     tx.insert_meta(repo::DIRECTOR, "root", version, expires, &bytes)?;
@@ -344,7 +343,7 @@ pub fn retire_old_keys(data_dir: &Path, role: &str, keys: &[SigningKey]) -> Resu
 mod tests {
     use super::*;
     use crate::db::Db;
-    use secureev_uptane::trusted::TrustedRepository;
+    use secureev_uptane::client::{drive, Decision, Repo, Role, UpdateClient};
 
     fn versions(db: &Db, vin: &str) -> (u64, u64, u64) {
         let r = director_repo(vin);
@@ -374,11 +373,22 @@ mod tests {
             })
             .unwrap();
         let now = Timestamp::from_unix(t0 + 10);
-        let mut repo = TrustedRepository::new("director", &root).unwrap();
-        repo.update_timestamp(&ts, now).unwrap();
-        repo.update_snapshot(&sn, now).unwrap();
-        repo.update_targets(&tg, now).unwrap();
-        let targets = repo.targets().unwrap();
+        // Checked as a vehicle checks it: the core's update client.
+        let mut client = UpdateClient::tuf("director", &root, now).unwrap();
+        let decision = drive(
+            &mut client,
+            |req| match req.role {
+                Role::Timestamp => Some(ts.clone()),
+                Role::Snapshot => Some(sn.clone()),
+                Role::Targets => Some(tg.clone()),
+                _ => None,
+            },
+            |_, _| None,
+            |_, _, _, _| {},
+        )
+        .unwrap();
+        assert!(matches!(decision, Decision::Refreshed));
+        let targets = client.repository(Repo::Image).unwrap().targets().unwrap();
         assert_eq!(secureev_uptane::custom::director_vin(targets), Some("VIN1"));
         assert!(targets.targets.is_empty());
     }

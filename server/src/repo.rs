@@ -458,12 +458,14 @@ pub fn accept_image_root(
     let current = tx
         .latest_meta(IMAGE, "root")?
         .ok_or_else(|| Error::Internal("image repository has no root".into()))?;
-    let mut trusted = TrustedRepository::new(IMAGE, &current.bytes)?;
-    let old_root = trusted.root().value().clone();
+    let old_root = TrustedRepository::new(IMAGE, &current.bytes)?
+        .root()
+        .value()
+        .clone();
     // Uptane 2.1 §5.4.4.3: root N+1 must be signed by a threshold of root N's
     // keys and of its own, with version exactly N+1. Vehicles will check the
     // same; refusing here keeps a bad root from ever being served.
-    trusted.update_root(root_bytes)?;
+    let trusted = secureev_uptane::client::check_next_root(IMAGE, &current.bytes, root_bytes)?;
     let root = trusted.root();
     // The server must still be able to sign what it signs online.
     let choose = |role: &str, keys: &[SigningKey]| -> Result<Vec<SigningKey>> {

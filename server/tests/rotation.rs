@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use secureev_server::client::{image_add, rotate_image_key, ImageSpec};
 use secureev_server::repo::RotationMode;
+use secureev_uptane::client::{Decision, Repo, UpdateClient};
 use secureev_uptane::trusted::TrustedRepository;
 use secureev_uptane::Timestamp;
 use serde_json::json;
@@ -15,49 +16,13 @@ fn now() -> Timestamp {
     Timestamp::from_unix(secureev_server::unix_now())
 }
 
+/// A vehicle that trusts `root1` follows the root chain and refreshes the
+/// repository at `prefix`, through the core's update client (TUF mode).
 async fn chain(car: &TestVehicle, prefix: &str, root1: &[u8]) -> TrustedRepository {
-    let mut repo = TrustedRepository::new("r", root1).unwrap();
-    let mut n = 2;
-    loop {
-        let r = car
-            .client
-            .get(&format!("{prefix}/{n}.root.json"))
-            .await
-            .unwrap();
-        if r.status == 404 {
-            break;
-        }
-        repo.update_root(&r.body).unwrap();
-        n += 1;
-    }
-    let t = now();
-    let ts = car
-        .client
-        .get(&format!("{prefix}/timestamp.json"))
-        .await
-        .unwrap();
-    repo.update_timestamp(&ts.body, t).unwrap();
-    let v = repo.snapshot_request().unwrap().version.unwrap();
-    repo.update_snapshot(
-        &car.client
-            .get(&format!("{prefix}/{v}.snapshot.json"))
-            .await
-            .unwrap()
-            .body,
-        t,
-    )
-    .unwrap();
-    let v = repo.targets_request("targets").unwrap().version.unwrap();
-    repo.update_targets(
-        &car.client
-            .get(&format!("{prefix}/{v}.targets.json"))
-            .await
-            .unwrap()
-            .body,
-        t,
-    )
-    .unwrap();
-    repo
+    let mut client = UpdateClient::tuf("r", root1, now()).unwrap();
+    let decision = car.drive(&mut client, |_| prefix.to_owned()).await;
+    assert!(matches!(decision, Decision::Refreshed), "{decision:?}");
+    client.repository(Repo::Image).unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

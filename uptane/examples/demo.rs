@@ -11,14 +11,14 @@
 //! three attacks are shown being refused by name.
 
 use secureev_uptane::builder::{resign, Published, RepoBuilder};
+use secureev_uptane::client::{drive, Decision, Repo, Role, UpdateClient};
 use secureev_uptane::custom::{EcuIdentifier, TargetCustom};
 use secureev_uptane::encryption::{encrypt_image, ContentKey, EcuDecryptionKey, StreamDecryptor};
 use secureev_uptane::manifest::{
     sign_ecu_report, sign_manifest, verify_manifest, EcuVersionReport, InstalledImage,
     VehicleManifest,
 };
-use secureev_uptane::trusted::TrustedRepository;
-use secureev_uptane::uptane::{full_verification, EcuInfo, FullVerification, UpdatePlan, Vehicle};
+use secureev_uptane::uptane::{EcuInfo, UpdatePlan, Vehicle};
 use secureev_uptane::{did, Error, SigningKey, Timestamp, Verified};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -143,10 +143,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The vehicle already trusts a newer Director state; a man in the
         // middle replays the older one.
         let newer = world.director_builder.clone().publish()?;
-        let mut t = TrustedRepository::new("director", &world.director.root)?;
-        t.update_timestamp_local(&newer.timestamp, now)?;
-        t.update_timestamp(&world.director.timestamp, now)?;
-        Ok(())
+        let stored = (Repo::Director, Role::Timestamp, newer.timestamp);
+        verify_with(
+            &world,
+            &world.director,
+            &world.image,
+            &vehicle,
+            Some(stored),
+        )
+        .map(|_| ())
     });
     attack("image for another hardware ID", || {
         let mut v = vehicle.clone();
@@ -283,12 +288,15 @@ fn build_world(now: Timestamp) -> Result<World, Error> {
     })
 }
 
-fn trusted(root: &[u8], out: &Published, now: Timestamp) -> Result<TrustedRepository, Error> {
-    let mut t = TrustedRepository::new("repo", root)?;
-    t.update_timestamp(&out.timestamp, now)?;
-    t.update_snapshot(&out.snapshot, now)?;
-    t.update_targets(&out.targets, now)?;
-    Ok(t)
+/// What a repository serves, answering the client's fetches.
+fn serve(out: &Published, role: &Role, version: Option<u64>) -> Option<Vec<u8>> {
+    match role {
+        Role::Root => version.and_then(|v| out.roots.get(&v).cloned()),
+        Role::Timestamp => Some(out.timestamp.clone()),
+        Role::Snapshot => Some(out.snapshot.clone()),
+        Role::Targets => Some(out.targets.clone()),
+        Role::Delegated(name) => out.delegated.get(name).cloned(),
+    }
 }
 
 fn verify(
@@ -297,12 +305,35 @@ fn verify(
     image: &Published,
     vehicle: &Vehicle,
 ) -> Result<UpdatePlan, Error> {
-    let d = trusted(&director.root, director, world.now)?;
-    let i = trusted(&image.root, image, world.now)?;
-    match full_verification(&d, &i, vehicle)? {
-        FullVerification::Done(plan) => Ok(Verified::value(&plan).clone()),
-        FullVerification::NeedImageRole { role, .. } => {
-            Err(Error::Workflow(format!("unexpected delegation {role}")))
-        }
+    verify_with(world, director, image, vehicle, None)
+}
+
+/// Full verification through the core's update client, as the daemon runs
+/// it; `stored` is a role the vehicle kept from an earlier cycle.
+fn verify_with(
+    world: &World,
+    director: &Published,
+    image: &Published,
+    vehicle: &Vehicle,
+    stored: Option<(Repo, Role, Vec<u8>)>,
+) -> Result<UpdatePlan, Error> {
+    let mut client = UpdateClient::primary(vehicle.clone(), &director.root, &image.root, world.now)
+        .map_err(|f| f.into_error())?;
+    let decision = drive(
+        &mut client,
+        |req| match req.repo {
+            Repo::Director => serve(director, &req.role, req.version),
+            Repo::Image => serve(image, &req.role, req.version),
+        },
+        |repo, role| match &stored {
+            Some((r, s, bytes)) if *r == repo && s == role => Some(bytes.clone()),
+            _ => None,
+        },
+        |_, _, _, _| {},
+    )
+    .map_err(|f| f.into_error())?;
+    match decision {
+        Decision::Plan(plan) => Ok(Verified::value(&plan).clone()),
+        other => Err(Error::Workflow(format!("unexpected decision {other:?}"))),
     }
 }

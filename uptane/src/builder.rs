@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use secureev_uptane::builder::RepoBuilder;
-//! use secureev_uptane::trusted::TrustedRepository;
+//! use secureev_uptane::client::{drive, Repo, Role, UpdateClient};
 //! use secureev_uptane::Timestamp;
 //!
 //! let now = Timestamp::from_unix(1_800_000_000);
@@ -16,11 +16,17 @@
 //! repo.add_target("fw.bin", b"firmware", None);
 //! let out = repo.publish().unwrap();
 //!
-//! let mut client = TrustedRepository::new("image", &out.root).unwrap();
-//! client.update_timestamp(&out.timestamp, now).unwrap();
-//! client.update_snapshot(&out.snapshot, now).unwrap();
-//! client.update_targets(&out.targets, now).unwrap();
-//! assert!(client.targets().unwrap().targets.contains_key("fw.bin"));
+//! // What a client makes of it: the core's update client, as a TUF client.
+//! let mut client = UpdateClient::tuf("image", &out.root, now).unwrap();
+//! let serve = |role: &Role| match role {
+//!     Role::Timestamp => Some(out.timestamp.clone()),
+//!     Role::Snapshot => Some(out.snapshot.clone()),
+//!     Role::Targets => Some(out.targets.clone()),
+//!     _ => None,
+//! };
+//! drive(&mut client, |req| serve(&req.role), |_, _| None, |_, _, _, _| {}).unwrap();
+//! let trusted = client.repository(Repo::Image).unwrap();
+//! assert!(trusted.targets().unwrap().targets.contains_key("fw.bin"));
 //! ```
 
 use crate::canonical::to_canonical_from;

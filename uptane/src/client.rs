@@ -70,7 +70,11 @@
 //! - [`Step::Done`]: the [`Decision`].
 //!
 //! An offer that fails verification ends the run with a [`Failure`]: the
-//! core's attack-named [`Error`] and what was being checked.
+//! core's attack-named [`Error`] and what was being checked. When the offered
+//! file itself was accepted and a check after it failed (the delegation search
+//! or the Director/Image match), the offer succeeds, the file is handed out
+//! with [`Step::Persist`] as usual, and the next `next_step` returns the
+//! failure.
 
 use crate::error::{Error, Result};
 use crate::metadata::TargetFile;
@@ -672,8 +676,15 @@ impl UpdateClient {
                 self.state = state;
                 Ok(())
             }
+            // The offered bytes were accepted and a later check (the search,
+            // the match) failed: the accepted file is still handed out to be
+            // persisted, as it would have been had the run gone on, and
+            // `next_step` reports the failure after it.
+            Err(failure) if !self.persist.is_empty() => {
+                self.state = State::Failed(failure);
+                Ok(())
+            }
             Err(failure) => {
-                self.persist.clear();
                 self.state = State::Failed(failure.clone());
                 Err(failure)
             }
@@ -1524,6 +1535,39 @@ mod tests {
         // Next run: every role comes from storage, nothing is fetched again.
         world.run(&mut primary(&world, ecu(None, ""))).unwrap();
         assert!(!world.log.iter().any(|l| l.starts_with("fetch image 1.")));
+    }
+
+    #[test]
+    fn an_accepted_role_is_persisted_before_a_later_failure() {
+        let mut image = RepoBuilder::new(NOW);
+        image.add_delegation("targets", "a", &["*"], false);
+        let mut world = World {
+            image: image.publish().unwrap(),
+            ..Default::default()
+        };
+        let mut client = UpdateClient::tuf("repository", &world.image.root, NOW).unwrap();
+        world.run(&mut client).unwrap();
+        client.find_target("missing.bin").unwrap();
+        let err = world.run(&mut client).unwrap_err();
+        assert!(matches!(err.error(), Error::TargetNotFound { .. }), "{err}");
+        assert_eq!(
+            world.log,
+            ["load image a", "fetch image 1.a.json", "persist image a v1"]
+        );
+    }
+
+    #[test]
+    fn meta_requests_name_files_as_tuf_does() {
+        let req = |role: Role, version| MetaRequest::new(Repo::Image, role, version, 1).file;
+        assert_eq!(req(Role::Snapshot, Some(3)), "3.snapshot.json");
+        assert_eq!(req(Role::Targets, None), "targets.json");
+        assert_eq!(req(Role::Root, Some(2)), "2.root.json");
+        // Delegated role names are quoted as python-tuf quotes them.
+        assert_eq!(
+            req(Role::Delegated("../x".into()), Some(1)),
+            "1...%2Fx.json"
+        );
+        assert_eq!(req(Role::Delegated("?".into()), None), "%3F.json");
     }
 
     #[test]

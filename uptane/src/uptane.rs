@@ -1,8 +1,8 @@
 //! Uptane 2.1 verification across the Director and Image repositories.
 //!
-//! The caller (the Primary's daemon, or a secondary's agent) fetches metadata and
-//! feeds it to one [`TrustedRepository`] per repository; this module then checks
-//! what only Uptane adds on top of TUF:
+//! [`crate::client::UpdateClient`] brings one [`TrustedRepository`] per
+//! repository up to date and calls this module, which checks what only Uptane
+//! adds on top of TUF:
 //!
 //! - Director targets rules (§5.4.4.6): no delegations, no ECU listed twice, only
 //!   ECUs of this vehicle, the vehicle identifier;

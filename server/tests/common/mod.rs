@@ -5,12 +5,12 @@ use secureev_server::client::{http_client, AdminClient, Reply, VehicleClient};
 use secureev_server::config::Config;
 use secureev_server::init::{init, InitOptions};
 use secureev_server::layout;
+use secureev_uptane::client::{Decision, Repo, Step, UpdateClient};
 use secureev_uptane::encryption::EcuDecryptionKey;
 use secureev_uptane::manifest::{
     sign_ecu_report, sign_manifest, EcuVersionReport, VehicleManifest,
 };
-use secureev_uptane::trusted::TrustedRepository;
-use secureev_uptane::uptane::{full_verification, EcuInfo, FullVerification, UpdatePlan, Vehicle};
+use secureev_uptane::uptane::{EcuInfo, UpdatePlan, Vehicle};
 use secureev_uptane::{did, SigningKey, Timestamp, Verified};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -225,45 +225,35 @@ impl TestVehicle {
         )
     }
 
-    async fn fetch_repo(
+    /// Drive the core's update client over HTTP: `prefix` gives each
+    /// repository's path (`/director/<vin>`, `/image`). Nothing is stored.
+    pub async fn drive(
         &self,
-        h: &Harness,
-        name: &str,
-        prefix: &str,
-        root: &[u8],
-        now: Timestamp,
-    ) -> TrustedRepository {
-        let _ = h;
-        let mut repo = TrustedRepository::new(name, root).unwrap();
-        let ts = self
-            .client
-            .get(&format!("{prefix}/timestamp.json"))
-            .await
-            .unwrap();
-        assert_eq!(
-            ts.status,
-            200,
-            "{name} timestamp: {}",
-            String::from_utf8_lossy(&ts.body)
-        );
-        repo.update_timestamp(&ts.body, now).unwrap();
-        let req = repo.snapshot_request().unwrap();
-        let sn = self
-            .client
-            .get(&format!("{prefix}/{}.snapshot.json", req.version.unwrap()))
-            .await
-            .unwrap();
-        assert_eq!(sn.status, 200);
-        repo.update_snapshot(&sn.body, now).unwrap();
-        let req = repo.targets_request("targets").unwrap();
-        let tg = self
-            .client
-            .get(&format!("{prefix}/{}.targets.json", req.version.unwrap()))
-            .await
-            .unwrap();
-        assert_eq!(tg.status, 200);
-        repo.update_targets(&tg.body, now).unwrap();
-        repo
+        client: &mut UpdateClient,
+        prefix: impl Fn(Repo) -> String,
+    ) -> Decision {
+        loop {
+            match client.next_step().unwrap() {
+                Step::Load { .. } => client.offer_not_found().unwrap(),
+                Step::Fetch(req) => {
+                    let path = format!("{}/{}", prefix(req.repo), req.file);
+                    let r = self.client.get(&path).await.unwrap();
+                    if r.status == 404 && req.optional() {
+                        client.offer_not_found().unwrap();
+                    } else {
+                        assert_eq!(
+                            r.status,
+                            200,
+                            "{path}: {}",
+                            String::from_utf8_lossy(&r.body)
+                        );
+                        client.offer(&r.body).unwrap();
+                    }
+                }
+                Step::Persist { .. } => {}
+                Step::Done(decision) => return decision,
+            }
+        }
     }
 
     /// A Primary's full verification against both repositories.
@@ -289,18 +279,15 @@ impl TestVehicle {
             .ok()
             .unwrap()
             .body;
-        let director = self
-            .fetch_repo(
-                h,
-                "director",
-                &format!("/director/{}", self.vin),
-                &droot,
-                now,
-            )
-            .await;
-        let image = self.fetch_repo(h, "image", "/image", &iroot, now).await;
-        match full_verification(&director, &image, &self.uptane_vehicle(installed)).unwrap() {
-            FullVerification::Done(plan) => plan,
+        let mut client =
+            UpdateClient::primary(self.uptane_vehicle(installed), &droot, &iroot, now).unwrap();
+        let vin = self.vin.clone();
+        let prefix = move |repo| match repo {
+            Repo::Director => format!("/director/{vin}"),
+            Repo::Image => "/image".to_owned(),
+        };
+        match self.drive(&mut client, prefix).await {
+            Decision::Plan(plan) => plan,
             other => panic!("unexpected {other:?}"),
         }
     }
