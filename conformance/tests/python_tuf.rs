@@ -128,7 +128,7 @@ fn core_client_verifies_the_python_tuf_repository() {
     let now = now();
     let read = |file: &str| f.read("good", file);
     let requests = std::cell::RefCell::new(Vec::new());
-    let mut run = |client: &mut UpdateClient| {
+    let run = |client: &mut UpdateClient| {
         drive(
             client,
             |req| {
