@@ -30,9 +30,10 @@ SRC_URI = "file://otad.toml \
 # (the defaults of secureev-otad's [trust] director_root and image_root).
 SECUREEV_TRUST_FILES ?= "director-root.json image-root.json"
 
-# Local files unpack to UNPACKDIR on wrynose; scarthgap releases without that
-# variable unpack to WORKDIR, which this weak default then names.
-UNPACKDIR ??= "${WORKDIR}"
+# Local files unpack to UNPACKDIR (${WORKDIR}/sources, set by OE-core on every
+# release this layer declares). Never give UNPACKDIR a default here: a later
+# "??=" replaces OE-core's own weak default, S would become ${WORKDIR}, and
+# whinlatter/wrynose stop parsing ("Using S = ${WORKDIR} is no longer supported").
 S = "${UNPACKDIR}"
 
 # Configuration data has no CPE; named so that cve-check matches nothing else.
@@ -43,6 +44,18 @@ inherit allarch useradd
 # The tree is root:secureev 0750, so the group must exist when installing.
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system secureev"
+
+# Without both roots do_install stops (below), so a world build, which builds
+# every recipe nobody asked for, must not pick this one: it is excluded from
+# world until the roots are found in FILESPATH (a bbappend provides them).
+# nooelint: oelint.task.noanonpython - whether the roots exist is known only after FILESPATH is final, at parse time
+python __anonymous() {
+    filespath = d.getVar('FILESPATH')
+    missing = [f for f in (d.getVar('SECUREEV_TRUST_FILES') or '').split()
+               if not bb.utils.which(filespath, 'trust/' + f)]
+    if missing:
+        d.setVar('EXCLUDE_FROM_WORLD', '1')
+}
 
 do_install() {
     # No roots, no updates: refuse to build an image that could never verify

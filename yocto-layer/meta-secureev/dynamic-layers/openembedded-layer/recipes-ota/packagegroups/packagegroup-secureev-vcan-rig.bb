@@ -9,7 +9,14 @@ BUGTRACKER = "https://example.invalid/secureev-ota/issues"
 SECTION = "admin"
 LICENSE = "MIT"
 
-inherit packagegroup
+inherit features_check packagegroup
+
+# Its packages come from secureev-ota, which needs systemd (skipped otherwise).
+REQUIRED_DISTRO_FEATURES = "systemd"
+
+# A test rig, and secureev-ota stays out of world while its source is a
+# placeholder; world would otherwise build secureev-ota through this group.
+EXCLUDE_FROM_WORLD = "1"
 
 RDEPENDS:${PN} = "can-utils \
                   can-utils-isotp \
