@@ -197,7 +197,8 @@ def check_ota(env, args, label):
         try:
             conf = tomllib.loads(conf_text)
             missing = [k for k in ("serial", "hardware_id", "director_root") if not conf.get(k)]
-            ok = not missing and conf["serial"] == args.rig_serial and "@" not in conf_text
+            ok = not missing and conf["serial"] == args.rig_serial \
+                and "@SERIAL@" not in conf_text and "@HWID@" not in conf_text
             detail = f"missing {missing}" if missing else conf_text
         except tomllib.TOMLDecodeError as e:
             ok, detail = False, e
@@ -270,6 +271,22 @@ def check_update_crates(env, args):
     result(same, "secureev-ota: do_update_crates writes exactly the checked-in secureev-ota-crates.inc "
            "(fuzz/Cargo.lock ignored)", detail)
 
+    # The comparison can fail: OE-core's default CARGO_LOCK_SRC_DIR (${S})
+    # reads fuzz/Cargo.lock too and writes another file.
+    lock_dir = env.get("CARGO_LOCK_SRC_DIR")
+    default_body = body.replace(lock_dir, s)
+    script = "set -e\nbbnote() { :; }\n" + default_body + "\n"
+    for old, new in sorted([(s, src), (workdir, os.path.join(scratch, "work")), (target_dir, out_dir)],
+                           key=lambda p: -len(p[0])):
+        script = script.replace(old, new)
+    script = script.replace("nativepython3", sys.executable)
+    if os.path.exists(produced):
+        os.remove(produced)
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    differs = proc.returncode == 0 and os.path.exists(produced) and open(produced).read() != open(committed).read()
+    result(differs, "secureev-ota: with OE-core's default CARGO_LOCK_SRC_DIR (${S}) the task writes another "
+           "include (fuzz/Cargo.lock): the comparison above can fail", proc.stderr)
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -312,9 +329,10 @@ def main():
     kernel = Env(args.kernel)
     result("file://secureev-can.cfg" in kernel.get("SRC_URI").split(),
            "linux-yocto: SRC_URI has secureev-can.cfg with DISTRO_FEATURES secureev")
-    fp = kernel.get("FILESPATH").split(":")
-    result(any(p.endswith("recipes-kernel/linux/files") and "meta-secureev" in p for p in fp),
-           "linux-yocto: FILESPATH finds the layer's files/ with DISTRO_FEATURES secureev")
+    extra = kernel.get("FILESEXTRAPATHS").split(":")
+    result(bool(extra) and extra[0].endswith("meta-secureev/recipes-kernel/linux/files"),
+           "linux-yocto: FILESEXTRAPATHS starts with the layer's files/ with DISTRO_FEATURES secureev",
+           kernel.get("FILESEXTRAPATHS"))
 
     if args.packagegroup:
         pg = Env(args.packagegroup)

@@ -192,7 +192,6 @@ RUSTVERSION = "1.88.0%"
 PREFERRED_VERSION_rust = "1.88.0%"
 EOF
 cat > "$SCRATCH/sysvinit.conf" <<'EOF'
-DISTRO_FEATURES:append = " secureev"
 INIT_MANAGER:forcevariable = "sysvinit"
 EOF
 # A prefile (-r): the compatibility check runs before postfiles are read, and
@@ -295,10 +294,12 @@ bitbake -R "$SCRATCH/old-rust.conf" -b "$OTA_BB" -c listtasks > "$SCRATCH/old-ru
 grep -m1 'SecureEV-OTA needs Rust' "$SCRATCH/old-rust.log" | cut -c1-160 | sed 's/^/    /'
 check "RUSTVERSION 1.88: secureev-ota skipped with the Rust message" \
     grep -q 'SecureEV-OTA needs Rust >= 1.89 (workspace rust-version), but this build selects Rust 1.88.0' "$SCRATCH/old-rust.log"
-bitbake -R "$SCRATCH/sysvinit.conf" -b "$OTA_BB" -c listtasks > "$SCRATCH/sysvinit.log" 2>&1
-grep -m1 -i "missing required distro feature" "$SCRATCH/sysvinit.log" | cut -c1-160 | sed 's/^/    /'
+# A prefile (-r): INIT_MANAGER picks an include while bitbake.conf is read,
+# before postfiles; :forcevariable wins over local.conf's "systemd".
+bitbake -r "$SCRATCH/sysvinit.conf" -R "$SCRATCH/feature.conf" -b "$OTA_BB" -c listtasks > "$SCRATCH/sysvinit.log" 2>&1
+grep -m1 -i "was skipped" "$SCRATCH/sysvinit.log" | cut -c1-160 | sed 's/^/    /'
 check "INIT_MANAGER sysvinit: secureev-ota skipped for the missing 'systemd' feature" \
-    grep -qi "missing required distro feature.*systemd" "$SCRATCH/sysvinit.log"
+    grep -q "was skipped: .*missing required DISTRO_FEATURES.*systemd" "$SCRATCH/sysvinit.log"
 # Base configuration (no "secureev" feature).
 bitbake -e linux-yocto > "$SCRATCH/env-linux-yocto-base.txt" 2> "$SCRATCH/base.err"
 check "without the 'secureev' feature the sanity class warns" \
