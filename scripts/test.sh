@@ -29,6 +29,9 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "RAUC for the rauc installer tests (daemon/tests/rauc.rs)"
+bash daemon/tests/rauc-prereqs.sh
+
 step "cargo test (workspace)"
 cargo test --workspace --locked
 

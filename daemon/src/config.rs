@@ -66,6 +66,15 @@ pub const MAX_FREE_VIN_LENGTH: usize = 64;
 pub const MAX_ID_LENGTH: usize = 128;
 /// `[install.file] path` when neither `path` nor `slots` is given.
 pub const DEFAULT_INSTALL_FILE_PATH: &str = "/var/lib/secureev/install/image.bin";
+/// Default `[install.rauc] bus`: RAUC's service on the system bus.
+pub const DEFAULT_RAUC_BUS: &str = "system";
+/// Default `[install.rauc] install_timeout_secs`: how long RAUC may take to
+/// write a slot.
+pub const DEFAULT_RAUC_INSTALL_TIMEOUT_SECS: u64 = 3600;
+/// Default `[install.rauc] health_timeout_secs`.
+pub const DEFAULT_RAUC_HEALTH_TIMEOUT_SECS: u64 = 300;
+/// Default `[install.rauc] boot_id_file`: the kernel's ID of this boot.
+pub const DEFAULT_BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -467,6 +476,9 @@ pub struct InstallConfig {
     /// `[install.command]`, required for `installer = "command"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<CommandInstallConfig>,
+    /// `[install.rauc]`, for `installer = "rauc"` (defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rauc: Option<RaucInstallConfig>,
     /// Directory of inhibit files: while it holds a file, installs wait; the
     /// file name names the precondition and its content is the reason (default
     /// `/run/secureev-inhibit`).
@@ -495,6 +507,75 @@ pub enum InstallerKind {
     File,
     /// Run a program ([`crate::install::CommandInstaller`]).
     Command,
+    /// Hand RAUC bundles to the RAUC service over D-Bus
+    /// ([`crate::install::rauc::RaucInstaller`]).
+    Rauc,
+}
+
+/// `[install.rauc]`: the RAUC installer (docs/configuration.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaucInstallConfig {
+    /// `"system"` (RAUC's service on the system bus) or a D-Bus address.
+    #[serde(default = "default_rauc_bus")]
+    pub bus: String,
+    /// Whether the install must be bound to the inspected bundle's manifest
+    /// hash (`require-manifest-hash`).
+    #[serde(default)]
+    pub manifest_hash: ManifestHashPolicy,
+    /// How long RAUC may take for one install.
+    #[serde(default = "default_rauc_install_timeout")]
+    pub install_timeout_secs: u64,
+    /// Program and arguments run after a reboot into the new slot, before it
+    /// is marked good; exit status 0 means healthy. Empty: no check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_check: Vec<String>,
+    /// How long the health check may take.
+    #[serde(default = "default_rauc_health_timeout")]
+    pub health_timeout_secs: u64,
+    /// File holding an ID that changes with every boot.
+    #[serde(default = "default_boot_id_file")]
+    pub boot_id_file: PathBuf,
+}
+
+fn default_rauc_bus() -> String {
+    DEFAULT_RAUC_BUS.to_owned()
+}
+fn default_rauc_install_timeout() -> u64 {
+    DEFAULT_RAUC_INSTALL_TIMEOUT_SECS
+}
+fn default_rauc_health_timeout() -> u64 {
+    DEFAULT_RAUC_HEALTH_TIMEOUT_SECS
+}
+fn default_boot_id_file() -> PathBuf {
+    PathBuf::from(DEFAULT_BOOT_ID_FILE)
+}
+
+impl Default for RaucInstallConfig {
+    fn default() -> Self {
+        RaucInstallConfig {
+            bus: default_rauc_bus(),
+            manifest_hash: ManifestHashPolicy::default(),
+            install_timeout_secs: DEFAULT_RAUC_INSTALL_TIMEOUT_SECS,
+            health_check: Vec::new(),
+            health_timeout_secs: DEFAULT_RAUC_HEALTH_TIMEOUT_SECS,
+            boot_id_file: default_boot_id_file(),
+        }
+    }
+}
+
+/// `[install.rauc] manifest_hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ManifestHashPolicy {
+    /// Ask RAUC for the bundle's manifest hash (`InspectBundle`) and install
+    /// with `require-manifest-hash`; refuse a RAUC that cannot (the safe
+    /// default).
+    #[default]
+    Require,
+    /// As `require`, but install without the binding when RAUC has no
+    /// `InspectBundle` (RAUC 1.8), with a warning.
+    IfSupported,
 }
 
 /// `[install.file]`: a single target file, or two slots with an atomic switch.
@@ -1229,6 +1310,36 @@ impl Config {
                 }
                 Some(_) => {}
             },
+            InstallerKind::Rauc => {
+                let r = self.install.rauc.clone().unwrap_or_default();
+                if r.install_timeout_secs == 0 {
+                    return Err(p.invalid(
+                        &["install", "rauc", "install_timeout_secs"],
+                        "must be at least 1",
+                    ));
+                }
+                if r.health_timeout_secs == 0 {
+                    return Err(p.invalid(
+                        &["install", "rauc", "health_timeout_secs"],
+                        "must be at least 1",
+                    ));
+                }
+                if r.health_check
+                    .first()
+                    .is_some_and(|p| !Path::new(p).is_absolute())
+                {
+                    return Err(p.invalid(
+                        &["install", "rauc", "health_check"],
+                        "the program (first element) must be an absolute path",
+                    ));
+                }
+                if r.bus != DEFAULT_RAUC_BUS && !r.bus.contains(':') {
+                    return Err(p.invalid(
+                        &["install", "rauc", "bus"],
+                        "must be \"system\" or a D-Bus address (unix:path=...)",
+                    ));
+                }
+            }
         }
         let mut serials = std::collections::BTreeSet::new();
         serials.insert(self.vehicle.primary_serial.as_str());

@@ -32,6 +32,13 @@ struct Args {
     /// key), for registering the vehicle with the backend; then exit.
     #[arg(long)]
     print_identity: bool,
+    /// After a reboot with an install through RAUC pending: run the health
+    /// check and mark the booted slot good or bad (RAUC `Mark`), or note that
+    /// the boot fell back; the daemon reports the outcome. Exits 0 when the
+    /// slot was confirmed or nothing was pending, 1 when the install did not
+    /// take. For secureev-boot-confirm.service.
+    #[arg(long)]
+    confirm_boot: bool,
 }
 
 /// journald adds its own timestamps and does not render colours.
@@ -91,6 +98,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.confirm_boot {
+        use secureev_daemon::install::rauc::RaucPhase;
+        return match runtime.block_on(secureev_daemon::install::rauc::confirm_boot_from_config(
+            &config,
+        )) {
+            Ok(None) => {
+                println!("no install pending a boot confirmation");
+                ExitCode::SUCCESS
+            }
+            Ok(Some(RaucPhase::Confirmed)) => {
+                println!("booted into the new slot: healthy, marked good");
+                ExitCode::SUCCESS
+            }
+            Ok(Some(RaucPhase::Rejected { reason })) => {
+                println!("the install did not take: {reason}");
+                ExitCode::FAILURE
+            }
+            Ok(Some(phase)) => {
+                println!("not rebooted into the new slot yet ({phase:?})");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("secureev-otad: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result: anyhow::Result<()> = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         secureev_daemon::run::cancel_on_signals(shutdown.clone())?;

@@ -37,6 +37,10 @@ fn everything() -> Vec<Config> {
         program: "/bin/i".into(),
         args: vec!["-v".into()],
     });
+    c.install.rauc = Some(RaucInstallConfig {
+        health_check: vec!["/usr/libexec/health".into()],
+        ..RaucInstallConfig::default()
+    });
     c.secondaries = vec![SecondaryConfig {
         serial: "S".into(),
         hardware_id: "h".into(),

@@ -229,7 +229,7 @@ impl Installer for Counting {
         &'a self,
         _facts: &'a TargetFacts,
     ) -> BoxFuture<'a, Result<InstallCheck>> {
-        Box::pin(async move { Ok(self.check) })
+        Box::pin(async move { Ok(self.check.clone()) })
     }
 }
 
@@ -280,6 +280,7 @@ fn journal(store: &Store, f: &TargetFacts) {
             facts: f.clone(),
             record: record(f),
             started_at: 5,
+            pending_reboot: false,
         })
         .unwrap();
 }

@@ -225,12 +225,45 @@ def check_ota(env, args, label):
                 bad.append(f"{pkg}: {svc} is in {package_of(path, env, packages)}")
     result(not bad, f"{label}: every SYSTEMD_SERVICE is installed in its package", "\n".join(bad))
 
+    if args.rauc:
+        check_rauc(env, label, read, packages, unitdir, datadir)
+
     result("systemd" in env.get("REQUIRED_DISTRO_FEATURES").split(),
            f"{label}: REQUIRED_DISTRO_FEATURES has systemd")
     placeholder = env.get("SRCREV") == "0" * 40
     result(env.get("EXCLUDE_FROM_WORLD") == ("1" if placeholder else "0"),
            f"{label}: EXCLUDE_FROM_WORLD is 1 exactly while SRCREV is the placeholder",
            f"SRCREV={env.get('SRCREV')} EXCLUDE_FROM_WORLD={env.get('EXCLUDE_FROM_WORLD')}")
+
+
+def check_rauc(env, label, read, packages, unitdir, datadir):
+    """PACKAGECONFIG rauc: the D-Bus policy for RAUC, the boot confirmation."""
+    pkg = "secureev-ota-rauc"
+    policy_path = f"{datadir}/dbus-1/system.d/secureev-rauc.conf"
+    policy = read(policy_path)
+    result('<policy user="secureev">' in policy and 'send_destination="de.pengutronix.rauc"' in policy
+           and package_of(policy_path, env, packages) == pkg,
+           f"{label}: {pkg} lets user secureev call de.pengutronix.rauc (D-Bus policy)")
+    unit_path = f"{unitdir}/secureev-boot-confirm.service"
+    unit = read(unit_path)
+    result("After=boot-complete.target" in unit and "Requires=boot-complete.target" in unit
+           and "ExecStart=/usr/bin/secureev-otad --confirm-boot" in unit
+           and "Before=secureev-otad.service" in unit
+           and package_of(unit_path, env, packages) == pkg,
+           f"{label}: secureev-boot-confirm.service runs --confirm-boot after boot-complete.target (the health checks)")
+    result(pkg in env.get("SYSTEMD_PACKAGES").split()
+           and "secureev-boot-confirm.service" in env.get("SYSTEMD_SERVICE:" + pkg).split()
+           and env.get("SYSTEMD_AUTO_ENABLE:" + pkg) == "enable",
+           f"{label}: {pkg} enables secureev-boot-confirm.service")
+    dropin = f"{unitdir}/secureev-otad.service.d/50-secureev-rauc.conf"
+    result("ProcSubset=all" in read(dropin) and package_of(dropin, env, packages) == pkg,
+           f"{label}: {pkg} lets the daemon read the boot ID (ProcSubset=all drop-in)")
+    rdeps = env.get("RDEPENDS:" + pkg).split()
+    result("rauc" in rdeps and "rauc-service" in rdeps
+           and "rauc-mark-good" in env.get("RCONFLICTS:" + pkg).split()
+           and pkg in env.get("RDEPENDS:secureev-ota").split(),
+           f"{label}: {pkg} needs rauc and rauc-service, conflicts with rauc-mark-good; secureev-ota pulls it in",
+           f"RDEPENDS={rdeps} RCONFLICTS={env.get('RCONFLICTS:' + pkg)}")
 
 
 def check_update_crates(env, args):
@@ -301,6 +334,7 @@ def main():
     ap.add_argument("--tools", required=True)
     ap.add_argument("--kernel", required=True)
     ap.add_argument("--packagegroup")
+    ap.add_argument("--rauc", action="store_true", help="PACKAGECONFIG rauc is on (meta-rauc present)")
     args = ap.parse_args()
 
     ota = Env(args.ota)

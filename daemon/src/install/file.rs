@@ -48,7 +48,7 @@ fn copy_checked(src: &Path, dst: &Path, facts: &TargetFacts) -> Result<()> {
 }
 
 /// SHA-256 of a file, `None` when it does not exist.
-fn sha256_of(path: &Path) -> Result<Option<String>> {
+pub(crate) fn sha256_of(path: &Path) -> Result<Option<String>> {
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -2,7 +2,7 @@
 //! install bracketed by a record in the store, settled after a kill by
 //! [`recover`].
 
-use super::{InstallCheck, Installer, TargetFacts};
+use super::{InstallCheck, InstallDone, InstallProgress, Installer, TargetFacts};
 use crate::error::Result;
 use crate::store::{InstalledRecord, Store};
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,10 @@ pub struct JournalRecord {
     pub record: InstalledRecord,
     /// When the install began (Unix seconds).
     pub started_at: i64,
+    /// The installer finished and the image becomes active with the next boot
+    /// ([`InstallDone::PendingReboot`]); [`recover`] settles it after the reboot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_reboot: bool,
 }
 
 const JOURNAL: &str = "install-journal.json";
@@ -46,6 +50,9 @@ pub enum InstallOutcome {
     Installed,
     /// `installed.json` already lists exactly this image on the ECU; nothing ran.
     AlreadyInstalled,
+    /// Installed; it becomes active with the next boot. The journal stays until
+    /// [`recover`] settles it after the reboot.
+    PendingReboot,
 }
 
 /// Install `image` with `installer`, bracketed by the journal (see the module
@@ -60,6 +67,19 @@ pub async fn install_image(
     record: InstalledRecord,
     now: i64,
 ) -> Result<InstallOutcome> {
+    install_image_with_progress(store, installer, image, facts, record, now, &|_| {}).await
+}
+
+/// [`install_image`], passing the installer's progress to `progress`.
+pub async fn install_image_with_progress(
+    store: &Store,
+    installer: &dyn Installer,
+    image: &Path,
+    facts: &TargetFacts,
+    record: InstalledRecord,
+    now: i64,
+    progress: &(dyn Fn(InstallProgress) + Send + Sync),
+) -> Result<InstallOutcome> {
     if let Some(current) = store.installed()?.get(&facts.ecu_serial) {
         if current.name == record.name
             && current.hashes == record.hashes
@@ -69,24 +89,48 @@ pub async fn install_image(
         }
     }
     if let Some(j) = store.journal()? {
+        if j.pending_reboot && j.facts == *facts {
+            // Installed already; waiting for the reboot. Nothing runs again.
+            return Ok(InstallOutcome::PendingReboot);
+        }
+        if j.pending_reboot {
+            return Err(facts.error(format!(
+                "{} is installed on {} and waits for a reboot; no other install until then",
+                j.facts.name, j.facts.ecu_serial
+            )));
+        }
         return Err(facts.error(format!(
             "the install of {} on {} is unfinished; recover it first",
             j.facts.name, j.facts.ecu_serial
         )));
     }
-    store.begin_journal(&JournalRecord {
+    let mut journal = JournalRecord {
         facts: facts.clone(),
         record: record.clone(),
         started_at: now,
-    })?;
+        pending_reboot: false,
+    };
+    store.begin_journal(&journal)?;
     tracing::info!(target = %facts.name, ecu = %facts.ecu_serial, installer = installer.kind(), "installing");
-    if let Err(e) = installer.install(image, facts).await {
-        store.clear_journal()?;
-        return Err(e);
+    match installer
+        .install_with_progress(image, facts, progress)
+        .await
+    {
+        Err(e) => {
+            store.clear_journal()?;
+            Err(e)
+        }
+        Ok(InstallDone::PendingReboot) => {
+            journal.pending_reboot = true;
+            store.begin_journal(&journal)?;
+            Ok(InstallOutcome::PendingReboot)
+        }
+        Ok(InstallDone::Active) => {
+            store.set_installed(&facts.ecu_serial, record)?;
+            store.clear_journal()?;
+            Ok(InstallOutcome::Installed)
+        }
     }
-    store.set_installed(&facts.ecu_serial, record)?;
-    store.clear_journal()?;
-    Ok(InstallOutcome::Installed)
 }
 
 /// How [`recover`] settled an unfinished install.
@@ -100,6 +144,12 @@ pub enum Recovery {
     NotInstalled(TargetFacts),
     /// The installer cannot tell; report the install as interrupted.
     Interrupted(TargetFacts),
+    /// Installed, active after a reboot that has not happened yet; the
+    /// journal stays.
+    PendingReboot(TargetFacts),
+    /// The install did not take (e.g. the boot fell back to the old slot);
+    /// report it failed with the reason.
+    Failed(TargetFacts, String),
 }
 
 /// Settle an install that a kill interrupted (see the module documentation).
@@ -119,6 +169,18 @@ pub async fn recover(store: &Store, installer: &dyn Installer) -> Result<Recover
         }
         InstallCheck::NotInstalled => Recovery::NotInstalled(j.facts),
         InstallCheck::Unknown => Recovery::Interrupted(j.facts),
+        InstallCheck::Failed(reason) => Recovery::Failed(j.facts, reason),
+        InstallCheck::PendingReboot => {
+            if !j.pending_reboot {
+                // Killed during the install, which completed meanwhile.
+                store.begin_journal(&JournalRecord {
+                    pending_reboot: true,
+                    ..j.clone()
+                })?;
+            }
+            tracing::info!(target = %j.facts.name, "installed, waiting for the reboot");
+            return Ok(Recovery::PendingReboot(j.facts));
+        }
     };
     store.clear_journal()?;
     tracing::info!(?outcome, "recovered an interrupted install");

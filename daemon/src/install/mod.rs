@@ -26,6 +26,17 @@
 //! completed install is never run again because `installed.json` already lists
 //! it ([`InstallOutcome::AlreadyInstalled`]).
 //!
+//! # Installs that need a reboot
+//!
+//! An A/B installer that only switches the bootloader (RAUC, [`rauc`]) ends
+//! with [`InstallDone::PendingReboot`]: the journal stays, marked
+//! `pending_reboot`, `installed.json` keeps the running image, and no other
+//! install starts ([`InstallOutcome::PendingReboot`]). After the reboot,
+//! [`recover`] asks the installer again: [`InstallCheck::Installed`] records the
+//! image, [`InstallCheck::Failed`] (the boot fell back, the health check
+//! failed) reports the install failed with its reason, and
+//! [`InstallCheck::PendingReboot`] (not rebooted yet) keeps waiting.
+//!
 //! # Cancel during install
 //!
 //! An install, once begun, is not cancellable: cancellation (D-Bus `Cancel`,
@@ -42,10 +53,14 @@ mod command;
 pub mod decrypt;
 mod file;
 mod journal;
+pub mod rauc;
 
 pub use command::{CommandInstaller, STDERR_TAIL_BYTES};
 pub use file::{FileInstaller, FileTarget};
-pub use journal::{install_image, recover, InstallOutcome, JournalRecord, Recovery};
+pub use journal::{
+    install_image, install_image_with_progress, recover, InstallOutcome, JournalRecord, Recovery,
+};
+pub use rauc::RaucInstaller;
 
 /// What an installer is told about the image it installs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +127,7 @@ impl TargetFacts {
 }
 
 /// Whether an image is in place, as far as an installer can tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstallCheck {
     /// The image is installed and active.
     Installed,
@@ -120,6 +135,30 @@ pub enum InstallCheck {
     NotInstalled,
     /// The installer cannot tell.
     Unknown,
+    /// Installed, active after the reboot that has not happened yet.
+    PendingReboot,
+    /// It did not take, for the reason given (for the installation report).
+    Failed(String),
+}
+
+/// An installer's progress (RAUC's `Progress` property, mapped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallProgress {
+    /// 0..=100 of this install.
+    pub percent: u32,
+    /// What the installer does now (RAUC's English message).
+    pub message: String,
+    /// Nesting depth of the step (RAUC: 1 is the whole install).
+    pub depth: u32,
+}
+
+/// How an install ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallDone {
+    /// The new image runs (or is in place) now.
+    Active,
+    /// The new image runs after a reboot (A/B through the bootloader).
+    PendingReboot,
 }
 
 /// Installs verified images on the Primary. Later installers (RAUC over D-Bus)
@@ -132,6 +171,23 @@ pub trait Installer: Send + Sync {
     /// running software as it was.
     fn install<'a>(&'a self, image: &'a Path, facts: &'a TargetFacts) -> BoxFuture<'a, Result<()>>;
 
+    /// [`Installer::install`], reporting progress, and saying whether the
+    /// image is active now or after a reboot. The default runs `install`
+    /// without progress and is active at once.
+    fn install_with_progress<'a>(
+        &'a self,
+        image: &'a Path,
+        facts: &'a TargetFacts,
+        progress: &'a (dyn Fn(InstallProgress) + Send + Sync),
+    ) -> BoxFuture<'a, Result<InstallDone>> {
+        let _ = progress;
+        Box::pin(async move {
+            self.install(image, facts)
+                .await
+                .map(|()| InstallDone::Active)
+        })
+    }
+
     /// After a restart with an unfinished install: is the image in place?
     fn check_installed<'a>(&'a self, facts: &'a TargetFacts)
         -> BoxFuture<'a, Result<InstallCheck>>;
@@ -142,6 +198,10 @@ pub fn installer_from_config(config: &crate::config::Config) -> Box<dyn Installe
     use crate::config::InstallerKind;
     let i = &config.install;
     match (i.installer, &i.command, &i.file.slots, &i.file.current) {
+        (InstallerKind::Rauc, _, _, _) => Box::new(RaucInstaller::new(
+            i.rauc.clone().unwrap_or_default(),
+            &config.state.dir,
+        )),
         (InstallerKind::Command, Some(c), _, _) => {
             Box::new(CommandInstaller::new(&c.program, c.args.clone()))
         }
