@@ -181,6 +181,9 @@ fn cases() -> Vec<(&'static str, CaseFn)> {
         ("duplicate-key-delegations", || {
             duplicate_key(DupLevel::Delegations)
         }),
+        ("valid-rsa-pss", || rsa_pss(RsaCase::Valid)),
+        ("rsa-pss-bad-signature", || rsa_pss(RsaCase::BadSignature)),
+        ("rsa-pss-1024-bit-key", || rsa_pss(RsaCase::Key1024)),
         ("release-counter-rollback", release_counter_rollback),
         ("unknown-hash-algorithm", unknown_hash_algorithm),
         ("wrong-type", wrong_type),
@@ -1797,6 +1800,210 @@ fn duplicate_key(level: DupLevel) -> Res<Fixture> {
             .message("duplicate object key")
             .done(),
     )
+}
+
+// ---- RSA-PSS (interop with aktualizr-style repositories) ------------------------
+
+/// An RSA key made by `openssl` at generation time. Only its public half goes
+/// into the fixture; the private PEM lives in a temporary file while the
+/// generator signs with it.
+struct RsaKey {
+    private: tempfile_path::TempPath,
+    key: secureev_uptane::Key,
+    keyid: String,
+}
+
+/// Just enough of a temporary file for the generator (no extra dependency).
+mod tempfile_path {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+    pub struct TempPath(PathBuf);
+
+    impl TempPath {
+        pub fn new(suffix: &str) -> Self {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            TempPath(
+                std::env::temp_dir()
+                    .join(format!("secureev-gen-{}-{n}{suffix}", std::process::id())),
+            )
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn openssl(args: &[&str], input: Option<&Path>) -> Res<Vec<u8>> {
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args(args);
+    if let Some(i) = input {
+        cmd.stdin(fs::File::open(i)?);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run openssl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(out.stdout)
+}
+
+fn rsa_key(bits: u32) -> Res<RsaKey> {
+    let private = tempfile_path::TempPath::new(".pem");
+    let path = private
+        .path()
+        .to_str()
+        .ok_or("temp path is not UTF-8")?
+        .to_owned();
+    openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            &format!("rsa_keygen_bits:{bits}"),
+            "-out",
+            &path,
+        ],
+        None,
+    )?;
+    let public = String::from_utf8(openssl(&["pkey", "-in", &path, "-pubout"], None)?)?;
+    let key: secureev_uptane::Key = serde_json::from_value(json!({
+        "keytype": "rsa",
+        "scheme": "rsassa-pss-sha256",
+        "keyval": { "public": public },
+    }))?;
+    let keyid = key.keyid()?;
+    Ok(RsaKey {
+        private,
+        key,
+        keyid,
+    })
+}
+
+/// RSASSA-PSS, SHA-256, MGF1-SHA-256, 32-byte salt (securesystemslib's and
+/// aktualizr's parameters), hex.
+fn rsa_sign(k: &RsaKey, msg: &[u8]) -> Res<String> {
+    let m = tempfile_path::TempPath::new(".msg");
+    fs::write(m.path(), msg)?;
+    let key = k.private.path().to_str().ok_or("temp path is not UTF-8")?;
+    let sig = openssl(
+        &[
+            "dgst",
+            "-sha256",
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:32",
+            "-sign",
+            key,
+        ],
+        Some(m.path()),
+    )?;
+    Ok(hex::encode(sig))
+}
+
+/// Sign a `signed` value with RSA keys into a pretty-printed envelope.
+fn rsa_envelope(signed: &Value, keys: &[&RsaKey]) -> Res<Vec<u8>> {
+    let canonical = secureev_uptane::canonical::to_canonical(signed)?;
+    let signatures = keys
+        .iter()
+        .map(|k| Ok(json!({ "keyid": k.keyid, "sig": rsa_sign(k, &canonical)? })))
+        .collect::<Res<Vec<Value>>>()?;
+    Ok(serde_json::to_vec_pretty(
+        &json!({ "signatures": signatures, "signed": signed }),
+    )?)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum RsaCase {
+    /// 4096-bit root key, 2048-bit targets key, both valid.
+    Valid,
+    /// As `Valid`, with one byte of the targets signature changed.
+    BadSignature,
+    /// A 1024-bit targets key: below the 2048-bit minimum.
+    Key1024,
+}
+
+/// An Image repository whose root and targets roles use RSA-PSS keys (as an
+/// aktualizr-era repository would); snapshot and timestamp stay P-256.
+fn rsa_pss(case: RsaCase) -> Res<Fixture> {
+    let mut w = World::standard()?;
+    let (d, mut i) = w.publish()?;
+    let root_key = rsa_key(4096)?;
+    let targets_key = rsa_key(if case == RsaCase::Key1024 { 1024 } else { 2048 })?;
+    let mut root = serde_json::to_value(w.image.root_metadata(1))?;
+    for (role, k) in [("root", &root_key), ("targets", &targets_key)] {
+        for old in root["roles"][role]["keyids"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            if let Some(id) = old.as_str() {
+                root["keys"].as_object_mut().ok_or("root keys")?.remove(id);
+            }
+        }
+        root["keys"][k.keyid.as_str()] = serde_json::to_value(&k.key)?;
+        root["roles"][role]["keyids"] = json!([k.keyid]);
+    }
+    let root_bytes = rsa_envelope(&root, &[&root_key])?;
+    i.roots = BTreeMap::from([(1, root_bytes.clone())]);
+    i.root = root_bytes;
+    let signed = serde_json::from_slice::<Value>(&i.targets)?["signed"].clone();
+    let mut targets = rsa_envelope(&signed, &[&targets_key])?;
+    if case == RsaCase::BadSignature {
+        let mut env: Value = serde_json::from_slice(&targets)?;
+        let sig = env["signatures"][0]["sig"]
+            .as_str()
+            .ok_or("no sig")?
+            .to_owned();
+        let flipped = if sig.starts_with('0') { "1" } else { "0" };
+        env["signatures"][0]["sig"] = json!(format!("{flipped}{}", &sig[1..]));
+        targets = serde_json::to_vec_pretty(&env)?;
+    }
+    i.targets = targets;
+    let meta = meta_value(version_of(&i.targets)?, &i.targets)?;
+    resnapshot(&mut w.image, &mut i, |s| s["meta"]["targets.json"] = meta)?;
+    let (description, expect) = match case {
+        RsaCase::Valid => (
+            "RSA-PSS interop: the Image repository's root is signed with a 4096-bit RSA key \
+             and its top-level targets with a 2048-bit RSA key (keytype rsa, scheme \
+             rsassa-pss-sha256, PEM SubjectPublicKeyInfo; RSASSA-PSS with SHA-256, MGF1 and a \
+             32-byte salt, made with openssl). Snapshot and timestamp stay ECDSA P-256. Both \
+             images verify.",
+            Expect::Ok(vec![BMS_IMG, PRIMARY_IMG]),
+        ),
+        RsaCase::BadSignature => (
+            "RSA-PSS with a bad signature: as valid-rsa-pss, but the first byte of the \
+             targets signature is changed. It does not count, so the threshold is not met.",
+            fails("ThresholdNotMet", Some("arbitrary-software"))
+                .role("targets")
+                .done(),
+        ),
+        RsaCase::Key1024 => (
+            "RSA key too small: as valid-rsa-pss, but the targets key is a 1024-bit RSA key \
+             (validly signed). Keys below 2048 bits do not parse, so its signature does not \
+             count and the threshold is not met.",
+            fails("ThresholdNotMet", Some("arbitrary-software"))
+                .role("targets")
+                .done(),
+        ),
+    };
+    Fixture::honest(description, &w, &d, &i, expect)
 }
 
 // ---- Uptane custom fields, hashes, types ---------------------------------------------

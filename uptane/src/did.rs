@@ -47,6 +47,9 @@ const ED25519_LEN: usize = 32;
 /// characters; the cap keeps base58 decoding (quadratic in the length) cheap on
 /// hostile input.
 const MAX_ID_LEN: usize = 128;
+/// multicodec `rsa-pub`.
+const MULTICODEC_RSA_PUB: u64 = 0x1205;
+
 /// The multiformats unsigned-varint spec caps a varint at 9 bytes.
 const MAX_VARINT_LEN: usize = 9;
 
@@ -68,6 +71,12 @@ pub fn to_multibase(key: &PublicKey) -> String {
         PublicKey::Ed25519(vk) => {
             write_varint(MULTICODEC_ED25519_PUB, &mut bytes);
             bytes.extend_from_slice(vk.as_bytes());
+        }
+        PublicKey::RsaPss(k) => {
+            // multicodec `rsa-pub`: the PKCS #1 RSAPublicKey DER. Only written
+            // (for display); `did:key` parsing accepts P-256 and Ed25519 only.
+            write_varint(MULTICODEC_RSA_PUB, &mut bytes);
+            bytes.extend_from_slice(k.pkcs1_der());
         }
     }
     let mut out = String::with_capacity(1 + bytes.len() * 138 / 100 + 1);

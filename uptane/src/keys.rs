@@ -1,4 +1,5 @@
-//! Keys and signatures: ECDSA P-256 (our default), Ed25519 (accepted for interop).
+//! Keys and signatures: ECDSA P-256 (our default, and all we sign with);
+//! Ed25519 and RSA-PSS verified for interop.
 //!
 //! Metadata key objects follow TUF 1.0 and securesystemslib:
 //! - `{"keytype": "ecdsa", "scheme": "ecdsa-sha2-nistp256", "keyval": {"public": PEM}}`
@@ -7,6 +8,13 @@
 //!   hex of the ASN.1 DER ECDSA signature over SHA-256 of the message.
 //! - `{"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": hex}}`,
 //!   signature hex of the 64-byte signature.
+//! - `{"keytype": "rsa", "scheme": "rsassa-pss-sha256", "keyval": {"public": PEM}}`
+//!   (aktualizr's default key type; its older scheme name `rsassa-pss` is
+//!   accepted too): a PEM SubjectPublicKeyInfo of an RSA key of
+//!   [`RSA_MIN_BITS`]..=[`RSA_MAX_BITS`] bits; the signature is the hex of an
+//!   RSASSA-PSS signature (SHA-256, MGF1-SHA-256, 32-byte salt) over the
+//!   message. Verification only, through `ring` (no RSA code of our own); a key
+//!   outside the size range does not parse, so its signatures never count.
 //!
 //! Verification never fails hard on a bad key or signature: an unknown key type,
 //! an empty or malformed signature simply does not count towards a threshold.
@@ -27,11 +35,25 @@ pub const SCHEME_ECDSA_P256: &str = "ecdsa-sha2-nistp256";
 pub const KEYTYPE_ECDSA: &str = "ecdsa";
 /// Scheme and key type name for Ed25519.
 pub const ED25519: &str = "ed25519";
+/// Key type name for RSA keys.
+pub const KEYTYPE_RSA: &str = "rsa";
+/// Scheme name for RSASSA-PSS with SHA-256 (TUF, securesystemslib).
+pub const SCHEME_RSA_PSS_SHA256: &str = "rsassa-pss-sha256";
+/// aktualizr's older name for the same scheme.
+pub const SCHEME_RSA_PSS_LEGACY: &str = "rsassa-pss";
+/// Smallest RSA modulus accepted, in bits (below it, factoring is within
+/// reach; NIST SP 800-57 retired 1024-bit RSA).
+pub const RSA_MIN_BITS: usize = 2048;
+/// Largest RSA modulus accepted, in bits (aktualizr's largest key size; bounds
+/// the cost of one verification).
+pub const RSA_MAX_BITS: usize = 4096;
+/// OID rsaEncryption (PKCS #1), the SubjectPublicKeyInfo algorithm of an RSA key.
+const OID_RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
 
 /// A public key as it appears in root or delegation metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Key {
-    /// `ecdsa`, `ecdsa-sha2-nistp256` or `ed25519`.
+    /// `ecdsa`, `ecdsa-sha2-nistp256`, `ed25519` or `rsa`.
     pub keytype: String,
     /// Signature scheme.
     pub scheme: String,
@@ -45,7 +67,7 @@ pub struct Key {
 /// The `keyval` object of a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyVal {
-    /// Public key: PEM for ECDSA, hex for Ed25519.
+    /// Public key: PEM for ECDSA and RSA, hex for Ed25519.
     pub public: String,
     /// Fields this version does not know, kept as they were.
     #[serde(flatten)]
@@ -89,8 +111,104 @@ impl Key {
                     .map_err(|_| bad("ed25519 key is not a valid point"))?;
                 Ok(PublicKey::Ed25519(vk))
             }
+            (KEYTYPE_RSA, SCHEME_RSA_PSS_SHA256 | SCHEME_RSA_PSS_LEGACY) => {
+                RsaPssKey::from_pem(&self.keyval.public)
+                    .map(PublicKey::RsaPss)
+                    .map_err(|reason| bad(&reason))
+            }
             (kt, sc) => Err(bad(&format!("unsupported keytype/scheme {kt}/{sc}"))),
         }
+    }
+}
+
+/// An RSA public key for RSASSA-PSS-SHA256 verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RsaPssKey {
+    /// Modulus, big-endian, no leading zeros.
+    n: Vec<u8>,
+    /// Public exponent, big-endian, no leading zeros.
+    e: Vec<u8>,
+    /// The PKCS #1 `RSAPublicKey` DER (the SubjectPublicKeyInfo's key bits).
+    pkcs1: Vec<u8>,
+    /// The PEM it was read from, for [`PublicKey::to_key`].
+    pem: String,
+}
+
+impl RsaPssKey {
+    /// Parse a PEM SubjectPublicKeyInfo (`-----BEGIN PUBLIC KEY-----`) of an
+    /// `rsaEncryption` key and check its size.
+    pub fn from_pem(pem: &str) -> std::result::Result<Self, String> {
+        use p256::pkcs8::der::asn1::UintRef;
+        use p256::pkcs8::der::{pem as der_pem, Decode, Reader, SliceReader};
+        use p256::pkcs8::SubjectPublicKeyInfoRef;
+        let (label, der) = der_pem::decode_vec(pem.trim().as_bytes())
+            .map_err(|e| format!("RSA key is not PEM: {e}"))?;
+        if label != "PUBLIC KEY" {
+            return Err(format!(
+                "RSA key PEM label is {label:?}, not \"PUBLIC KEY\""
+            ));
+        }
+        let spki = SubjectPublicKeyInfoRef::from_der(&der)
+            .map_err(|e| format!("bad RSA SubjectPublicKeyInfo: {e}"))?;
+        if spki.algorithm.oid.to_string() != OID_RSA_ENCRYPTION {
+            return Err(format!(
+                "key algorithm {} is not rsaEncryption",
+                spki.algorithm.oid
+            ));
+        }
+        let pkcs1 = spki
+            .subject_public_key
+            .as_bytes()
+            .ok_or("RSA public key bit string has unused bits")?;
+        let parse = || -> p256::pkcs8::der::Result<(Vec<u8>, Vec<u8>)> {
+            let mut r = SliceReader::new(pkcs1)?;
+            let ne = r.sequence(|seq| {
+                let n = UintRef::decode(seq)?;
+                let e = UintRef::decode(seq)?;
+                Ok((n.as_bytes().to_vec(), e.as_bytes().to_vec()))
+            })?;
+            r.finish(ne)
+        };
+        let (n, e) = parse().map_err(|e| format!("bad RSAPublicKey: {e}"))?;
+        let bits = match n.first() {
+            Some(first) => (n.len() - 1) * 8 + (8 - first.leading_zeros() as usize),
+            None => 0,
+        };
+        if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
+            return Err(format!(
+                "RSA key of {bits} bits is outside {RSA_MIN_BITS}..={RSA_MAX_BITS}"
+            ));
+        }
+        Ok(RsaPssKey {
+            n,
+            e,
+            pkcs1: pkcs1.to_vec(),
+            pem: pem.to_owned(),
+        })
+    }
+
+    /// The PKCS #1 `RSAPublicKey` DER.
+    pub fn pkcs1_der(&self) -> &[u8] {
+        &self.pkcs1
+    }
+
+    /// Modulus size in bits.
+    pub fn bits(&self) -> usize {
+        self.n.first().map_or(0, |f| {
+            (self.n.len() - 1) * 8 + (8 - f.leading_zeros() as usize)
+        })
+    }
+
+    /// RSASSA-PSS / SHA-256 / MGF1-SHA-256 / 32-byte salt, through `ring`
+    /// (which also checks the exponent and the signature length).
+    fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        use ring::signature::{RsaPublicKeyComponents, RSA_PSS_2048_8192_SHA256};
+        RsaPublicKeyComponents {
+            n: &self.n,
+            e: &self.e,
+        }
+        .verify(&RSA_PSS_2048_8192_SHA256, msg, sig)
+        .is_ok()
     }
 }
 
@@ -102,6 +220,8 @@ pub enum PublicKey {
     P256(p256::ecdsa::VerifyingKey),
     /// Ed25519.
     Ed25519(ed25519_dalek::VerifyingKey),
+    /// RSA, RSASSA-PSS with SHA-256 (verification only).
+    RsaPss(RsaPssKey),
 }
 
 impl PublicKey {
@@ -122,6 +242,7 @@ impl PublicKey {
                 Ok(s) => vk.verify_strict(msg, &s).is_ok(),
                 Err(_) => false,
             },
+            PublicKey::RsaPss(k) => k.verify(msg, sig),
         }
     }
 
@@ -137,6 +258,13 @@ impl PublicKey {
             PublicKey::Ed25519(vk) => {
                 let mut v = b"ed25519:".to_vec();
                 v.extend_from_slice(vk.as_bytes());
+                v
+            }
+            PublicKey::RsaPss(k) => {
+                let mut v = b"rsa:".to_vec();
+                v.extend_from_slice(&(k.n.len() as u32).to_be_bytes());
+                v.extend_from_slice(&k.n);
+                v.extend_from_slice(&k.e);
                 v
             }
         }
@@ -160,6 +288,15 @@ impl PublicKey {
                 scheme: ED25519.into(),
                 keyval: KeyVal {
                     public: hex::encode(vk.as_bytes()),
+                    unrecognized: Map::new(),
+                },
+                unrecognized: Map::new(),
+            },
+            PublicKey::RsaPss(k) => Key {
+                keytype: KEYTYPE_RSA.into(),
+                scheme: SCHEME_RSA_PSS_SHA256.into(),
+                keyval: KeyVal {
+                    public: k.pem.clone(),
                     unrecognized: Map::new(),
                 },
                 unrecognized: Map::new(),
@@ -465,10 +602,69 @@ mod tests {
         assert_eq!(pk.fingerprint(), sk.verifying_key().fingerprint());
     }
 
+    /// Made with `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`
+    /// and `openssl dgst -sha256 -sigopt rsa_padding_mode:pss -sigopt
+    /// rsa_pss_saltlen:32 -sign`, over [`RSA_MSG`].
+    const RSA_2048_PUB: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAuLd8ZE2bKzdsL1M4hDQc\nTV1lkQNL/ooxgOrKI9NlKxJFbm65axeEzZ/hNIDBCO5O0KWaW77ZGnaiMbDLfhVU\nq1Du6Opw8xdnTvdb84wFGV6I6dARJnKUDsW0vVArV+B5gnq5AIRXk5chdN45bB5s\nWvGU0cKGYpSQAs1zpR7WzcxSmhaeMaSCLzh7IgCABpcu09iopNY7sHN2OR9rVDhI\nFtIrz3ErOmwPWLMo1fXbXkAPYN8jrnk3/tyQBWx8FbDMxD1V1qsFsOhiXGGYb7x8\nVlulGw1N1YlTaeAEN+bk3JMrQWfKk4Gt7YoKuvNC8dZfwnUCg2QJG416NGxEinsr\nhQIDAQAB\n-----END PUBLIC KEY-----\n";
+    const RSA_2048_SIG: &str = "b525bc8babdf66c04496cb54e8610a1ecd578324a940d99ea35feedb2268cc77673fbf6907f5b2d672414373df955e4f18fd0aaa3098ae48e11a4e1c866bffc6abc8f0f380bc51a700cfb7c094fbe1a3a03470c716a44f022bc67fa6cebf3f6e2a981a05e7550b1dae694a7d4024009f61ccd69c6e877423740ed5bbd1a8b1f13e3e20b944dcb158a0165d40971fe1b7e0aa69d9295d486a91452892d143a8df8d4aca91e34baebd67e60695c79522211dd2d8c3c404591744fd811f350b61e9cf3b242dce43b90a0d462da41c49e8a3b2b2f1d97c1eed3c57e9cf48183d8407ec4f4c78faff617cf209a1b67777b68b1bfe8c1379d1262ce42d9ffe736a1257";
+    const RSA_MSG: &[u8] = b"secureev rsa-pss test";
+    /// A 1024-bit RSA key (openssl genpkey, rsa_keygen_bits:1024).
+    const RSA_1024_PUB: &str = "-----BEGIN PUBLIC KEY-----\nMIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC2h82j8FVRc/4laFyj53wFfAsa\nkgIP78+tZb65vWZe/9xySZY7//ZLju2ZhVgsyuNP8WmOsFSMKa1ntiBgSfDJe04s\n4a94J2TexrleuHFDl3zgJ3QkWH8atnVxP03e5+JlXsJnRPaeFk846T8V3UnGHR2C\n51T9wocbZhdj2oQwfwIDAQAB\n-----END PUBLIC KEY-----\n";
+
+    fn rsa_key(pem: &str, scheme: &str) -> Key {
+        Key {
+            keytype: KEYTYPE_RSA.into(),
+            scheme: scheme.into(),
+            keyval: KeyVal {
+                public: pem.into(),
+                unrecognized: Map::new(),
+            },
+            unrecognized: Map::new(),
+        }
+    }
+
+    #[test]
+    fn rsa_pss_verifies_and_rejects_tampering() {
+        for scheme in [SCHEME_RSA_PSS_SHA256, SCHEME_RSA_PSS_LEGACY] {
+            let pk = rsa_key(RSA_2048_PUB, scheme).to_public().unwrap();
+            assert!(matches!(&pk, PublicKey::RsaPss(k) if k.bits() == 2048));
+            assert!(pk.verify_hex(RSA_MSG, RSA_2048_SIG));
+            assert!(!pk.verify_hex(b"secureev rsa-pss tesT", RSA_2048_SIG));
+            let mut bad = RSA_2048_SIG.to_owned();
+            bad.replace_range(10..11, if &bad[10..11] == "0" { "1" } else { "0" });
+            assert!(!pk.verify_hex(RSA_MSG, &bad));
+            assert!(!pk.verify_hex(RSA_MSG, ""));
+            // The key object round-trips (same PEM, canonical scheme name).
+            assert_eq!(pk.to_key().keyval.public, RSA_2048_PUB);
+        }
+    }
+
+    #[test]
+    fn rsa_outside_2048_to_4096_bits_and_other_schemes_are_refused() {
+        let e = rsa_key(RSA_1024_PUB, SCHEME_RSA_PSS_SHA256)
+            .to_public()
+            .unwrap_err();
+        assert!(e.to_string().contains("1024 bits"), "{e}");
+        // PKCS #1 v1.5 is not PSS.
+        assert!(rsa_key(RSA_2048_PUB, "rsa-pkcs1v15-sha256")
+            .to_public()
+            .is_err());
+        // An EC key under keytype rsa.
+        let ec = SigningKey::generate_p256()
+            .public_key()
+            .keyval
+            .public
+            .clone();
+        assert!(rsa_key(&ec, SCHEME_RSA_PSS_SHA256).to_public().is_err());
+        assert!(rsa_key("not pem", SCHEME_RSA_PSS_SHA256)
+            .to_public()
+            .is_err());
+    }
+
     #[test]
     fn unknown_key_types_are_errors_not_panics() {
         let mut key = SigningKey::generate_p256().public_key().clone();
-        key.keytype = "rsa".into();
+        key.keytype = "dsa".into();
         assert!(matches!(key.to_public(), Err(Error::InvalidKey { .. })));
         let mut key = SigningKey::generate_ed25519().public_key().clone();
         key.keyval.public = "abcd".into();

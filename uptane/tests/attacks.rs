@@ -92,6 +92,10 @@ const REQUIRED_CASES: &[&str] = &[
     "duplicate-key-signed",
     "duplicate-key-targets",
     "duplicate-key-delegations",
+    // RSA-PSS interop
+    "valid-rsa-pss",
+    "rsa-pss-bad-signature",
+    "rsa-pss-1024-bit-key",
     // Uptane custom fields, hashes, types
     "release-counter-rollback",
     "unknown-hash-algorithm",
