@@ -5,11 +5,12 @@
 use crate::db::{self, Tx};
 use crate::director;
 use crate::error::{Error, Result};
+use crate::extract::{Path, Query};
 use crate::repo::{self, EncryptedImage, IMAGE};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;

@@ -13,9 +13,10 @@
 
 use crate::admin::{check_registration, store_registration, JsonBody, VehicleRegistration};
 use crate::error::{Error, Result};
+use crate::extract::Query;
 use crate::operators::Operator;
 use crate::AppState;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};

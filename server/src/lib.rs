@@ -45,6 +45,7 @@ pub mod db;
 pub mod director;
 pub mod enroll;
 pub mod error;
+pub mod extract;
 pub mod init;
 pub mod layout;
 pub mod limits;
@@ -317,6 +318,7 @@ pub fn vehicle_router(state: AppState) -> Router {
         .merge(signed)
         .merge(enroll)
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(extract::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             deadline,
@@ -395,6 +397,7 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(admin)
         .route("/admin/openapi.json", get(openapi::handler))
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(extract::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(logging::access_log))
         .with_state(state)

@@ -175,7 +175,7 @@ pub fn document() -> Value {
                     "properties": {
                         "serial": { "type": "string" },
                         "hardware_id": { "type": "string" },
-                        "public_key": { "description": "did:key, PEM SPKI or TUF key object of the ECU's P-256 key" },
+                        "public_key": { "type": ["string", "object"], "description": "did:key, PEM SPKI or TUF key object of the ECU's P-256 key" },
                         "encryption_key": { "type": "string", "description": "hex X25519 public key" }
                     }
                 },
@@ -184,14 +184,14 @@ pub fn document() -> Value {
                     "properties": {
                         "vin": { "type": "string" },
                         "primary_serial": { "type": "string" },
-                        "ecus": { "type": "array", "items": { "$ref": "#/components/schemas/EcuRegistration" } }
+                        "ecus": { "type": "array", "minItems": 1, "maxItems": 256, "items": { "$ref": "#/components/schemas/EcuRegistration" } }
                     }
                 },
                 "EcuReplacement": {
                     "type": "object", "required": ["public_key"], "additionalProperties": false,
                     "properties": {
                         "hardware_id": { "type": "string" },
-                        "public_key": { "description": "did:key, PEM SPKI or TUF key object of the new unit's P-256 key" },
+                        "public_key": { "type": ["string", "object"], "description": "did:key, PEM SPKI or TUF key object of the new unit's P-256 key" },
                         "encryption_key": { "type": "string", "description": "hex X25519 public key" }
                     }
                 },

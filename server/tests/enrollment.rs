@@ -346,3 +346,22 @@ async fn the_audit_trail_records_signs_chains_and_names_the_first_broken_record(
     let err = String::from_utf8_lossy(&broken.stderr);
     assert!(err.contains("record 3:"), "{err}");
 }
+
+// Regression (issue 12): a DELETE with a junk id answered text/plain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_path_query_and_method_get_json_errors() {
+    let h = start("json-errors").await;
+    for r in [
+        h.admin.delete("/admin/assignments/junk").await.unwrap(),
+        h.admin.get("/admin/events?limit=-1").await.unwrap(),
+        h.admin.get("/admin/assignments?color=red").await.unwrap(),
+        h.admin.delete("/admin/status").await.unwrap(),
+    ] {
+        assert!(r.status == 400 || r.status == 405, "{}", r.status);
+        assert!(
+            r.json()["error"].is_string(),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+}
