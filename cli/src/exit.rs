@@ -22,7 +22,7 @@ Exit status:
   3-63   the daemon's error code: a refused call (3 busy, 4 invalid argument,
          5 unknown option, 6 no such update, 7 precondition failed, 8 not
          permitted, 9 not provisioned, 11 not cancellable), or for watch and
-         --wait the code of the Completed signal (10 cancelled, 20-31 update
+         --wait the code of the Completed signal (10 cancelled, 20-33 update
          failures); see docs/dbus-api.md
   64     install not confirmed
   69     daemon not running (io.secureev.Ota1 has no owner) or it went away

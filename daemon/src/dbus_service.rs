@@ -14,7 +14,25 @@ use secureev_dbus::{
 use secureev_uptane::Attack;
 use std::sync::{Arc, Mutex};
 
+/// Whether an I/O error is a full file system or an exhausted quota.
+fn out_of_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(c) if c == rustix::io::Errno::NOSPC.raw_os_error()
+            || c == rustix::io::Errno::DQUOT.raw_os_error()
+    ) || e.kind() == std::io::ErrorKind::StorageFull
+}
+
+/// Whether a hash or length mismatch of the core is about a metadata file
+/// (the core names those `<role>.json`; images by their target name).
+fn is_metadata_file(what: &str) -> bool {
+    what.ends_with(".json") && !what.contains('/')
+}
+
+/// The one place where daemon and core errors become the interface's
+/// stable codes (docs/dbus-api.md).
 pub(crate) fn error_code(e: &Error) -> ErrorCode {
+    use secureev_uptane::Error as Core;
     match e {
         Error::Uptane { source, .. } => match source.attack() {
             Some(Attack::Rollback) | Some(Attack::ReleaseCounterRollback) => {
@@ -23,14 +41,23 @@ pub(crate) fn error_code(e: &Error) -> ErrorCode {
             Some(Attack::Freeze) => ErrorCode::FreezeAttack,
             Some(Attack::MixAndMatch) => ErrorCode::MixAndMatchAttack,
             Some(Attack::EndlessData) => ErrorCode::EndlessDataAttack,
-            Some(Attack::WrongHardwareId) | Some(Attack::WrongEcu) => ErrorCode::WrongHardware,
+            Some(Attack::WrongHardwareId) => ErrorCode::WrongHardware,
+            // Wrong ECU serial, wrong VIN, another vehicle's metadata.
+            Some(Attack::WrongEcu) => ErrorCode::WrongEcu,
             Some(Attack::ArbitrarySoftware) => match source.as_ref() {
-                secureev_uptane::Error::HashMismatch { .. }
-                | secureev_uptane::Error::LengthMismatch { .. } => ErrorCode::TargetMismatch,
+                Core::HashMismatch { what, .. } | Core::LengthMismatch { what, .. }
+                    if is_metadata_file(what) =>
+                {
+                    ErrorCode::MetadataMismatch
+                }
+                Core::HashMismatch { .. } | Core::LengthMismatch { .. } => {
+                    ErrorCode::TargetMismatch
+                }
                 _ => ErrorCode::VerificationFailed,
             },
             _ => ErrorCode::VerificationFailed,
         },
+        Error::Io { source, .. } if out_of_space(source) => ErrorCode::InsufficientStorage,
         Error::SlowRetrieval { .. } | Error::Stalled { .. } => ErrorCode::SlowRetrievalAttack,
         Error::InsufficientStorage { .. } => ErrorCode::InsufficientStorage,
         Error::Http { .. }
@@ -41,7 +68,9 @@ pub(crate) fn error_code(e: &Error) -> ErrorCode {
         Error::Cancelled(_) => ErrorCode::Cancelled,
         Error::Install { .. } => ErrorCode::InstallFailed,
         Error::Secondary { .. } => ErrorCode::EcuUnreachable,
-        Error::SecondaryRefused { .. } => ErrorCode::InstallFailed,
+        Error::SecondaryRefused { .. } | Error::SecondaryUpToDate { .. } => {
+            ErrorCode::InstallFailed
+        }
         _ => ErrorCode::Internal,
     }
 }
@@ -315,5 +344,89 @@ impl crate::run::ControlService for DbusControl {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod code_tests {
+    use super::*;
+    use secureev_uptane::Error as Core;
+
+    /// Issue 11: wrong ECU, wrong VIN and another vehicle's metadata were
+    /// `28 wrong-hardware`, a snapshot hash mismatch `27 target-mismatch`,
+    /// a full disk `1 internal`.
+    #[test]
+    fn each_failure_gets_its_own_stable_code() {
+        let hash = |what: &str| Core::HashMismatch {
+            what: what.into(),
+            algorithm: "sha256".into(),
+            expected: "aa".into(),
+            got: "bb".into(),
+        };
+        let length = |what: &str| Core::LengthMismatch {
+            what: what.into(),
+            expected: 1,
+            got: 2,
+        };
+        let io = |errno: rustix::io::Errno| Error::Io {
+            op: "write",
+            path: "/var/cache/secureev/x.part".into(),
+            source: std::io::Error::from_raw_os_error(errno.raw_os_error()),
+        };
+        let cases = [
+            (
+                Error::uptane("snapshot.json", hash("snapshot.json")),
+                ErrorCode::MetadataMismatch,
+            ),
+            (
+                Error::uptane("targets.json", length("targets.json")),
+                ErrorCode::MetadataMismatch,
+            ),
+            (
+                Error::uptane("hu/fw.img", hash("hu/fw.img")),
+                ErrorCode::TargetMismatch,
+            ),
+            (
+                Error::uptane("hu/fw.img", length("hu/fw.img")),
+                ErrorCode::TargetMismatch,
+            ),
+            (
+                Error::uptane(
+                    "t",
+                    Core::WrongEcu {
+                        target: "t".into(),
+                        ecu: "X".into(),
+                    },
+                ),
+                ErrorCode::WrongEcu,
+            ),
+            (
+                Error::uptane(
+                    "targets.json",
+                    Core::WrongVehicle {
+                        expected: "A".into(),
+                        got: "B".into(),
+                    },
+                ),
+                ErrorCode::WrongEcu,
+            ),
+            (io(rustix::io::Errno::NOSPC), ErrorCode::InsufficientStorage),
+            (io(rustix::io::Errno::DQUOT), ErrorCode::InsufficientStorage),
+            (io(rustix::io::Errno::IO), ErrorCode::Internal),
+            (
+                Error::Stalled {
+                    url: "u".into(),
+                    stage: crate::error::StallStage::Headers,
+                    secs: 1,
+                },
+                ErrorCode::SlowRetrievalAttack,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(error_code(&e), code, "{e}");
+        }
+        // Codes are only ever added: the new ones keep their numbers.
+        assert_eq!(ErrorCode::WrongEcu.as_u32(), 32);
+        assert_eq!(ErrorCode::MetadataMismatch.as_u32(), 33);
     }
 }

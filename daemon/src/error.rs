@@ -229,6 +229,17 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A secondary ECU verified the metadata and answered `no-update`: the
+    /// Director assigns it nothing it does not have. Success when the ECU's
+    /// version report shows the assigned image installed (a kill right after
+    /// it activated the image, before the backend heard of it).
+    #[error("secondary {ecu}: nothing new to install ({reason})")]
+    SecondaryUpToDate {
+        /// ECU serial.
+        ecu: String,
+        /// The ECU's answer.
+        reason: String,
+    },
     /// A secondary ECU answered and refused: a negative response (its own
     /// verification failed, wrong security key, ...) or a failed routine.
     #[error("secondary {ecu} refused: {reason}")]

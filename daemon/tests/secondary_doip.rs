@@ -168,6 +168,15 @@ async fn doip_transport_flashes_activates_and_reports() {
     assert_eq!(installed.filepath, "gw-1.1.bin");
     assert_eq!(installed.release_counter(), Some(3));
 
+    // Issue 11: the same metadata again (a kill right after the activation,
+    // before the backend heard of it) is "no-update", told apart from a
+    // refusal so that the agent can count it as installed.
+    let e = t.send_metadata(&bundle).await.unwrap_err();
+    assert!(
+        matches!(e, secureev_daemon::Error::SecondaryUpToDate { .. }),
+        "{e:?}"
+    );
+
     let s = rig.ecu.lock().await;
     let e = s.backend();
     assert_eq!(

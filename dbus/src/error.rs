@@ -61,6 +61,12 @@ pub enum ErrorCode {
     InstallFailed = 30,
     /// A secondary ECU could not be reached.
     EcuUnreachable = 31,
+    /// Metadata for another ECU or another vehicle (wrong ECU serial, wrong
+    /// VIN, another vehicle's replayed metadata).
+    WrongEcu = 32,
+    /// A metadata file did not match the hash or length its signed parent
+    /// lists for it (e.g. a snapshot that timestamp does not describe).
+    MetadataMismatch = 33,
 }
 
 impl ErrorCode {
@@ -89,6 +95,8 @@ impl ErrorCode {
         ErrorCode::InsufficientStorage,
         ErrorCode::InstallFailed,
         ErrorCode::EcuUnreachable,
+        ErrorCode::WrongEcu,
+        ErrorCode::MetadataMismatch,
     ];
 
     /// The numeric value sent on the bus.
@@ -127,6 +135,8 @@ impl ErrorCode {
             ErrorCode::InsufficientStorage => "insufficient-storage",
             ErrorCode::InstallFailed => "install-failed",
             ErrorCode::EcuUnreachable => "ecu-unreachable",
+            ErrorCode::WrongEcu => "wrong-ecu",
+            ErrorCode::MetadataMismatch => "metadata-mismatch",
         }
     }
 }

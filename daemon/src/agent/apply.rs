@@ -87,7 +87,32 @@ impl Agent {
             .map(|s| s.verification)
             .unwrap_or_default();
         let bundle = crate::ecus::metadata_bundle(&self.daemon.store, verification)?;
-        transport.send_metadata(&bundle).await?;
+        let record = InstalledRecord {
+            name: target.name().to_owned(),
+            length: target.length(),
+            hashes: target.assignment().director_target.hashes.clone(),
+            release_counter: target.release_counter(),
+            installed_at: self.now().unix(),
+        };
+        match transport.send_metadata(&bundle).await {
+            Err(e @ Error::SecondaryUpToDate { .. }) => {
+                // Issue 11: after a kill right after the ECU activated the
+                // image, the Director still assigns it and the ECU says
+                // no-update. If its own report shows the assigned image, the
+                // install is done, not failed.
+                if self.secondary_has(transport.as_ref(), target).await {
+                    tracing::info!(
+                        ecu = serial,
+                        target = target.name(),
+                        "the secondary already runs the assigned image"
+                    );
+                    self.daemon.store.set_installed(serial, record)?;
+                    return Ok(());
+                }
+                return Err(e);
+            }
+            r => r?,
+        }
         let mut facts = TargetFacts::for_target(target)?;
         // The ECU checks what it receives: the bytes as served (for encrypted
         // images it decrypts and checks the plaintext itself).
@@ -107,17 +132,43 @@ impl Agent {
         };
         transport.send_image(path, &facts, &progress).await?;
         transport.activate(&facts).await?;
-        self.daemon.store.set_installed(
-            serial,
-            InstalledRecord {
-                name: target.name().to_owned(),
-                length: target.length(),
-                hashes: target.assignment().director_target.hashes.clone(),
-                release_counter: target.release_counter(),
-                installed_at: self.now().unix(),
-            },
-        )?;
+        self.daemon.store.set_installed(serial, record)?;
         Ok(())
+    }
+
+    /// Whether the secondary's own version report names `target` (name,
+    /// length and every signed hash) as its installed image.
+    async fn secondary_has(
+        &self,
+        transport: &dyn crate::ecus::SecondaryTransport,
+        target: &UpdateTarget,
+    ) -> bool {
+        let Ok(bytes) = transport.report().await else {
+            return false;
+        };
+        let Some(signed) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("signed").cloned())
+        else {
+            return false;
+        };
+        let Ok(report) =
+            serde_json::from_value::<secureev_uptane::manifest::EcuVersionReport>(signed)
+        else {
+            return false;
+        };
+        let want = &target.assignment().director_target.hashes;
+        report.installed_image.is_some_and(|i| {
+            i.filepath == target.name()
+                && i.fileinfo.length == target.length()
+                && !want.is_empty()
+                && want.iter().all(|(alg, h)| {
+                    i.fileinfo
+                        .hashes
+                        .get(alg)
+                        .is_some_and(|g| g.eq_ignore_ascii_case(h))
+                })
+        })
     }
 
     pub(crate) async fn install_primary(&self, target: &UpdateTarget, path: &Path) -> Result<()> {

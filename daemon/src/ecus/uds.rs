@@ -264,6 +264,16 @@ impl<C: Connector> UdsSecondary<C> {
                 // Start the next call from a fresh connection and session.
                 match e {
                     DriveError::Uds(
+                        u @ secureev_uds::Error::RoutineFailed {
+                            routine: protocol::routine::VERIFY_METADATA,
+                            code: 0x01,
+                            ..
+                        },
+                    ) => Err(Error::SecondaryUpToDate {
+                        ecu: self.serial.clone(),
+                        reason: u.to_string(),
+                    }),
+                    DriveError::Uds(
                         u @ (secureev_uds::Error::NegativeResponse { .. }
                         | secureev_uds::Error::RoutineFailed { .. }),
                     ) => Err(Error::SecondaryRefused {
