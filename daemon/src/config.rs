@@ -1271,6 +1271,26 @@ impl Config {
                 ));
             }
         }
+        // The response timeout runs from sending the request, connecting
+        // included: at or below the connect timeout a withheld handshake
+        // would be reported as a withheld response.
+        for key in [
+            "response_timeout_secs",
+            "metadata_timeout_secs",
+            "manifest_timeout_secs",
+        ] {
+            let v = match key {
+                "response_timeout_secs" => n.response_timeout_secs,
+                "metadata_timeout_secs" => n.metadata_timeout_secs,
+                _ => n.manifest_timeout_secs,
+            };
+            if v <= n.connect_timeout_secs {
+                return Err(p.invalid(
+                    &["network", key],
+                    "must be above network.connect_timeout_secs",
+                ));
+            }
+        }
         let f = &self.install.file;
         match self.install.installer {
             InstallerKind::File => match (&f.path, &f.slots) {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 const NAME: &str = "hu/rootfs-2.img";
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 /// The bounds of [`tight`]: what each stall must end within.
-const CONNECT: u64 = 2;
+const CONNECT: u64 = 1;
 const RESPONSE: u64 = 2;
 const METADATA: u64 = 3;
 const MANIFEST: u64 = 2;
