@@ -16,6 +16,8 @@
 //! dbus (scripts/test.sh calls it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod e2e_common;
+
 use secureev_daemon::config::{ManifestHashPolicy, RaucInstallConfig};
 use secureev_daemon::install::rauc::{RaucInstaller, RaucPhase};
 use secureev_daemon::install::{
@@ -704,4 +706,82 @@ async fn rauc_kill_9_during_install_bundle_is_settled_at_restart() {
         Recovery::Completed(f.clone())
     );
     assert_eq!(store.installed().unwrap().get("HU-1"), Some(&record(&f)));
+}
+
+/// End to end: the real `secureev-otad` with `installer = "rauc"`, checking
+/// in over TLS with the in-test backend, installs a RAUC bundle published as
+/// an Uptane target. The manifest after the install carries no installation
+/// result (pending reboot); after a reboot that fell back to the old slot, the
+/// restarted daemon reports the install failed, with the reason, in its next
+/// manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rauc_end_to_end_fallen_back_boot_is_reported_in_the_next_manifest() {
+    use e2e_common::*;
+    if !require_rauc() {
+        return;
+    }
+    let mut rig = Rig::new();
+    let bundle = rig.bundle("2.0", 0x44, 256, 0);
+    let bytes = std::fs::read(&bundle).unwrap();
+    let name = "hu/rootfs-2.0.raucb";
+    let backend = Backend::start().await;
+    let mut repos = Repos::new();
+    repos.release(name, &bytes, 2);
+    let files = repos.publish(&[(name, &bytes)]);
+    let keys = format!(
+        "bus = \"{}\"\nmanifest_hash = \"if-supported\"\ninstall_timeout_secs = 60\nboot_id_file = \"{}\"\n",
+        rig.address,
+        rig.path("boot/boot_id").display()
+    );
+    let mut vehicle = Vehicle::new(
+        &rig.path("vehicle"),
+        &backend,
+        &repos,
+        &InstallMode::Rauc(keys),
+        "",
+    );
+    backend.set_open(false);
+    let (code, message) = vehicle.start_then_check(&backend, files, WAIT).await;
+    assert_eq!(
+        code,
+        0,
+        "{message}\n{}\nRAUC:\n{}",
+        vehicle.log(),
+        rig.rauc_log()
+    );
+    assert!(message.contains("active after the next boot"), "{message}");
+    let state_dir = rig.path("vehicle/state");
+    let journal = || Store::open(&state_dir).unwrap().journal().unwrap();
+    assert!(journal().is_some_and(|j| j.pending_reboot));
+    assert_eq!(rig.boot_file("primary"), "B", "{}", vehicle.log());
+    poll("a manifest", WAIT, Duration::from_millis(50), || {
+        (!backend.manifests().is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        install_results(&backend.manifests()).is_empty(),
+        "no result while the reboot is pending"
+    );
+
+    vehicle.kill();
+    rig.reboot(true);
+    vehicle.start().await;
+    let result = poll(
+        "the installation result",
+        WAIT,
+        Duration::from_millis(50),
+        || install_results(&backend.manifests()).into_iter().next(),
+    )
+    .await;
+    assert_eq!(result["success"], false, "{result}");
+    assert_eq!(
+        install_results(&backend.manifests()).len(),
+        1,
+        "only the failure is reported"
+    );
+    let text = result.to_string();
+    assert!(text.contains("booted slot A, not the new slot B"), "{text}");
+    assert!(text.contains("fell back"), "{text}");
+    // (The Director still assigns the bundle, so the same check-in offers it
+    // again; whether to retry after a fallback is the Director's decision.)
 }

@@ -41,7 +41,7 @@ use super::{InstallCheck, InstallDone, InstallProgress, Installer, TargetFacts};
 use crate::config::{ManifestHashPolicy, RaucInstallConfig};
 use crate::error::{Error, Result};
 use futures_util::future::BoxFuture;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -370,15 +370,18 @@ impl RaucInstaller {
         tokio::pin!(deadline);
         let result = loop {
             tokio::select! {
-                signal = completed.next() => match signal {
-                    Some(s) => break s.args().map(|a| a.result).unwrap_or(-1),
-                    None => break -1,
-                },
+                // Progress first: RAUC's last step ("Installing done.", 100)
+                // is flushed just before Completed, and both may be queued.
+                biased;
                 Some(change) = progress_changes.next() => {
                     if let Some(p) = change.args().ok().and_then(|a| progress_of(&a)) {
                         progress(p);
                     }
                 }
+                signal = completed.next() => match signal {
+                    Some(s) => break s.args().map(|a| a.result).unwrap_or(-1),
+                    None => break -1,
+                },
                 Some(_) = owner_changes.next() => {
                     // RAUC restarted or died mid-install (rauc#1452: no
                     // Completed then). The record stays: the next start-up
@@ -393,6 +396,12 @@ impl RaucInstaller {
                 }
             }
         };
+        // Steps already delivered but not yet taken (the streams are separate).
+        while let Some(Some(change)) = progress_changes.next().now_or_never() {
+            if let Some(p) = change.args().ok().and_then(|a| progress_of(&a)) {
+                progress(p);
+            }
+        }
         if result != 0 {
             let last = rauc.last_error().await.unwrap_or_default();
             self.clear_record()?;

@@ -641,6 +641,8 @@ pub enum InstallMode {
     File(PathBuf),
     /// The `command` installer running `program`.
     Command(PathBuf),
+    /// The `rauc` installer; the keys of its `[install.rauc]` table.
+    Rauc(String),
 }
 
 /// The vehicle: configuration, keys, private bus, and the daemon process.
@@ -687,6 +689,7 @@ impl Vehicle {
                 "installer = \"command\"\n[install.command]\nprogram = \"{}\"\n",
                 p.display()
             ),
+            InstallMode::Rauc(keys) => format!("installer = \"rauc\"\n[install.rauc]\n{keys}\n"),
         };
         let config = format!(
             r#"[backend]
