@@ -52,6 +52,11 @@ pub fn temp_root(tag: &str) -> PathBuf {
 }
 
 pub async fn start(tag: &str) -> Harness {
+    start_tuned(tag, |_| {}).await
+}
+
+/// As [`start`], with `tune` applied to the configuration first.
+pub async fn start_tuned(tag: &str, tune: impl FnOnce(&mut Config)) -> Harness {
     let root = temp_root(tag);
     let data = root.join("data");
     let offline = root.join("offline");
@@ -66,6 +71,7 @@ pub async fn start(tag: &str) -> Harness {
     let mut config = Config::load(&data.join("server.toml")).unwrap();
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    tune(&mut config);
     start_with(root, data, offline, config).await
 }
 
