@@ -761,13 +761,59 @@ pub struct DoipConfig {
     pub logical_address: u16,
 }
 
+/// `[dbus] reader_groups`: may read history (and, by the bus policy,
+/// properties and signals).
+pub const DEFAULT_READER_GROUPS: &[&str] = &["secureev-ui", "secureev-vehicle"];
+/// `[dbus] consent_groups`: the HMI (check, install, postpone, cancel).
+pub const DEFAULT_CONSENT_GROUPS: &[&str] = &["secureev-ui"];
+/// `[dbus] precondition_groups`: vehicle services (`SetPrecondition`).
+pub const DEFAULT_PRECONDITION_GROUPS: &[&str] = &["secureev-vehicle"];
+
+fn groups(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
+fn default_reader_groups() -> Vec<String> {
+    groups(DEFAULT_READER_GROUPS)
+}
+fn default_consent_groups() -> Vec<String> {
+    groups(DEFAULT_CONSENT_GROUPS)
+}
+fn default_precondition_groups() -> Vec<String> {
+    groups(DEFAULT_PRECONDITION_GROUPS)
+}
+
 /// `[dbus]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DbusConfig {
     /// `"system"`, `"session"` or a D-Bus address (`unix:path=...`).
     #[serde(default)]
     pub bus: Bus,
+    /// Groups holding the read role (`GetHistory`).
+    #[serde(default = "default_reader_groups")]
+    pub reader_groups: Vec<String>,
+    /// Groups holding the consent role (`CheckForUpdates`, `Install`,
+    /// `Postpone`, `Cancel`).
+    #[serde(default = "default_consent_groups")]
+    pub consent_groups: Vec<String>,
+    /// Groups holding the preconditions role (`SetPrecondition`).
+    #[serde(default = "default_precondition_groups")]
+    pub precondition_groups: Vec<String>,
+    /// Groups holding the provision role (`Provision`); root always does.
+    #[serde(default)]
+    pub provision_groups: Vec<String>,
+}
+
+impl Default for DbusConfig {
+    fn default() -> Self {
+        DbusConfig {
+            bus: Bus::default(),
+            reader_groups: default_reader_groups(),
+            consent_groups: default_consent_groups(),
+            precondition_groups: default_precondition_groups(),
+            provision_groups: Vec::new(),
+        }
+    }
 }
 
 /// Which bus the service is on.

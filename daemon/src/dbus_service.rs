@@ -8,8 +8,8 @@ use crate::schedule::{Trigger, UpdateCycle};
 use crate::Daemon;
 use futures_util::future::BoxFuture;
 use secureev_dbus::{
-    CheckOptions, Controller, ErrorCode, HistoryEntry, InstallOptions, OtaError, ProvisionOptions,
-    State, StateHandle, UpdateId,
+    AccessPolicy, Caller, CheckOptions, Controller, ErrorCode, HistoryEntry, InstallOptions,
+    OtaError, ProvisionOptions, Role, State, StateHandle, UpdateId,
 };
 use secureev_uptane::Attack;
 use std::sync::{Arc, Mutex};
@@ -126,14 +126,16 @@ impl Controller for AgentController {
         }
         let unmet = agent.unmet_preconditions();
         if !unmet.is_empty() {
-            // Consent is kept: the install starts at the next check-in or
-            // when the preconditions are reported satisfied.
+            // The refusal ends the consent: no later SetPrecondition or
+            // check-in starts this install without a new Install call.
+            agent.lock().consented = None;
             return Err(OtaError::PreconditionFailed(unmet.join("; ")));
         }
         let id = update_id.as_str().to_owned();
         tokio::spawn(async move {
-            let result = agent.try_install().await;
-            agent.finish("install", &id, &result);
+            if let Some(result) = agent.try_install().await.transpose() {
+                agent.finish("install", &id, &result);
+            }
         });
         Ok(())
     }
@@ -160,10 +162,16 @@ impl Controller for AgentController {
         let until = agent.now().unix() + delay.as_secs() as i64;
         {
             let mut inner = agent.lock();
-            if inner.pending.is_none() {
-                return Err(OtaError::NoSuchUpdate("nothing is pending".into()));
+            if inner.installing {
+                return Err(OtaError::Busy(
+                    "the install has begun; it cannot be postponed".into(),
+                ));
             }
+            let Some(id) = inner.pending.as_ref().map(|p| p.plan.id().clone()) else {
+                return Err(OtaError::NoSuchUpdate("nothing is pending".into()));
+            };
             inner.postponed_until = until;
+            inner.postponed_id = Some(id);
             inner.consented = None;
         }
         agent.state.set_postponed_until(until);
@@ -175,12 +183,30 @@ impl Controller for AgentController {
         name: &str,
         satisfied: bool,
         reason: &str,
+        caller: &Caller,
     ) -> std::result::Result<(), OtaError> {
         let agent = self.0.clone();
-        agent
-            .lock()
-            .preconditions
-            .insert(name.to_owned(), (satisfied, reason.to_owned()));
+        {
+            let mut inner = agent.lock();
+            // Each precondition belongs to the uid that first set it: a media
+            // app in the UI group cannot clear a vehicle service's `parked`.
+            match inner.precondition_owners.get(name) {
+                Some(&owner) if owner != caller.uid && caller.uid != 0 => {
+                    return Err(OtaError::NotPermitted(format!(
+                        "precondition {name:?} is set by uid {owner}; only it (or root) may change it"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    inner
+                        .precondition_owners
+                        .insert(name.to_owned(), caller.uid);
+                }
+            }
+            inner
+                .preconditions
+                .insert(name.to_owned(), (satisfied, reason.to_owned()));
+        }
         agent.state.set_precondition(name, satisfied, reason);
         // A held-back install proceeds as soon as nothing holds it back.
         let ready = {
@@ -195,8 +221,9 @@ impl Controller for AgentController {
                     .as_ref()
                     .map(|p| p.plan.id().as_str().to_owned())
                     .unwrap_or_default();
-                let result = agent.try_install().await;
-                agent.finish("install", &id, &result);
+                if let Some(result) = agent.try_install().await.transpose() {
+                    agent.finish("install", &id, &result);
+                }
             });
         }
         Ok(())
@@ -252,6 +279,30 @@ impl Controller for AgentController {
         });
         Ok(())
     }
+}
+
+/// The roles of `[dbus]`: group names resolved to gids (a missing group is
+/// left out with a warning); root and the daemon's own user hold every role.
+pub fn access_policy(bus: &crate::config::DbusConfig) -> AccessPolicy {
+    let mut groups = Vec::new();
+    for (role, names) in [
+        (Role::Read, &bus.reader_groups),
+        (Role::Consent, &bus.consent_groups),
+        (Role::Preconditions, &bus.precondition_groups),
+        (Role::Provision, &bus.provision_groups),
+    ] {
+        for name in names {
+            match secureev_dbus::access::group_gid(name) {
+                Some(gid) => groups.push((role, name.clone(), gid)),
+                None => tracing::warn!(
+                    group = %name,
+                    role = role.as_str(),
+                    "no such group: nobody gets this role through it"
+                ),
+            }
+        }
+    }
+    AccessPolicy::new([0, rustix::process::getuid().as_raw()], groups)
 }
 
 /// The D-Bus service: serves `io.secureev.Ota1` with an [`AgentController`].
@@ -320,9 +371,10 @@ impl crate::run::ControlService for DbusControl {
                 }
             });
             let controller: Arc<dyn Controller> = Arc::new(AgentController(agent.clone()));
+            let access = access_policy(bus);
             let connection = self
                 .state
-                .serve(builder, controller)
+                .serve_with_access(builder, controller, access)
                 .await
                 .map_err(|e| Error::Bus(e.to_string()))?;
             tracing::info!(name = secureev_dbus::BUS_NAME, "serving on D-Bus");

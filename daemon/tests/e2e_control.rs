@@ -144,3 +144,191 @@ async fn symlink_to_a_key_and_a_fifo_in_the_inhibit_dir_are_refused_unread() {
     assert!(message.contains("installed on"), "{message}");
     assert_eq!(std::fs::read(&s.target).unwrap(), image);
 }
+
+/// `busctl` or `gdbus` run as another user (uid:gid, no supplementary
+/// groups) against the vehicle's bus: `(success, stdout + stderr)`.
+fn as_user(uid: u32, tool: &str, bus: &str, args: &[&str]) -> (bool, String) {
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(tool);
+    match tool {
+        "busctl" => cmd.arg(format!("--address={bus}")),
+        _ => cmd.args(["call", "--address", bus]),
+    };
+    let out = cmd.args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Root is needed to switch uid; CI runs as root. Outside CI a non-root run
+/// says so and skips; in CI it fails.
+fn root_or_skip(test: &str) -> bool {
+    if rustix::process::getuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs root (distinct uids) and CI runs as root"
+    );
+    eprintln!("skipping {test}: needs root to run clients as other users");
+    false
+}
+
+/// A vehicle service (uid 1, group `daemon`, given the preconditions role)
+/// reports `parked=false`. A media app (uid 65534, group `nogroup`, also
+/// given that role but not consent) can neither clear `parked` (it belongs
+/// to uid 1) nor consent to the install: both refused with NotPermitted
+/// naming why, from `busctl` and `gdbus` as independent clients. Only the
+/// owner's `parked=true` lets the install run. Regression test for the
+/// media app that cleared `parked` and installed while the vehicle moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_app_cannot_clear_a_vehicle_services_precondition_nor_consent() {
+    if !root_or_skip("a_media_app_cannot_clear_a_vehicle_services_precondition_nor_consent") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start().await;
+    backend.set_open(false);
+    let mut repos = Repos::new();
+    let installed = dir.path().join("installed");
+    std::fs::create_dir_all(&installed).unwrap();
+    let target = installed.join("image.bin");
+    std::fs::write(&target, FACTORY).unwrap();
+    let mut vehicle = Vehicle::new(
+        &dir.path().join("vehicle"),
+        &backend,
+        &repos,
+        &InstallMode::File(target.clone()),
+        // Inside [dbus]: both test users hold the preconditions role only.
+        "precondition_groups = [\"daemon\", \"nogroup\"]\nconsent_groups = [\"secureev-nobody-has-this\"]",
+    );
+    // Let the other users reach the bus socket.
+    let bus = vehicle.bus.address().to_owned();
+    let socket = bus
+        .strip_prefix("unix:path=")
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        std::path::Path::new(&socket).parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    vehicle.start().await;
+    vehicle.settle_closed().await;
+
+    let (ok, out) = as_user(
+        1,
+        "busctl",
+        &bus,
+        &[
+            "call",
+            "io.secureev.Ota1",
+            "/io/secureev/Ota1",
+            "io.secureev.Ota1",
+            "SetPrecondition",
+            "sbs",
+            "parked",
+            "false",
+            "vehicle moving",
+        ],
+    );
+    assert!(ok, "the vehicle service sets parked: {out}");
+
+    let image = image_bytes(64 * 1024, 9);
+    repos.release(NAME, &image, 2);
+    backend.set_files(repos.publish(&[(NAME, &image)]));
+    backend.set_open(true);
+    let (code, message) = vehicle.check(CHECK_TIMEOUT).await;
+    assert_eq!(code, ErrorCode::Ok.as_u32(), "{message}");
+    assert!(
+        message.contains("install held back") && message.contains("parked"),
+        "{message}"
+    );
+
+    let (ok, out) = as_user(
+        65534,
+        "busctl",
+        &bus,
+        &[
+            "call",
+            "io.secureev.Ota1",
+            "/io/secureev/Ota1",
+            "io.secureev.Ota1",
+            "SetPrecondition",
+            "sbs",
+            "parked",
+            "true",
+            "I am parked",
+        ],
+    );
+    assert!(
+        !ok && out.contains("set by uid 1"),
+        "media app cleared parked: {out}"
+    );
+    let id = vehicle.proxy().await.pending_update_id().await.unwrap();
+    let (ok, out) = as_user(
+        65534,
+        "gdbus",
+        &bus,
+        &[
+            "--dest",
+            "io.secureev.Ota1",
+            "--object-path",
+            "/io/secureev/Ota1",
+            "--method",
+            "io.secureev.Ota1.Install",
+            &id,
+            "{}",
+        ],
+    );
+    assert!(
+        !ok && out.contains("io.secureev.Ota1.Error.NotPermitted") && out.contains("consent role"),
+        "media app consented: {out}"
+    );
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        FACTORY,
+        "installed while not parked"
+    );
+    let pre = vehicle.proxy().await.preconditions().await.unwrap();
+    let parked = pre.iter().find(|p| p.name == "parked").unwrap();
+    assert!(!parked.satisfied, "{pre:?}");
+
+    // The owner may: the held install proceeds (policy auto).
+    let (ok, out) = as_user(
+        1,
+        "busctl",
+        &bus,
+        &[
+            "call",
+            "io.secureev.Ota1",
+            "/io/secureev/Ota1",
+            "io.secureev.Ota1",
+            "SetPrecondition",
+            "sbs",
+            "parked",
+            "true",
+            "",
+        ],
+    );
+    assert!(ok, "{out}");
+    poll(
+        "the install after parked=true",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || (std::fs::read(&target).unwrap() == image).then_some(()),
+    )
+    .await;
+}

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::{CheckOptions, HistoryEntry, InstallOptions, OtaError, ProvisionOptions, UpdateId};
+use crate::{
+    Caller, CheckOptions, HistoryEntry, InstallOptions, OtaError, ProvisionOptions, UpdateId,
+};
 
 /// What the daemon does when a D-Bus method is called.
 ///
@@ -38,8 +40,16 @@ pub trait Controller: Send + Sync + 'static {
     /// `SetPrecondition`: a vehicle service reports whether `name` holds. The
     /// implementation publishes the result with
     /// [`crate::StateHandle::set_precondition`]. `name` has been validated
-    /// (`[a-z0-9][a-z0-9._-]{0,63}`).
-    fn set_precondition(&self, name: &str, satisfied: bool, reason: &str) -> Result<(), OtaError>;
+    /// (`[a-z0-9][a-z0-9._-]{0,63}`) and `caller` holds the preconditions role;
+    /// the implementation decides who owns `name` (the daemon: whoever set it
+    /// first) and refuses others with [`OtaError::NotPermitted`].
+    fn set_precondition(
+        &self,
+        name: &str,
+        satisfied: bool,
+        reason: &str,
+        caller: &Caller,
+    ) -> Result<(), OtaError>;
 
     /// `GetHistory`: past operations, oldest first. Must not block on I/O; serve it
     /// from memory.

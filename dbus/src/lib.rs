@@ -43,6 +43,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod access;
 mod controller;
 mod error;
 mod options;
@@ -53,6 +54,7 @@ mod types;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+pub use access::{AccessPolicy, Caller, Role};
 pub use controller::Controller;
 pub use error::{ErrorCode, OtaError};
 pub use options::{CheckOptions, InstallOptions, ProvisionOptions};

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
+use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{OwnedValue, Value};
 use zbus::{interface, Connection};
 
+use crate::access::{gids_of_uid, AccessPolicy, Caller, Role};
 use crate::{
     CheckOptions, Controller, Ecu, ErrorCode, HistoryEntry, InstallOptions, OtaError,
     PendingUpdate, Precondition, Progress, ProvisionOptions, State, UpdateId, UpdatePlan, BUS_NAME,
@@ -172,15 +174,33 @@ impl StateHandle {
     /// see the name without the object) and starts publishing. Fails with
     /// `zbus::Error::NameTaken` when another process owns the name: the name is
     /// requested without queueing and without allowing replacement.
+    ///
+    /// Only root and this process's own user may call methods: use
+    /// [`StateHandle::serve_with_access`] to let groups in.
     pub async fn serve(
         &self,
         builder: zbus::connection::Builder<'_>,
         controller: Arc<dyn Controller>,
     ) -> zbus::Result<Connection> {
+        let own = rustix::process::getuid().as_raw();
+        self.serve_with_access(builder, controller, AccessPolicy::new([0, own], []))
+            .await
+    }
+
+    /// [`StateHandle::serve`] enforcing `access` on every method call.
+    pub async fn serve_with_access(
+        &self,
+        builder: zbus::connection::Builder<'_>,
+        controller: Arc<dyn Controller>,
+        access: AccessPolicy,
+    ) -> zbus::Result<Connection> {
         // zbus's defaults let a later requester replace the owner; a second daemon
         // (or any process the bus policy lets own the name) must fail instead.
         let connection = builder
-            .serve_at(OBJECT_PATH, Ota1Interface::new(controller, self.clone()))?
+            .serve_at(
+                OBJECT_PATH,
+                Ota1Interface::new(controller, self.clone()).with_access(access),
+            )?
             .name(BUS_NAME)?
             .allow_name_replacements(false)
             .replace_existing_names(false)
@@ -416,12 +436,72 @@ const MAX_REASON_LEN: usize = 256;
 pub struct Ota1Interface {
     controller: Arc<dyn Controller>,
     state: StateHandle,
+    access: AccessPolicy,
+}
+
+/// The caller of the method being handled, from the bus daemon
+/// (`GetConnectionCredentials`); groups from `/etc/group` when the bus does
+/// not report them.
+async fn caller_of(conn: &Connection, header: &Header<'_>) -> Result<Caller, OtaError> {
+    let unknown = |why: String| OtaError::NotPermitted(format!("caller unknown: {why}"));
+    let sender = header
+        .sender()
+        .ok_or_else(|| unknown("no sender".into()))?
+        .to_owned();
+    let dbus = zbus::fdo::DBusProxy::new(conn)
+        .await
+        .map_err(|e| unknown(e.to_string()))?;
+    let creds = dbus
+        .get_connection_credentials(sender.into())
+        .await
+        .map_err(|e| unknown(e.to_string()))?;
+    let uid = creds
+        .unix_user_id()
+        .ok_or_else(|| unknown("the bus gives no uid".into()))?;
+    let gids = match creds.unix_group_ids() {
+        Some(g) => g.iter().copied().collect(),
+        None => tokio::task::spawn_blocking(move || gids_of_uid(uid))
+            .await
+            .map_err(|e| unknown(e.to_string()))?,
+    };
+    Ok(Caller { uid, gids })
 }
 
 impl Ota1Interface {
-    /// An interface object forwarding to `controller` and publishing `state`.
+    /// An interface object forwarding to `controller` and publishing `state`;
+    /// only root and this process's user may call (see [`Self::with_access`]).
     pub fn new(controller: Arc<dyn Controller>, state: StateHandle) -> Self {
-        Ota1Interface { controller, state }
+        let own = rustix::process::getuid().as_raw();
+        Ota1Interface {
+            controller,
+            state,
+            access: AccessPolicy::new([0, own], []),
+        }
+    }
+
+    /// Enforce `access` on every method call.
+    pub fn with_access(mut self, access: AccessPolicy) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// The caller, refused unless it holds `role`.
+    async fn authorize(
+        &self,
+        conn: &Connection,
+        header: &Header<'_>,
+        role: Role,
+        method: &str,
+    ) -> Result<Caller, OtaError> {
+        if self.access.is_open() {
+            return Ok(Caller {
+                uid: u32::MAX,
+                gids: Default::default(),
+            });
+        }
+        let caller = caller_of(conn, header).await?;
+        self.access.check(&caller, role, method)?;
+        Ok(caller)
     }
 
     fn refuse_if_busy(&self) -> Result<(), OtaError> {
@@ -444,7 +524,14 @@ impl Ota1Interface {
     /// Start a check-in with the backend; a verified update found is downloaded and
     /// published in PendingUpdates. Options: force (b), transaction-id (s).
     /// Errors: Busy, UnknownOption, InvalidArgument, NotProvisioned.
-    fn check_for_updates(&self, options: HashMap<String, OwnedValue>) -> Result<(), OtaError> {
+    async fn check_for_updates(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(), OtaError> {
+        self.authorize(conn, &header, Role::Consent, "CheckForUpdates")
+            .await?;
         let options = CheckOptions::parse(&options)?;
         self.refuse_if_busy()?;
         self.controller.check(options)
@@ -453,11 +540,15 @@ impl Ota1Interface {
     /// Install the pending update whose PendingUpdateId is update_id (the consent is
     /// bound to exactly what was shown). Options: transaction-id (s).
     /// Errors: NoSuchUpdate, Busy, PreconditionFailed, UnknownOption.
-    fn install(
+    async fn install(
         &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
         update_id: &str,
         options: HashMap<String, OwnedValue>,
     ) -> Result<(), OtaError> {
+        self.authorize(conn, &header, Role::Consent, "Install")
+            .await?;
         let options = InstallOptions::parse(&options)?;
         self.refuse_if_busy()?;
         let pending = self.state.lock().snap.pending_update_id.clone();
@@ -475,13 +566,26 @@ impl Ota1Interface {
 
     /// Cancel the running operation. Downloads are always cancellable; an install is
     /// refused with NotCancellable once it has started writing.
-    fn cancel(&self) -> Result<(), OtaError> {
+    async fn cancel(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), OtaError> {
+        self.authorize(conn, &header, Role::Consent, "Cancel")
+            .await?;
         self.controller.cancel()
     }
 
     /// Do not install the pending update, nor ask again, for the given number of
     /// seconds (1 to 604800). Errors: NoSuchUpdate, InvalidArgument.
-    fn postpone(&self, seconds: u32) -> Result<(), OtaError> {
+    async fn postpone(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        seconds: u32,
+    ) -> Result<(), OtaError> {
+        self.authorize(conn, &header, Role::Consent, "Postpone")
+            .await?;
         if seconds == 0 || seconds > MAX_POSTPONE_SECS {
             return Err(OtaError::InvalidArgument(format!(
                 "seconds must be between 1 and {MAX_POSTPONE_SECS}, got {seconds}"
@@ -496,7 +600,17 @@ impl Ota1Interface {
 
     /// Report whether a vehicle condition that gates installs holds (e.g. parked,
     /// battery). name: [a-z0-9][a-z0-9._-]{0,63}; reason: up to 256 bytes.
-    fn set_precondition(&self, name: &str, satisfied: bool, reason: &str) -> Result<(), OtaError> {
+    async fn set_precondition(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        name: &str,
+        satisfied: bool,
+        reason: &str,
+    ) -> Result<(), OtaError> {
+        let caller = self
+            .authorize(conn, &header, Role::Preconditions, "SetPrecondition")
+            .await?;
         if !valid_precondition_name(name) {
             return Err(OtaError::InvalidArgument(format!(
                 "invalid precondition name {name:?}"
@@ -507,23 +621,34 @@ impl Ota1Interface {
                 "reason longer than {MAX_REASON_LEN} bytes"
             )));
         }
-        self.controller.set_precondition(name, satisfied, reason)
+        self.controller
+            .set_precondition(name, satisfied, reason, &caller)
     }
 
     /// Past operations, oldest first; each entry has time (x), action (s),
     /// update-id (s), ecu-serial (s), version (s), code (u), message (s).
     #[zbus(out_args("history"))]
-    fn get_history(&self) -> Result<Vec<HistoryEntry>, OtaError> {
+    async fn get_history(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<HistoryEntry>, OtaError> {
+        self.authorize(conn, &header, Role::Read, "GetHistory")
+            .await?;
         self.controller.history()
     }
 
     /// Register the vehicle with the backend at backend_url (https only).
     /// Options: vin (s), token (s), transaction-id (s). Ends with Completed.
-    fn provision(
+    async fn provision(
         &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
         backend_url: &str,
         options: HashMap<String, OwnedValue>,
     ) -> Result<(), OtaError> {
+        self.authorize(conn, &header, Role::Provision, "Provision")
+            .await?;
         let options = ProvisionOptions::parse(&options)?;
         let host = backend_url.strip_prefix("https://").unwrap_or_default();
         if host.is_empty() || host.starts_with('/') {

@@ -391,7 +391,13 @@ impl Controller for FakeController {
         Ok(())
     }
 
-    fn set_precondition(&self, name: &str, satisfied: bool, reason: &str) -> Result<(), OtaError> {
+    fn set_precondition(
+        &self,
+        name: &str,
+        satisfied: bool,
+        reason: &str,
+        _caller: &crate::Caller,
+    ) -> Result<(), OtaError> {
         self.record(format!("set_precondition {name} {satisfied}"));
         self.state.set_precondition(name, satisfied, reason);
         Ok(())

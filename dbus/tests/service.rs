@@ -370,3 +370,49 @@ async fn initial_state_is_visible_and_a_second_daemon_cannot_steal_the_name() {
         "first daemon still serves"
     );
 }
+
+/// Roles are decided from the caller's credentials as the bus reports them:
+/// a caller whose only role is read gets its history but NotPermitted, naming
+/// the consent role, for Install and CheckForUpdates; the controller never
+/// sees the refused calls.
+#[tokio::test]
+async fn methods_need_their_role_from_the_callers_credentials() {
+    use secureev_dbus::testing::{FakeController, PrivateBus};
+    use secureev_dbus::{AccessPolicy, ErrorCode, Ota1Proxy, Role, StateHandle};
+    let bus = PrivateBus::start().unwrap();
+    let state = StateHandle::new();
+    let fake = FakeController::new(state.clone(), Duration::from_millis(20));
+    let my_gid = std::fs::metadata("/proc/self").map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.gid()
+    });
+    // Nobody is trusted; our primary group holds only the read role.
+    let access = AccessPolicy::new([], [(Role::Read, "readers".into(), my_gid.unwrap())]);
+    let _server = state
+        .serve_with_access(bus.builder().unwrap(), Arc::new(fake.clone()), access)
+        .await
+        .unwrap();
+    let client = bus.client().await.unwrap();
+    let proxy = Ota1Proxy::new(&client).await.unwrap();
+    proxy.get_history().await.unwrap();
+    let e = proxy.check_for_updates(HashMap::new()).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotPermitted, "{e}");
+    assert!(e.to_string().contains("consent role"), "{e}");
+    let e = proxy
+        .set_precondition("parked", true, "")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("preconditions role"), "{e}");
+    let e = proxy
+        .provision("https://b.example", HashMap::new())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("provision role (root only)"), "{e}");
+    assert!(
+        fake.calls()
+            .iter()
+            .all(|c| !c.starts_with("check") && !c.starts_with("set_precondition")),
+        "{:?}",
+        fake.calls()
+    );
+}

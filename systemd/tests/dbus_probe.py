@@ -24,6 +24,10 @@ Subcommands (ADDRESS is a D-Bus address such as unix:path=/tmp/x/socket):
   get ADDRESS     Properties.Get(io.secureev.Ota1, Version)
   getall ADDRESS  Properties.GetAll(io.secureev.Ota1)
   introspect ADDRESS
+  listen ADDRESS
+      Subscribe to every signal of io.secureev.Ota1, print "ready", and exit
+      0 if one arrives within 3 s, 3 if none does (the bus policy kept it
+      away); the test then calls Emit on the stand-in (as root).
 
 Uses PyGObject (Debian: python3-gi), which run.sh installs if missing.
 """
@@ -42,6 +46,8 @@ XML = f"""
 <node>
   <interface name="{IFACE}">
     <method name="Ping"><arg type="s" name="reply" direction="out"/></method>
+    <method name="Emit"/>
+    <signal name="Completed"><arg type="u" name="code"/><arg type="s" name="message"/></signal>
     <property name="Version" type="s" access="read"/>
   </interface>
 </node>
@@ -83,6 +89,11 @@ def request_name(conn):
 def on_method(conn, sender, path, iface, method, params, invocation):
     if iface == IFACE and method == "Ping":
         invocation.return_value(GLib.Variant("(s)", ("pong",)))
+    elif iface == IFACE and method == "Emit":
+        # A broadcast, as the daemon's PropertiesChanged/Completed are.
+        conn.emit_signal(None, PATH, IFACE, "Completed",
+                         GLib.Variant("(us)", (0, "probe-signal")))
+        invocation.return_value(None)
     else:
         invocation.return_dbus_error(
             "org.freedesktop.DBus.Error.UnknownMethod", method)
@@ -127,6 +138,33 @@ def call(address, iface, member, params=None, reply_type=None):
     return ALLOWED
 
 
+def listen(address, seconds=3.0):
+    """Subscribe to every signal of NAME, print "ready", and report whether
+    one arrived within `seconds` (0) or not (3)."""
+    conn = connect(address)
+    got = []
+    loop = GLib.MainLoop()
+
+    def on_signal(*args):
+        got.append(args)
+        loop.quit()
+
+    conn.signal_subscribe(NAME, None, None, None, None,
+                          Gio.DBusSignalFlags.NONE, on_signal)
+    # A round trip to the bus: the match rule is in place before "ready".
+    conn.call_sync("org.freedesktop.DBus", "/org/freedesktop/DBus",
+                   "org.freedesktop.DBus", "GetId", None, None,
+                   Gio.DBusCallFlags.NONE, 5000, None)
+    print("ready", flush=True)
+    GLib.timeout_add(int(seconds * 1000), loop.quit)
+    loop.run()
+    if got:
+        print("received", flush=True)
+        return ALLOWED
+    print("nothing received", flush=True)
+    return DENIED
+
+
 def main(argv):
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
@@ -145,6 +183,8 @@ def main(argv):
                     GLib.Variant("(ss)", (IFACE, "Version")))
     if cmd == "getall":
         return call(address, props, "GetAll", GLib.Variant("(s)", (IFACE,)))
+    if cmd == "listen":
+        return listen(address)
     if cmd == "introspect":
         return call(address, "org.freedesktop.DBus.Introspectable", "Introspect")
     print(f"unknown command {cmd!r}", file=sys.stderr)

@@ -400,6 +400,30 @@ EOF
     expect denied "$TEST_OTHER_USER cannot read properties" "$TEST_OTHER_USER" get "$ADDR"
     expect denied "$TEST_OTHER_USER cannot introspect" "$TEST_OTHER_USER" introspect "$ADDR"
 
+    # Signals: only the reader groups (and root) receive them. The listener
+    # subscribes, says "ready", then the stand-in broadcasts one signal.
+    expect_signal() { # expect_signal received|denied description user
+        local want="$1" desc="$2" user="$3" rc=1
+        if [ "$user" = root ]; then
+            "$PY" "$WORK/probe.py" listen "$ADDR" >"$WORK/listen.out" 2>&1 &
+        else
+            setpriv --reuid="$user" --regid="$user" --init-groups \
+                --inh-caps=-all --bounding-set=-all \
+                "$PY" "$WORK/probe.py" listen "$ADDR" >"$WORK/listen.out" 2>&1 &
+        fi
+        local lpid=$!
+        for _ in $(seq 50); do grep -q ready "$WORK/listen.out" && break; sleep 0.1; done
+        "$PY" "$WORK/probe.py" call "$ADDR" io.secureev.Ota1 Emit >/dev/null 2>&1
+        wait "$lpid"; rc=$?
+        case "$want:$rc" in
+            received:0|denied:3) pass "$desc" ;;
+            *) fail "$desc (listener exit $rc, wanted $want)"; sed 's/^/    /' "$WORK/listen.out" ;;
+        esac
+    }
+    expect_signal received "$UI_GROUP member receives the daemon's signals" "$TEST_UI_USER"
+    expect_signal denied "$TEST_OTHER_USER cannot monitor the daemon's signals (receive_sender denied)" "$TEST_OTHER_USER"
+    expect_signal received "root receives the daemon's signals" root
+
     # root: explicitly allowed to call (technician's secureevctl), see policy.
     expect allowed "root can call io.secureev.Ota1.Ping" root call "$ADDR"
     expect allowed "root can read a property" root get "$ADDR"

@@ -226,36 +226,64 @@ impl Agent {
         if is_new {
             self.state.emit_update_available(&dbus_plan);
         }
-        self.try_install().await
+        Ok(self
+            .try_install()
+            .await?
+            .unwrap_or_else(|| "an install is already running".into()))
     }
 
     /// Install the pending update if policy, consent, postponement and
-    /// preconditions allow; otherwise leave it waiting.
-    pub(crate) async fn try_install(&self) -> Result<String> {
-        let (pending, allowed) = {
-            let inner = self.lock();
-            let Some(p) = inner.pending.clone() else {
-                return Ok("nothing to install".into());
-            };
-            let consented = inner.consented.as_ref() == Some(p.plan.id());
-            let auto = self.daemon.config.install.policy == crate::config::InstallPolicy::Auto;
-            let postponed = inner.postponed_until > self.now().unix();
-            (p, (consented || (auto && !postponed)))
-        };
-        let id = pending.plan.id().as_str().to_owned();
-        if !allowed {
-            self.status(State::AwaitingConsent, "waiting for the user's consent");
-            return Ok(format!("update {id} verified and waiting for consent"));
-        }
+    /// preconditions allow; otherwise leave it waiting. `Ok(None)`: another
+    /// install holds the phase (it was decided and claimed in one critical
+    /// section, so `Install` and `SetPrecondition` can never start two);
+    /// the caller reports nothing.
+    pub(crate) async fn try_install(&self) -> Result<Option<String>> {
+        // Scanned first (blocking pool), then decided under one lock.
         self.refresh_inhibits().await;
-        let unmet = self.unmet_preconditions();
-        if !unmet.is_empty() {
-            let message = format!("install held back: {}", unmet.join("; "));
-            self.status(State::AwaitingConsent, &message);
-            self.progress(State::AwaitingConsent, 0, 0, "", &message);
-            return Ok(message);
-        }
-        self.lock().installing = true;
+        let decision = {
+            let mut inner = self.lock();
+            match inner.pending.clone() {
+                None => return Ok(Some("nothing to install".to_owned())),
+                Some(_) if inner.installing => return Ok(None),
+                Some(p) => {
+                    let consented = inner.consented.as_ref() == Some(p.plan.id());
+                    let auto =
+                        self.daemon.config.install.policy == crate::config::InstallPolicy::Auto;
+                    // A postponement binds to the update it was given for.
+                    let postponed = inner.postponed_until > self.now().unix()
+                        && inner.postponed_id.as_ref() == Some(p.plan.id());
+                    let id = p.plan.id().as_str().to_owned();
+                    if !(consented || (auto && !postponed)) {
+                        Err(format!("update {id} verified and waiting for consent"))
+                    } else {
+                        drop(inner);
+                        let unmet = self.unmet_preconditions();
+                        inner = self.lock();
+                        if !unmet.is_empty() {
+                            // Uptane consent is for "now": a refused start
+                            // ends it (issue 13); Install again when ready.
+                            inner.consented = None;
+                            Err(format!("install held back: {}", unmet.join("; ")))
+                        } else if inner.installing {
+                            return Ok(None);
+                        } else {
+                            inner.installing = true;
+                            Ok(p)
+                        }
+                    }
+                }
+            }
+        };
+        let pending = match decision {
+            Ok(p) => p,
+            Err(message) => {
+                self.status(State::AwaitingConsent, &message);
+                if message.starts_with("install held back") {
+                    self.progress(State::AwaitingConsent, 0, 0, "", &message);
+                }
+                return Ok(Some(message));
+            }
+        };
         self.status(State::Installing, "installing");
         let result = self.install(&pending).await;
         {
@@ -303,7 +331,7 @@ impl Agent {
             self.lock().recovered = Some((outcome.0, outcome.1.to_owned(), outcome.2.clone()));
         }
         self.daemon.downloader.prune(&[]).ok();
-        result.map(|_| outcome.2)
+        result.map(|_| Some(outcome.2))
     }
 }
 

@@ -97,6 +97,10 @@ pub(crate) struct Inner {
     pub(crate) preconditions: BTreeMap<String, (bool, String)>,
     pub(crate) history: Vec<HistoryEntry>,
     pub(crate) postponed_until: i64,
+    /// The update `postponed_until` was given for: it does not carry over.
+    pub(crate) postponed_id: Option<UpdateId>,
+    /// Who set each precondition (uid): only it (or root) may change it.
+    pub(crate) precondition_owners: BTreeMap<String, u32>,
     /// Cancels the running check or download.
     pub(crate) operation: Option<CancellationToken>,
     pub(crate) installing: bool,
