@@ -22,6 +22,8 @@
 //!   every binary drives it with a thin I/O loop.
 //! - [`uptane`]: full (§5.4.4.2) and partial (§5.4.4.1) verification across the
 //!   Director and Image repositories.
+//! - [`image`]: [`image::VerifiedImage`], image bytes checked against a verified
+//!   target (and, when encrypted, their plaintext): what installers take.
 //! - [`custom`]: the custom target fields our backend and client share.
 //! - [`manifest`]: vehicle version manifests and ECU version reports.
 //! - [`encryption`]: per-ECU key wrapping and the chunked AES-256-GCM image stream.
@@ -36,6 +38,7 @@ pub mod custom;
 pub mod did;
 pub mod encryption;
 pub mod error;
+pub mod image;
 pub mod json;
 pub mod keys;
 pub mod manifest;

@@ -9,13 +9,14 @@ use crate::schedule::{CycleOutcome, UpdateCycle};
 use futures_util::future::BoxFuture;
 use secureev_dbus::{ErrorCode, PendingUpdate, State, UpdatePlan as DbusPlan};
 use secureev_uptane::uptane::{UpdatePlan, UpdateTarget};
+use secureev_uptane::Verified;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 impl Agent {
     pub(crate) async fn download(
         &self,
-        plan: &UpdatePlan,
+        plan: &Verified<UpdatePlan>,
         cancel: &CancellationToken,
     ) -> Result<Vec<(UpdateTarget, PathBuf)>> {
         let total: u64 = plan.targets().iter().map(UpdateTarget::length).sum();

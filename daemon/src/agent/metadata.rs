@@ -17,6 +17,7 @@ use secureev_uptane::client::{
 };
 use secureev_uptane::uptane::UpdatePlan;
 use secureev_uptane::Timestamp;
+use secureev_uptane::Verified;
 use tokio_util::sync::CancellationToken;
 
 /// The store's and the backend's names for a repository of the core's client.
@@ -51,7 +52,7 @@ impl Agent {
         &self,
         now: Timestamp,
         cancel: &CancellationToken,
-    ) -> Result<UpdatePlan> {
+    ) -> Result<Verified<UpdatePlan>> {
         let store = &self.daemon.store;
         let trusted_root = |repo: Repo| {
             store
@@ -124,7 +125,8 @@ impl Agent {
                     self.daemon
                         .clock
                         .record_verification(&self.daemon.store, now)?;
-                    return Ok(plan.value().clone());
+                    // The proof itself goes on: download takes it, not a copy.
+                    return Ok(plan);
                 }
                 Step::Done(other) => {
                     return Err(Error::uptane(
