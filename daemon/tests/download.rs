@@ -581,3 +581,66 @@ fn prune_keeps_only_the_current_update() {
     );
     assert_eq!(d.cache_usage().unwrap(), 3 + 8);
 }
+
+/// Issue 11: a part file poisoned by a dishonest server (the first bytes are
+/// not the signed image's) made the first honest re-run fail with
+/// target-mismatch and report arbitrary software against the honest backend.
+/// The resumed download that fails its hashes is discarded and fetched once
+/// from zero; only a server whose full answer is wrong is refused.
+#[tokio::test]
+async fn a_poisoned_part_file_is_fetched_again_from_zero_once() {
+    let body = Arc::new(bytes(120_000, 21));
+    let b = body.clone();
+    let server = Server::start(move |_, _, _| Behaviour::Serve {
+        body: b.clone(),
+        ranges: true,
+        cut_after: None,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut poison = body[..40_000].to_vec();
+    poison[1234] ^= 0xFF;
+    std::fs::write(part_file(dir.path(), &body), &poison).unwrap();
+    let req = request(&server, "/fw.bin", &body);
+    let path = downloader(options(dir.path()))
+        .fetch(&req, &no_progress, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(
+        std::fs::read(path).unwrap() == *body,
+        "not the signed image"
+    );
+    assert_eq!(
+        server.requests(),
+        vec![
+            Logged {
+                path: "/fw.bin".into(),
+                range_from: Some(40_000)
+            },
+            Logged {
+                path: "/fw.bin".into(),
+                range_from: None
+            },
+        ]
+    );
+
+    // A server that serves the wrong image from zero is still refused, once.
+    let served = Arc::new(bytes(120_000, 22));
+    let s = served.clone();
+    let bad = Server::start(move |_, _, _| Behaviour::Serve {
+        body: s.clone(),
+        ranges: true,
+        cut_after: None,
+    })
+    .await;
+    let req = request(&bad, "/fw.bin", &body);
+    let _ = std::fs::remove_file(dir.path().join(sha256_hex(&body)));
+    std::fs::write(part_file(dir.path(), &body), &served[..10_000]).unwrap();
+    let err = downloader(options(dir.path()))
+        .fetch(&req, &no_progress, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.attack_name(), Some("arbitrary-software"), "{err}");
+    assert_eq!(bad.requests().len(), 2, "{:?}", bad.requests());
+    assert!(!part_file(dir.path(), &body).exists());
+}

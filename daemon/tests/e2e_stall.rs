@@ -224,9 +224,22 @@ async fn every_stall_ends_within_its_bound_and_the_honest_update_installs_afterw
         .wait_for("state error", Duration::from_secs(5), |s, _| s == "error")
         .await;
     r.backend.set_stall(Stall::Manifest, false);
+    // Leftovers no update refers to (a kill during reporting, an update
+    // replaced before consent) are pruned at the start of the next cycle.
+    let cache = r.vehicle.dir.join("cache");
+    let stale = [
+        cache.join("ab".repeat(32)),
+        cache.join(format!("{}.part", "cd".repeat(32))),
+    ];
+    for f in &stale {
+        std::fs::write(f, vec![0u8; 4096]).unwrap();
+    }
     let ((code, message), _) = timed_check(&r.vehicle).await;
     assert_eq!(code, ErrorCode::Ok.as_u32(), "{message}");
     assert!(message.contains("up to date"), "{message}");
+    for f in &stale {
+        assert!(!f.exists(), "{} survived the cycle", f.display());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

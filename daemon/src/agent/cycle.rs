@@ -22,19 +22,26 @@ impl Agent {
         let total: u64 = plan.targets().iter().map(UpdateTarget::length).sum();
         let mut done_before = 0u64;
         let mut out = Vec::new();
-        for t in plan.targets() {
-            let sha256 = t
-                .assignment()
-                .director_target
-                .hashes
-                .get("sha256")
-                .cloned()
-                .unwrap_or_default();
-            let url = match t.assignment().custom.uri.as_deref() {
-                Some(uri) if uri.starts_with("https://") => uri.to_owned(),
-                _ => self.backend.target_url(t.name(), &sha256),
-            };
-            let req = ImageRequest::for_target(t, url);
+        let requests: Vec<ImageRequest> = plan
+            .targets()
+            .iter()
+            .map(|t| {
+                let sha256 = t
+                    .assignment()
+                    .director_target
+                    .hashes
+                    .get("sha256")
+                    .cloned()
+                    .unwrap_or_default();
+                let url = match t.assignment().custom.uri.as_deref() {
+                    Some(uri) if uri.starts_with("https://") => uri.to_owned(),
+                    _ => self.backend.target_url(t.name(), &sha256),
+                };
+                ImageRequest::for_target(t, url)
+            })
+            .collect();
+        self.prune_cache(&requests);
+        for (t, req) in plan.targets().iter().zip(requests) {
             let ecu = t.ecu_serial().to_owned();
             let name = t.name().to_owned();
             let base = done_before;
@@ -52,6 +59,18 @@ impl Agent {
             out.push((t.clone(), path));
         }
         Ok(out)
+    }
+
+    /// Issue 11: leftovers counted against the storage budget for good (an
+    /// image left by a kill during reporting, an update replaced before
+    /// consent). Every cycle removes the cache entries and part files that
+    /// the current verified plan does not reference, before any storage check.
+    pub(crate) fn prune_cache(&self, keep: &[ImageRequest]) {
+        match self.daemon.downloader.prune(keep) {
+            Ok(0) => {}
+            Ok(freed) => tracing::info!(freed, "removed cache entries no update refers to"),
+            Err(e) => tracing::warn!("pruning the download cache: {e}"),
+        }
     }
 
     /// What holds an install back now: preconditions reported unmet over
@@ -159,6 +178,7 @@ impl Agent {
         if plan.targets().is_empty() {
             self.lock().pending = None;
             self.state.clear_pending();
+            self.prune_cache(&[]);
             let attacks = std::mem::take(&mut self.lock().attacks);
             self.report(&attacks, None).await?;
             return Ok("up to date".into());
@@ -329,9 +349,15 @@ impl Agent {
         if let Err(e) = self.report(&attacks, report_result).await {
             tracing::warn!("reporting the install failed: {e}");
             // The result goes into the next manifest instead.
-            self.lock().recovered = Some((outcome.0, outcome.1.to_owned(), outcome.2.clone()));
+            if report_result.is_some() {
+                self.lock().recovered = Some((outcome.0, outcome.1.to_owned(), outcome.2.clone()));
+            }
         }
-        self.daemon.downloader.prune(&[]).ok();
+        // A failed install keeps its verified images for the retry; the next
+        // cycle prunes whatever is no longer assigned.
+        if result.is_ok() {
+            self.prune_cache(&[]);
+        }
         result.map(|_| Some(outcome.2))
     }
 }

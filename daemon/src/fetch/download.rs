@@ -18,7 +18,9 @@
 //!    `min_rate_window` is [`Error::SlowRetrieval`] (the slow retrieval attack);
 //!    a completely silent server is caught the same way.
 //! 6. At the end, length and every signed hash must match, or the part file is
-//!    deleted; then it is fsynced and renamed to `<cache>/<hash>`.
+//!    deleted; then it is fsynced and renamed to `<cache>/<hash>`. A
+//!    *resumed* download that fails is first discarded and fetched once from
+//!    zero: the kept bytes may come from another (dishonest) server.
 //!
 //! Cancellation (a [`CancellationToken`]) stops between chunks and keeps the
 //! part file for a later resume. Connection errors and early ends are retried
@@ -381,66 +383,89 @@ impl Downloader {
             total: req.length,
         });
 
+        // Issue 11: bytes kept from an earlier run may come from a dishonest
+        // server (a poisoned part file). A resumed download that fails its
+        // signed hashes is discarded and fetched once from zero before the
+        // failure counts as an attack against the server answering now.
+        let mut resumed = have > 0;
         let mut attempt = 0;
-        while have < req.length {
-            attempt += 1;
-            let result = self
-                .attempt(
-                    req,
-                    &part_path,
-                    &mut file,
-                    &mut verifier,
-                    &mut have,
-                    progress,
-                    cancel,
-                )
-                .await;
-            let err = match result {
-                Ok(Attempt::Ended) if have == req.length => break,
-                Ok(Attempt::Ended) => Error::Truncated {
-                    target: req.target.clone(),
-                    received: have,
-                    length: req.length,
-                },
-                Err(e) => e,
-            };
-            let retryable = match &err {
-                Error::Http { .. }
-                | Error::Timeout { .. }
-                | Error::Truncated { .. }
-                | Error::BadRange { .. } => true,
-                Error::HttpStatus { status, .. } => *status >= 500,
-                _ => false,
-            };
-            match err {
-                err if retryable && attempt < self.opts.attempts => {
-                    tracing::info!(target = %req.target, attempt, "download interrupted, resuming: {err}");
-                    let pause = Duration::from_millis(200 * u64::from(attempt));
-                    tokio::select! {
-                        _ = cancel.cancelled() => {
-                            let _ = file.sync_data().await;
-                            return Err(Error::Cancelled(req.target.clone()));
+        'fetch: loop {
+            while have < req.length {
+                attempt += 1;
+                let result = self
+                    .attempt(
+                        req,
+                        &part_path,
+                        &mut file,
+                        &mut verifier,
+                        &mut have,
+                        progress,
+                        cancel,
+                    )
+                    .await;
+                let err = match result {
+                    Ok(Attempt::Ended) if have == req.length => break,
+                    Ok(Attempt::Ended) => Error::Truncated {
+                        target: req.target.clone(),
+                        received: have,
+                        length: req.length,
+                    },
+                    Err(e) => e,
+                };
+                let retryable = match &err {
+                    Error::Http { .. }
+                    | Error::Timeout { .. }
+                    | Error::Truncated { .. }
+                    | Error::BadRange { .. } => true,
+                    Error::HttpStatus { status, .. } => *status >= 500,
+                    _ => false,
+                };
+                match err {
+                    err if retryable && attempt < self.opts.attempts => {
+                        tracing::info!(target = %req.target, attempt, "download interrupted, resuming: {err}");
+                        let pause = Duration::from_millis(200 * u64::from(attempt));
+                        tokio::select! {
+                            _ = cancel.cancelled() => {
+                                let _ = file.sync_data().await;
+                                return Err(Error::Cancelled(req.target.clone()));
+                            }
+                            _ = tokio::time::sleep(pause) => {}
                         }
-                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    e @ Error::Uptane { .. } if resumed => {
+                        tracing::warn!(target = %req.target, "resumed download failed verification; discarding the kept bytes and fetching once from zero: {e}");
+                        resumed = false;
+                        attempt = 0;
+                        restart(req, &mut file, &part_path, &mut verifier, &mut have).await?;
+                        continue 'fetch;
+                    }
+                    e @ Error::Uptane { .. } => {
+                        drop(file);
+                        remove_quietly(&part_path);
+                        return Err(e);
+                    }
+                    e => {
+                        let _ = file.sync_data().await;
+                        return Err(e);
                     }
                 }
-                e @ Error::Uptane { .. } => {
+            }
+
+            // Uptane 2.1 §5.4.3.4: length and every hash of the image must match.
+            match verifier.clone().finish() {
+                Ok(()) => break 'fetch,
+                Err(e) if resumed => {
+                    tracing::warn!(target = %req.target, "resumed download does not match its signed hashes; discarding the kept bytes and fetching once from zero: {e}");
+                    resumed = false;
+                    attempt = 0;
+                    restart(req, &mut file, &part_path, &mut verifier, &mut have).await?;
+                }
+                Err(e) => {
                     drop(file);
                     remove_quietly(&part_path);
-                    return Err(e);
-                }
-                e => {
-                    let _ = file.sync_data().await;
-                    return Err(e);
+                    return Err(uptane(&req.target, e));
                 }
             }
-        }
-
-        // Uptane 2.1 §5.4.3.4: length and every hash of the image must match.
-        if let Err(e) = verifier.finish() {
-            drop(file);
-            remove_quietly(&part_path);
-            return Err(uptane(&req.target, e));
         }
         file.sync_all()
             .await
