@@ -166,11 +166,17 @@ layers=("$OECORE/meta")
 [ -n "$METAOE" ] && layers+=("$METAOE")
 [ -n "$METARAUC" ] && layers+=("$METARAUC")
 layers+=("${EXTRA_LAYERS[@]}")
+# yocto-check-layer's base: OE-core and the layers our recipes need in world
+# (meta-oe, --layer ones), not meta-rauc (optional, PACKAGECONFIG only), whose
+# own world (casync) needs meta-filesystems.
+base_layers=("$OECORE/meta")
+[ -n "$METAOE" ] && base_layers+=("$METAOE")
+base_layers+=("${EXTRA_LAYERS[@]}")
 {
     echo 'BBPATH = "${TOPDIR}"'
     echo 'BBFILES ?= ""'
     echo 'BBLAYERS ?= " \'
-    for l in "${layers[@]}"; do echo "  $l \\"; done
+    for l in "${base_layers[@]}"; do echo "  $l \\"; done
     echo '"'
 } > conf/bblayers.conf.base
 {
