@@ -64,6 +64,9 @@ pub const ISO_3779_VIN_LENGTH: usize = 17;
 pub const MAX_FREE_VIN_LENGTH: usize = 64;
 /// Longest ECU serial or hardware ID.
 pub const MAX_ID_LENGTH: usize = 128;
+/// `[install] precondition_max_age_secs`: a required precondition reported
+/// longer ago than this no longer counts.
+pub const DEFAULT_PRECONDITION_MAX_AGE_SECS: u64 = 300;
 /// `[install.file] path` when neither `path` nor `slots` is given.
 pub const DEFAULT_INSTALL_FILE_PATH: &str = "/var/lib/secureev/install/image.bin";
 /// Default `[install.rauc] bus`: RAUC's service on the system bus.
@@ -484,6 +487,15 @@ pub struct InstallConfig {
     /// `/run/secureev-inhibit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inhibit_dir: Option<PathBuf>,
+    /// Preconditions that must have been reported satisfied (by their owner,
+    /// with `SetPrecondition`) within `precondition_max_age_secs` before an
+    /// install starts; one never reported holds installs back.
+    #[serde(default)]
+    pub required_preconditions: Vec<String>,
+    /// How old a required precondition's report may be (default
+    /// [`DEFAULT_PRECONDITION_MAX_AGE_SECS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precondition_max_age_secs: Option<u64>,
 }
 
 /// `[install] policy`.

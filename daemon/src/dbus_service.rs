@@ -206,6 +206,10 @@ impl Controller for AgentController {
             inner
                 .preconditions
                 .insert(name.to_owned(), (satisfied, reason.to_owned()));
+            inner
+                .precondition_times
+                .insert(name.to_owned(), agent.now().unix());
+            agent.save_preconditions(&inner);
         }
         agent.state.set_precondition(name, satisfied, reason);
         // A held-back install proceeds as soon as nothing holds it back.

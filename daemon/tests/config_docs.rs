@@ -33,6 +33,8 @@ fn everything() -> Vec<Config> {
     c.install.file.slots = Some(vec!["/a".into(), "/b".into()]);
     c.install.file.current = Some("/cur".into());
     c.install.inhibit_dir = Some("/run/inhibit".into());
+    c.install.required_preconditions = vec!["parked".into()];
+    c.install.precondition_max_age_secs = Some(60);
     c.install.command = Some(CommandInstallConfig {
         program: "/bin/i".into(),
         args: vec!["-v".into()],

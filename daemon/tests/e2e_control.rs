@@ -332,3 +332,71 @@ async fn a_media_app_cannot_clear_a_vehicle_services_precondition_nor_consent() 
     )
     .await;
 }
+
+/// `[install] required_preconditions = ["parked"]`: an install never starts
+/// while `parked` was never reported, and a report survives a restart (a
+/// daemon that forgot `parked=false` would fail open). Only the report
+/// `parked=true` lets it run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_preconditions_fail_closed_and_survive_a_restart() {
+    let mut s = scenario().await;
+    let text = std::fs::read_to_string(&s.vehicle.config).unwrap();
+    std::fs::write(
+        &s.vehicle.config,
+        text.replace(
+            "policy = \"auto\"\n",
+            "policy = \"auto\"\nrequired_preconditions = [\"parked\"]\n",
+        ),
+    )
+    .unwrap();
+    let image = image_bytes(64 * 1024, 11);
+    s.repos.release(NAME, &image, 2);
+    let files = s.repos.publish(&[(NAME, &image)]);
+    let (code, message) = s
+        .vehicle
+        .start_then_check(&s.backend, files, CHECK_TIMEOUT)
+        .await;
+    assert_eq!(code, ErrorCode::Ok.as_u32(), "{message}");
+    assert!(
+        message.contains("parked: required, never reported"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read(&s.target).unwrap(), FACTORY);
+
+    let proxy = s.vehicle.proxy().await;
+    proxy
+        .set_precondition("parked", false, "vehicle moving")
+        .await
+        .unwrap();
+    s.vehicle.kill();
+    s.vehicle.start().await;
+    // The start-up check-in finds the update and holds it back again.
+    s.vehicle
+        .wait_for(
+            "the start-up check to hold the install",
+            CHECK_TIMEOUT,
+            |st, _| st == "awaiting-consent",
+        )
+        .await;
+    let pre = s.vehicle.proxy().await.preconditions().await.unwrap();
+    let parked = pre.iter().find(|p| p.name == "parked").expect("persisted");
+    assert!(
+        !parked.satisfied && parked.reason == "vehicle moving",
+        "{pre:?}"
+    );
+    assert_eq!(std::fs::read(&s.target).unwrap(), FACTORY);
+
+    s.vehicle
+        .proxy()
+        .await
+        .set_precondition("parked", true, "")
+        .await
+        .unwrap();
+    poll(
+        "the install after parked=true",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || (std::fs::read(&s.target).unwrap() == image).then_some(()),
+    )
+    .await;
+}

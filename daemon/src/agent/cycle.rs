@@ -84,6 +84,25 @@ impl Agent {
             .filter(|(_, (ok, _))| !ok)
             .map(|(name, (_, reason))| format!("{name}: {reason}"))
             .collect();
+        // Required preconditions fail closed: never reported, reported
+        // unsatisfied (listed above) or reported too long ago.
+        let c = &self.daemon.config.install;
+        let max_age = c
+            .precondition_max_age_secs
+            .unwrap_or(crate::config::DEFAULT_PRECONDITION_MAX_AGE_SECS);
+        let now = self.now().unix();
+        for name in &c.required_preconditions {
+            match (inner.preconditions.get(name), inner.precondition_times.get(name)) {
+                (None, _) => unmet.push(format!("{name}: required, never reported")),
+                (Some((true, _)), Some(&at)) if now.saturating_sub(at) > max_age as i64 => {
+                    unmet.push(format!(
+                        "{name}: required, last reported satisfied {} s ago (more than {max_age} s)",
+                        now.saturating_sub(at)
+                    ))
+                }
+                _ => {}
+            }
+        }
         unmet.extend(
             inner
                 .inhibits

@@ -80,6 +80,19 @@ pub const DEFAULT_INHIBIT_DIR: &str = "/run/secureev-inhibit";
 /// always scans it again right before it starts).
 pub const INHIBIT_POLL: Duration = Duration::from_secs(1);
 
+/// Preconditions as last reported, in the state directory: a restart keeps
+/// `parked=false` (fail closed) and who owns each name.
+pub const PRECONDITIONS_FILE: &str = "preconditions.json";
+
+/// One persisted precondition.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct SavedPrecondition {
+    satisfied: bool,
+    reason: String,
+    owner: u32,
+    at: i64,
+}
+
 /// Prefix of the `Preconditions` entries that stand for inhibit files.
 pub const INHIBIT_PREFIX: &str = "inhibit/";
 
@@ -101,6 +114,8 @@ pub(crate) struct Inner {
     pub(crate) postponed_id: Option<UpdateId>,
     /// Who set each precondition (uid): only it (or root) may change it.
     pub(crate) precondition_owners: BTreeMap<String, u32>,
+    /// When each precondition was last reported (daemon clock, Unix s).
+    pub(crate) precondition_times: BTreeMap<String, i64>,
     /// Cancels the running check or download.
     pub(crate) operation: Option<CancellationToken>,
     pub(crate) installing: bool,
@@ -180,6 +195,7 @@ impl Agent {
         });
         agent.publish_ecus();
         agent.note_recovery();
+        agent.load_preconditions();
         agent
     }
 
@@ -308,5 +324,59 @@ impl Agent {
             &c.vehicle.primary_serial,
             ecus,
         ))
+    }
+
+    /// Restore the persisted preconditions (see [`PRECONDITIONS_FILE`]). A
+    /// file that cannot be read holds installs back with a precondition
+    /// saying so.
+    pub(crate) fn load_preconditions(&self) {
+        let saved: BTreeMap<String, SavedPrecondition> =
+            match self.daemon.store.load_json(PRECONDITIONS_FILE) {
+                Ok(v) => v.unwrap_or_default(),
+                Err(e) => {
+                    tracing::error!("{PRECONDITIONS_FILE}: {e}");
+                    BTreeMap::from([(
+                        "state".to_owned(),
+                        SavedPrecondition {
+                            satisfied: false,
+                            reason: format!("{PRECONDITIONS_FILE} unreadable; report again"),
+                            owner: 0,
+                            at: 0,
+                        },
+                    )])
+                }
+            };
+        let mut inner = self.lock();
+        for (name, p) in saved {
+            self.state.set_precondition(&name, p.satisfied, &p.reason);
+            inner
+                .preconditions
+                .insert(name.clone(), (p.satisfied, p.reason));
+            inner.precondition_owners.insert(name.clone(), p.owner);
+            inner.precondition_times.insert(name, p.at);
+        }
+    }
+
+    /// Persist the preconditions atomically (called with the lock held, so
+    /// that two reports cannot write out of order).
+    pub(crate) fn save_preconditions(&self, inner: &Inner) {
+        let saved: BTreeMap<&String, SavedPrecondition> = inner
+            .preconditions
+            .iter()
+            .map(|(name, (satisfied, reason))| {
+                (
+                    name,
+                    SavedPrecondition {
+                        satisfied: *satisfied,
+                        reason: reason.clone(),
+                        owner: inner.precondition_owners.get(name).copied().unwrap_or(0),
+                        at: inner.precondition_times.get(name).copied().unwrap_or(0),
+                    },
+                )
+            })
+            .collect();
+        if let Err(e) = self.daemon.store.save_json(PRECONDITIONS_FILE, &saved) {
+            tracing::error!("cannot persist the preconditions: {e}");
+        }
     }
 }
