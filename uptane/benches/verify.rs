@@ -1,9 +1,13 @@
 //! Criterion benchmarks of the verification core.
 //!
 //! - `p256_verify`: one raw ECDSA P-256 signature check, the unit cost;
-//! - `checkin_full_verification`: one complete check-in, Director and Image
+//! - `checkin_full_verification`: one complete check-in through the core's
+//!   `UpdateClient` (the machine the daemon drives), Director and Image
 //!   repository (8 roles) with 50 targets for 50 ECUs, from bytes to a verified
 //!   update plan;
+//! - `checkin_signatures_only`: the 8 raw signature checks of that same
+//!   check-in (each over its canonical bytes, parsed beforehand), so that the
+//!   overhead is measured in the same run;
 //! - `image_repo_1000_targets`: loading a 1,000-target Image repository.
 //!
 //! Dividing the check-in time by the P-256 time shows the overhead of parsing,
@@ -17,7 +21,10 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use secureev_uptane::builder::{Published, RepoBuilder};
 use secureev_uptane::client::{drive, Decision, Repo, Role, UpdateClient};
 use secureev_uptane::custom::{EcuIdentifier, TargetCustom};
+use secureev_uptane::trusted::TrustedRepository;
 use secureev_uptane::uptane::{EcuInfo, Vehicle};
+use secureev_uptane::verify::Envelope;
+use secureev_uptane::PublicKey;
 use secureev_uptane::{SigningKey, Timestamp};
 use serde_json::Map;
 
@@ -133,6 +140,35 @@ fn bench(c: &mut Criterion) {
         b.iter(|| match checkin(&director, &image, &vehicle) {
             Decision::Plan(plan) => assert_eq!(plan.targets().len(), 50),
             other => unreachable!("{other:?}"),
+        })
+    });
+
+    // The same check-in's signatures, each checked once over its canonical
+    // bytes: both roots (self-signed), then timestamp, snapshot and targets
+    // of both repositories.
+    let mut checks: Vec<(PublicKey, Vec<u8>, String)> = Vec::new();
+    for out in [&director, &image] {
+        let root = TrustedRepository::new("r", &out.root).expect("root");
+        let root = root.root();
+        for (role, bytes) in [
+            ("root", &out.root),
+            ("timestamp", &out.timestamp),
+            ("snapshot", &out.snapshot),
+            ("targets", &out.targets),
+        ] {
+            let env = Envelope::parse(role, bytes).expect("envelope");
+            let keyid = &root.roles[role].keyids[0];
+            let public = root.keys[keyid].to_public().expect("key");
+            let sig = env.signatures()[0].sig.clone();
+            checks.push((public, env.canonical().to_vec(), sig));
+        }
+    }
+    assert_eq!(checks.len(), 8);
+    c.bench_function("checkin_signatures_only_50_targets", |b| {
+        b.iter(|| {
+            for (key, msg, sig) in &checks {
+                assert!(key.verify_hex(black_box(msg), black_box(sig)));
+            }
         })
     });
 
