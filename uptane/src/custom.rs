@@ -81,7 +81,8 @@ impl TargetCustom {
     pub fn of(name: &str, target: &TargetFile) -> Result<Self> {
         match &target.custom {
             None | Some(Value::Null) => Ok(TargetCustom::default()),
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| Error::InvalidCustom {
+            // Deserialised by reference: no copy of the value per lookup.
+            Some(v) => TargetCustom::deserialize(v).map_err(|e| Error::InvalidCustom {
                 target: name.to_owned(),
                 reason: e.to_string(),
             }),
