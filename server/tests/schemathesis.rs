@@ -58,6 +58,11 @@ fn run(bin: &PathBuf, h: &common::Harness, base: &str, filter: &[&str], extra: &
             "--exclude-checks",
             "positive_data_acceptance,negative_data_rejection",
         ])
+        // A fresh CI run once saw one "EOF occurred in violation of protocol"
+        // (a connection closed under load) on POST /admin/image/online-keys;
+        // a network-level failure is retried twice, so only a repeatable one
+        // fails the test. Response checks are never retried.
+        .args(["--request-retries", "2"])
         .args(filter)
         .args(extra)
         .env("SCHEMATHESIS_HOOKS", "")
