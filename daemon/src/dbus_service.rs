@@ -59,7 +59,9 @@ pub(crate) fn error_code(e: &Error) -> ErrorCode {
         },
         Error::Io { source, .. } if out_of_space(source) => ErrorCode::InsufficientStorage,
         Error::SlowRetrieval { .. } | Error::Stalled { .. } => ErrorCode::SlowRetrievalAttack,
-        Error::InsufficientStorage { .. } => ErrorCode::InsufficientStorage,
+        Error::InsufficientStorage { .. } | Error::InstallNoSpace { .. } => {
+            ErrorCode::InsufficientStorage
+        }
         Error::Http { .. }
         | Error::HttpStatus { .. }
         | Error::Timeout { .. }

@@ -217,6 +217,18 @@ pub enum Error {
         /// What went wrong (for commands: exit status and the end of stderr).
         reason: String,
     },
+    /// The installer ran out of space: an installer command exited with
+    /// [`crate::install::COMMAND_EXIT_NO_SPACE`]. Reported as
+    /// `29 insufficient-storage`, so that a UI can ask for space to be freed.
+    #[error("installing {target} on {ecu}: out of space: {reason}")]
+    InstallNoSpace {
+        /// Target name.
+        target: String,
+        /// ECU serial.
+        ecu: String,
+        /// The installer's exit status and the end of its stderr.
+        reason: String,
+    },
     /// The D-Bus service could not be set up.
     #[error("D-Bus: {0}")]
     Bus(String),

@@ -217,6 +217,20 @@ impl Agent {
                 &p.message,
             );
         };
+        // Issue 11: an install whose bookkeeping failed after the installer
+        // ran (the state directory full when `installed.json` was written)
+        // leaves its journal behind in this very process. Settle it as a
+        // restart would, or every later install refuses to start.
+        if self
+            .daemon
+            .store
+            .journal()?
+            .is_some_and(|j| !j.pending_reboot)
+        {
+            let settled =
+                crate::install::recover(&self.daemon.store, self.daemon.installer.as_ref()).await?;
+            tracing::info!(?settled, "settled the unfinished install before a new one");
+        }
         let outcome = install_image_with_progress(
             &self.daemon.store,
             self.daemon.installer.as_ref(),

@@ -1,17 +1,24 @@
 //! The `command` installer: runs an integrator's program on the verified image.
 
 use super::{InstallCheck, Installer, TargetFacts};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use futures_util::future::BoxFuture;
 use std::path::{Path, PathBuf};
 
 /// Bytes of an installer command's stderr kept for the error message.
 pub const STDERR_TAIL_BYTES: usize = 2048;
 
+/// The exit status by which an installer command says it ran out of space
+/// (28, the number of `ENOSPC` on Linux): the install fails with
+/// [`Error::InstallNoSpace`], code `29 insufficient-storage`, rather than
+/// `30 install-failed`, so that a UI can ask for space to be freed.
+pub const COMMAND_EXIT_NO_SPACE: i32 = 28;
+
 /// Installs by running a program: `program args... <image>`, with the facts in
 /// the environment (`SECUREEV_TARGET`, `SECUREEV_ECU`, `SECUREEV_HARDWARE_ID`,
 /// `SECUREEV_RELEASE_COUNTER`, `SECUREEV_SHA256`, `SECUREEV_LENGTH`). Exit status
-/// 0 is success; anything else fails the install with the end of its stderr.
+/// 0 is success; [`COMMAND_EXIT_NO_SPACE`] is "out of space"; anything else
+/// fails the install with the end of its stderr.
 /// Its stdout goes to the daemon's log.
 #[derive(Debug, Clone)]
 pub struct CommandInstaller {
@@ -69,6 +76,16 @@ impl Installer for CommandInstaller {
             }
             if output.status.success() {
                 Ok(())
+            } else if output.status.code() == Some(COMMAND_EXIT_NO_SPACE) {
+                Err(Error::InstallNoSpace {
+                    target: facts.name.clone(),
+                    ecu: facts.ecu_serial.clone(),
+                    reason: format!(
+                        "{} exited with {COMMAND_EXIT_NO_SPACE}: {}",
+                        self.program.display(),
+                        tail(&output.stderr, STDERR_TAIL_BYTES)
+                    ),
+                })
             } else {
                 Err(facts.error(format!(
                     "{} failed ({}): {}",

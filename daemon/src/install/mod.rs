@@ -55,7 +55,7 @@ mod file;
 mod journal;
 pub mod rauc;
 
-pub use command::{CommandInstaller, STDERR_TAIL_BYTES};
+pub use command::{CommandInstaller, COMMAND_EXIT_NO_SPACE, STDERR_TAIL_BYTES};
 pub use file::{FileInstaller, FileTarget};
 pub use journal::{
     install_image, install_image_with_progress, recover, InstallOutcome, JournalRecord, Recovery,
