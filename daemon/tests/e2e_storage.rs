@@ -333,7 +333,7 @@ async fn state_full_mid_install_is_29_and_the_next_check_settles_and_installs() 
     // verified image is still cached, the state files still load.
     let store = secureev_daemon::store::Store::open(r.vehicle.dir.join("state")).unwrap();
     assert_eq!(store.journal().unwrap().unwrap().facts.name, NAME);
-    assert!(store.installed().unwrap().get(HU).is_none());
+    assert!(!store.installed().unwrap().contains_key(HU));
     assert!(r
         .vehicle
         .dir
