@@ -169,6 +169,24 @@ check "bbappends add nothing with inline Python (it changes task signatures)" ba
     "! grep -nE '^[A-Z_]+:(append|prepend)[^=]*=.*\\\$\{@' \$(find '$LAYER' -name '*.bbappend')"
 check "the oelint configuration travels with the layer (meta-secureev/.oelint.cfg)" test -s "$LAYER/.oelint.cfg"
 
+# World builds must not try to fetch the placeholder source: every recipe
+# whose SRCREV is the placeholder sets EXCLUDE_FROM_WORLD, itself or in an
+# include it requires (release-check.sh checks the expanded value).
+placeholder_in_world() {
+    local bb inc bad=0 files
+    for bb in $(grep -rlE '^SRCREV = "0{40}"' "$LAYER" --include='*.bb'); do
+        files=("$bb")
+        for inc in $(sed -n 's/^require \(.*\.inc\)$/\1/p' "$bb"); do files+=("$(dirname "$bb")/$inc"); done
+        if ! grep -qE '^EXCLUDE_FROM_WORLD = ".*SRCREV' "${files[@]}"; then
+            echo "    $(basename "$bb"): placeholder SRCREV without EXCLUDE_FROM_WORLD"; bad=1
+        fi
+    done
+    [ "$bad" = 0 ]
+}
+check "recipes with the placeholder SRCREV are excluded from world" placeholder_in_world
+check "... and that check sees the three placeholder recipes" bash -c \
+    "[ \$(grep -rlE '^SRCREV = \"0{40}\"' '$LAYER' --include='*.bb' | wc -l) = 3 ]"
+
 # The suppression of oelint.vars.inconspaces/notneededspace in .oelint.cfg is
 # meant for the generated include only: hand-written files must not need it.
 mapfile -t handwritten < <(find "$LAYER" \( -name '*.bb' -o -name '*.bbappend' -o -name '*.inc' \

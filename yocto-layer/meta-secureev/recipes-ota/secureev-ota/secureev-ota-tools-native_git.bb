@@ -28,6 +28,8 @@ inherit cargo secureev_rust
 # host compiler, rustls uses ring: no further native dependencies.
 CARGO_BUILD_FLAGS += "-p secureev-server"
 
+# While SRC_URI/SRCREV are the placeholders (README.md, "Source revision") the
+# recipe cannot fetch: keep it out of "bitbake world".
 EXCLUDE_FROM_WORLD = "${@'1' if d.getVar('SRCREV') == '0' * 40 else '0'}"
 
 inherit_defer native
