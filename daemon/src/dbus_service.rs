@@ -265,7 +265,9 @@ impl Controller for AgentController {
         }
         let url = backend_url.trim_end_matches('/').to_owned();
         tokio::spawn(async move {
-            agent.status(State::Checking, "registering the vehicle with the backend");
+            let what = "registering the vehicle with the backend";
+            agent.begin_operation(crate::agent::Plan::Provision, State::Checking, what);
+            agent.status(State::Checking, what);
             let result = agent
                 .register(&url, &token)
                 .await

@@ -72,6 +72,33 @@ async fn file_installer_replaces_a_single_file() {
     );
 }
 
+/// The head unit's own install is not 0 then 100: the `file` installer
+/// reports the bytes written after every chunk, in order, up to the length.
+#[tokio::test]
+async fn file_installer_reports_the_bytes_it_has_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("installed.img");
+    let bytes: Vec<u8> = (0..(1u32 << 20) + 123).map(|i| (i % 251) as u8).collect();
+    let inst = FileInstaller::new(FileTarget::Single(target.clone()));
+    let f = facts(&bytes, "fw-3");
+    let seen = Mutex::new(Vec::new());
+    inst.install_with_progress(&image(dir.path(), "cache", &bytes), &f, &|p| {
+        seen.lock().unwrap().push((p.bytes, p.percent));
+    })
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), bytes);
+    let seen = seen.into_inner().unwrap();
+    let total = bytes.len() as u64;
+    assert!(seen.len() >= 16, "{} reports", seen.len());
+    assert!(seen.iter().all(|(b, _)| b.is_some_and(|(_, t)| t == total)));
+    let done: Vec<u64> = seen.iter().map(|(b, _)| b.unwrap().0).collect();
+    assert!(done.windows(2).all(|w| w[0] < w[1]), "{done:?}");
+    assert!(done[0] > 0 && done[0] < total);
+    assert_eq!(*done.last().unwrap(), total);
+    assert_eq!(seen.last().unwrap().1, 100);
+}
+
 #[tokio::test]
 async fn file_installer_refuses_an_image_changed_since_verification() {
     let dir = tempfile::tempdir().unwrap();

@@ -30,7 +30,8 @@ impl Agent {
             );
             done += target.length();
             let result = if target.ecu_serial() == primary {
-                self.install_primary(target, path).await
+                self.install_primary(target, path, done - target.length(), total)
+                    .await
             } else {
                 let r = self
                     .install_secondary(target, path, done - target.length(), total)
@@ -50,7 +51,9 @@ impl Agent {
                 }
             }
         }
-        self.progress(State::Installing, done, total, "", "install finished");
+        if first_error.is_none() {
+            self.progress(State::Installing, done, total, "", "install finished");
+        }
         self.publish_ecus();
         match first_error {
             Some(e) => Err(e),
@@ -171,7 +174,15 @@ impl Agent {
         })
     }
 
-    pub(crate) async fn install_primary(&self, target: &UpdateTarget, path: &Path) -> Result<()> {
+    /// Install on the Primary; its installer's progress moves the install
+    /// phase from `base` towards `base + target.length()` of `total` bytes.
+    pub(crate) async fn install_primary(
+        &self,
+        target: &UpdateTarget,
+        path: &Path,
+        base: u64,
+        total: u64,
+    ) -> Result<()> {
         let facts = TargetFacts::for_target(target)?;
         let record = InstalledRecord {
             name: target.name().to_owned(),
@@ -207,15 +218,17 @@ impl Agent {
             }
         };
         let serial = target.ecu_serial();
-        // The installer's own progress (RAUC's Progress), as percent of this image.
+        // The installer's own progress (bytes written, the command's
+        // progress lines, RAUC's percent), scaled onto this image's bytes.
+        let length = target.length();
         let progress = |p: InstallProgress| {
-            self.progress(
-                State::Installing,
-                u64::from(p.percent),
-                100,
-                serial,
-                &p.message,
-            );
+            let (done, of) = p.bytes.unwrap_or((u64::from(p.percent), 100));
+            let part = if of == 0 {
+                0
+            } else {
+                (u128::from(done.min(of)) * u128::from(length) / u128::from(of)) as u64
+            };
+            self.progress(State::Installing, base + part, total, serial, &p.message);
         };
         // Issue 11: an install whose bookkeeping failed after the installer
         // ran (the state directory full when `installed.json` was written)

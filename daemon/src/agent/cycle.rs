@@ -1,7 +1,7 @@
 //! The cycle itself: check, download, consent and preconditions, install,
 //! report, and how an operation's outcome is published.
 
-use crate::agent::{attack_of, Agent, Pending, INHIBIT_PREFIX};
+use crate::agent::{attack_of, Agent, Pending, Plan, INHIBIT_PREFIX};
 use crate::dbus_service::error_code;
 use crate::error::Result;
 use crate::fetch::download::{ImageRequest, Progress as DlProgress};
@@ -137,33 +137,31 @@ impl Agent {
     pub(crate) fn finish(&self, action: &str, update_id: &str, result: &Result<String>) {
         match result {
             Ok(message) => {
+                let waiting = self.lock().pending.is_some();
+                let state = if waiting {
+                    State::AwaitingConsent
+                } else {
+                    State::Idle
+                };
+                self.end_progress(true, state, message);
                 self.state.clear_last_error();
                 self.state.emit_completed(ErrorCode::Ok, message.clone());
                 self.history(action, update_id, ErrorCode::Ok, message);
-                let waiting = self.lock().pending.is_some();
-                self.status(
-                    if waiting {
-                        State::AwaitingConsent
-                    } else {
-                        State::Idle
-                    },
-                    message,
-                );
+                self.status(state, message);
             }
             Err(e) => {
                 let code = error_code(e);
                 let message = e.to_string();
+                let state = if code == ErrorCode::Cancelled {
+                    State::Idle
+                } else {
+                    State::Error
+                };
+                self.end_progress(false, state, &message);
                 self.state.set_last_error(code, message.clone());
                 self.state.emit_completed(code, message.clone());
                 self.history(action, update_id, code, &message);
-                self.status(
-                    if code == ErrorCode::Cancelled {
-                        State::Idle
-                    } else {
-                        State::Error
-                    },
-                    &message,
-                );
+                self.status(state, &message);
             }
         }
     }
@@ -324,6 +322,7 @@ impl Agent {
                 return Ok(Some(message));
             }
         };
+        self.begin_unless_running(Plan::Install, State::Installing, "installing");
         self.status(State::Installing, "installing");
         let result = self.install(&pending).await;
         {
@@ -385,7 +384,18 @@ impl UpdateCycle for Agent {
     fn run_cycle(&self, cancel: CancellationToken) -> BoxFuture<'_, CycleOutcome> {
         Box::pin(async move {
             let op = cancel.child_token();
-            self.lock().operation = Some(op.clone());
+            let may_install = {
+                let mut inner = self.lock();
+                inner.operation = Some(op.clone());
+                self.daemon.config.install.policy == crate::config::InstallPolicy::Auto
+                    || inner.consented.is_some()
+            };
+            let plan = if may_install {
+                Plan::CheckAndInstall
+            } else {
+                Plan::Check
+            };
+            self.begin_operation(plan, State::Checking, "checking for updates");
             let result = self.cycle(op).await;
             self.lock().operation = None;
             let id = self

@@ -48,7 +48,7 @@ use crate::schedule::Trigger;
 use crate::store::InstalledRecord;
 use crate::Daemon;
 use secureev_dbus::{
-    ErrorCode, HistoryEntry, Progress, State, StateHandle, UpdateId, UpdatePlan as DbusPlan,
+    ErrorCode, HistoryEntry, State, StateHandle, UpdateId, UpdatePlan as DbusPlan,
 };
 use secureev_uptane::uptane::{EcuInfo, UpdateTarget, Vehicle};
 use secureev_uptane::{Attack, Timestamp};
@@ -62,10 +62,13 @@ mod apply;
 mod cycle;
 mod links;
 mod metadata;
+mod progress;
 mod provision;
 mod report;
 
 pub(crate) use links::LinkStatus;
+use progress::Meter;
+pub(crate) use progress::Plan;
 use report::ReportTask;
 pub use report::SECONDARY_REPORT_TIMEOUT;
 
@@ -141,6 +144,8 @@ pub struct Agent {
     pub(crate) inner: Mutex<Inner>,
     pub(crate) trigger: Mutex<Option<Trigger>>,
     pub(crate) inhibit_dir: PathBuf,
+    /// The running operation's `Progress` (see [`progress`]).
+    meter: Mutex<Meter>,
     /// One transport per `[[secondary]]` (UDS over ISO-TP or DoIP).
     pub(crate) secondaries: BTreeMap<String, Arc<dyn crate::ecus::SecondaryTransport>>,
 }
@@ -190,6 +195,7 @@ impl Agent {
             backend,
             state,
             inner: Mutex::new(Inner::default()),
+            meter: Mutex::new(Meter::default()),
             trigger: Mutex::new(None),
             inhibit_dir,
         });
@@ -268,20 +274,38 @@ impl Agent {
             .status(&format!("{}: {message}", state.as_str()));
     }
 
+    fn meter(&self) -> std::sync::MutexGuard<'_, Meter> {
+        self.meter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An operation starts: `Progress` back to 0 on `plan`, `LastError`
+    /// cleared (docs/dbus-api.md).
+    pub(crate) fn begin_operation(&self, plan: Plan, phase: State, message: &str) {
+        let p = self.meter().begin(plan, phase, message);
+        self.state.clear_last_error();
+        self.state.set_progress(p);
+    }
+
+    /// [`Self::begin_operation`] unless one is running (an install that a
+    /// check-in goes on to is part of the check's operation).
+    pub(crate) fn begin_unless_running(&self, plan: Plan, phase: State, message: &str) {
+        if !self.meter().active() {
+            self.begin_operation(plan, phase, message);
+        }
+    }
+
+    /// `done` of `total` bytes of `phase` (total 0: unknown); `percent` is
+    /// the whole operation's.
     pub(crate) fn progress(&self, phase: State, done: u64, total: u64, ecu: &str, message: &str) {
-        let percent = if total == 0 {
-            0
-        } else {
-            ((done.min(total) as u128 * 100) / total as u128) as u32
-        };
-        self.state.set_progress(Progress {
-            percent,
-            phase: phase.as_str().to_owned(),
-            bytes_done: done,
-            bytes_total: total,
-            ecu: ecu.to_owned(),
-            message: message.to_owned(),
-        });
+        let p = self.meter().update(phase, done, total, ecu, message);
+        self.state.set_progress(p);
+    }
+
+    /// The operation ended (see [`Meter::end`]).
+    pub(crate) fn end_progress(&self, ok: bool, ended_in: State, message: &str) {
+        if let Some(p) = self.meter().end(ok, ended_in, message) {
+            self.state.set_progress(p);
+        }
     }
 
     pub(crate) fn history(&self, action: &str, update_id: &str, code: ErrorCode, message: &str) {

@@ -1,7 +1,7 @@
 //! The `file` installer: the image written beside a target file, or into the
 //! inactive one of two A/B slots, and switched in atomically.
 
-use super::{InstallCheck, Installer, TargetFacts};
+use super::{InstallCheck, InstallDone, InstallProgress, Installer, TargetFacts};
 use crate::error::{Error, Result};
 use crate::fs::sync_dir;
 use futures_util::future::BoxFuture;
@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 /// Copy `src` to a new file `dst` (mode 0644), hashing on the way; fsync. Fails
 /// if the bytes are not the ones the facts name (the cache changed since it was
-/// verified).
-fn copy_checked(src: &Path, dst: &Path, facts: &TargetFacts) -> Result<()> {
+/// verified). `on_bytes` sees the bytes written so far after every chunk.
+fn copy_checked(src: &Path, dst: &Path, facts: &TargetFacts, on_bytes: &dyn Fn(u64)) -> Result<()> {
     let mut input = std::fs::File::open(src).map_err(|e| Error::io("open", src, e))?;
     let mut out = std::fs::OpenOptions::new()
         .write(true)
@@ -36,6 +36,7 @@ fn copy_checked(src: &Path, dst: &Path, facts: &TargetFacts) -> Result<()> {
         len += n as u64;
         out.write_all(&buf[..n])
             .map_err(|e| Error::io("write", dst, e))?;
+        on_bytes(len);
     }
     let got = hex::encode(hasher.finalize());
     if len != facts.length || !got.eq_ignore_ascii_case(&facts.sha256) {
@@ -147,11 +148,16 @@ impl FileInstaller {
         }
     }
 
-    fn install_blocking(&self, image: &Path, facts: &TargetFacts) -> Result<()> {
+    fn install_blocking(
+        &self,
+        image: &Path,
+        facts: &TargetFacts,
+        on_bytes: &dyn Fn(u64),
+    ) -> Result<()> {
         match &self.target {
             FileTarget::Single(path) => {
                 let tmp = side_path(path, "install");
-                let r = copy_checked(image, &tmp, facts).and_then(|()| {
+                let r = copy_checked(image, &tmp, facts, on_bytes).and_then(|()| {
                     std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
                     sync_dir(parent(path))
                 });
@@ -167,7 +173,7 @@ impl FileInstaller {
                 };
                 let slot = &slots[inactive];
                 let tmp = side_path(slot, "install");
-                let r = copy_checked(image, &tmp, facts).and_then(|()| {
+                let r = copy_checked(image, &tmp, facts, on_bytes).and_then(|()| {
                     std::fs::rename(&tmp, slot).map_err(|e| Error::io("rename", slot, e))?;
                     sync_dir(parent(slot))
                 });
@@ -197,10 +203,61 @@ impl Installer for FileInstaller {
 
     fn install<'a>(&'a self, image: &'a Path, facts: &'a TargetFacts) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let (this, image, facts) = (self.clone(), image.to_owned(), facts.clone());
-            tokio::task::spawn_blocking(move || this.install_blocking(&image, &facts))
+            self.install_with_progress(image, facts, &|_| {})
                 .await
-                .map_err(|e| Error::io("install", PathBuf::new(), std::io::Error::other(e)))?
+                .map(drop)
+        })
+    }
+
+    /// Reports the bytes written after every chunk (the copy runs on the
+    /// blocking pool; its counts reach `progress` through a channel, one
+    /// `u64` per 64 KiB chunk, so a slow subscriber never slows the copy).
+    fn install_with_progress<'a>(
+        &'a self,
+        image: &'a Path,
+        facts: &'a TargetFacts,
+        progress: &'a (dyn Fn(InstallProgress) + Send + Sync),
+    ) -> BoxFuture<'a, Result<InstallDone>> {
+        Box::pin(async move {
+            let (this, image, facts) = (self.clone(), image.to_owned(), facts.clone());
+            let total = facts.length;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+            let mut copy = tokio::task::spawn_blocking(move || {
+                this.install_blocking(&image, &facts, &|n| {
+                    // The receiver outlives the copy.
+                    let _ = tx.send(n);
+                })
+            });
+            let report = |done: u64| {
+                progress(InstallProgress {
+                    percent: if total == 0 {
+                        0
+                    } else {
+                        (u128::from(done.min(total)) * 100 / u128::from(total)) as u32
+                    },
+                    message: format!("writing {done} of {total} bytes"),
+                    depth: 1,
+                    bytes: Some((done, total)),
+                })
+            };
+            let mut counting = true;
+            let result = loop {
+                tokio::select! {
+                    r = &mut copy => break r,
+                    n = rx.recv(), if counting => match n {
+                        Some(done) => report(done),
+                        // The copy ended: its result follows.
+                        None => counting = false,
+                    },
+                }
+            };
+            // Counts sent after the last poll, in order.
+            while let Ok(done) = rx.try_recv() {
+                report(done);
+            }
+            let result = result
+                .map_err(|e| Error::io("install", PathBuf::new(), std::io::Error::other(e)))?;
+            result.map(|()| InstallDone::Active)
         })
     }
 

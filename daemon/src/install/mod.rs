@@ -150,6 +150,10 @@ pub struct InstallProgress {
     pub message: String,
     /// Nesting depth of the step (RAUC: 1 is the whole install).
     pub depth: u32,
+    /// `(done, total)` bytes, when the installer counts them (the `file`
+    /// installer: bytes written; the `command` installer: its progress
+    /// lines); `percent` is then derived from them.
+    pub bytes: Option<(u64, u64)>,
 }
 
 /// How an install ended.

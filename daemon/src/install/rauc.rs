@@ -635,6 +635,7 @@ fn progress_of(args: &zbus::fdo::PropertiesChangedArgs<'_>) -> Option<InstallPro
         percent: percent.clamp(0, 100) as u32,
         message,
         depth: depth.max(0) as u32,
+        bytes: None,
     })
 }
 
