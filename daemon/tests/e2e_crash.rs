@@ -11,7 +11,9 @@
 //!   command installer cannot tell), the update is offered again and
 //!   installed once complete; the command ran twice, as documented;
 //! - during a `file` install: the target is the old image or the new one,
-//!   never a mix; after the restart the new one, installed once.
+//!   never a mix; after the restart the new one, installed once;
+//! - at seeded random points across 50 cycles with a tight storage budget:
+//!   no wedge, every update completes.
 #![allow(clippy::unwrap_used)]
 
 mod e2e_common;
@@ -297,4 +299,173 @@ async fn kill_during_file_install_never_leaves_a_half_written_target() {
     assert_up_to_date(&vehicle).await;
     assert_eq!(install_results(&backend.manifests()).len(), 1);
     assert_eq!(std::fs::read(&target).unwrap(), image);
+}
+
+/// A small deterministic generator (splitmix64): the kill points of
+/// [`kill_at_random_points_across_50_cycles_never_wedges`] follow from the seed.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Where one cycle's SIGKILL lands: each is an observable point of the
+/// cycle, and each also counts as reached once the cycle is past it.
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    /// The backend has answered this many requests of the cycle (checking).
+    Requests(usize),
+    /// This many bytes of the image are in the part file (downloading).
+    Bytes(u64),
+    /// The new image is in place, not yet reported (installed, before reporting).
+    Installed,
+    /// The backend has the manifest reporting it (reporting done, idle next).
+    Reported,
+}
+
+/// The sha256 of the Primary's installed image in the last manifest.
+fn reported_sha256(backend: &Backend) -> Option<String> {
+    backend.manifests().last().and_then(|m| {
+        primary_report(m)["installed_image"]["fileinfo"]["hashes"]["sha256"]
+            .as_str()
+            .map(str::to_owned)
+    })
+}
+
+const CRASH_CYCLES: u64 = 50;
+/// Largest image of the crash cycles, and the storage budget: less than two
+/// images, so a leftover of an earlier cycle that is not pruned blocks the next.
+const CRASH_MAX_IMAGE: u64 = 160 * 1024;
+const CRASH_BUDGET: u64 = 200 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_at_random_points_across_50_cycles_never_wedges() {
+    let seed = std::env::var("SECUREEV_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5ec0_e111_u64);
+    eprintln!("seed {seed} (SECUREEV_CRASH_SEED to repeat another)");
+    let mut rng = SplitMix(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start().await;
+    let mut repos = Repos::new();
+    let target = dir.path().join("image.bin");
+    std::fs::write(&target, FACTORY).unwrap();
+    let mut vehicle = Vehicle::new(
+        &dir.path().join("vehicle"),
+        &backend,
+        &repos,
+        &InstallMode::File(target.clone()),
+        "",
+    );
+    let drop_in = vehicle.dir.join("otad.toml.d");
+    std::fs::create_dir_all(&drop_in).unwrap();
+    std::fs::write(
+        drop_in.join("50-tight.toml"),
+        format!("[state]\nstorage_budget_bytes = {CRASH_BUDGET}\n"),
+    )
+    .unwrap();
+    let cache = vehicle.dir.join("cache");
+    let t0 = std::time::Instant::now();
+    let mut kinds = [0usize; 4];
+    let mut previous = FACTORY.to_vec();
+    for cycle in 1..=CRASH_CYCLES {
+        let len = 16 * 1024 + rng.below(CRASH_MAX_IMAGE - 16 * 1024);
+        let image = image_bytes(len as usize, 1000 + cycle);
+        let sha = sha256_hex(&image);
+        repos.release(NAME, &image, cycle);
+        let path = repos.path_of(NAME);
+        let mut files = repos.publish(&[(NAME, &image)]);
+        files.get_mut(&path).unwrap().pace = Some(Pace {
+            chunk: 4 * 1024,
+            every: Duration::from_millis(1),
+        });
+        backend.set_files(files);
+        let before = backend.requests().len();
+        let point = match rng.below(4) {
+            0 => KillPoint::Requests(1 + rng.below(4) as usize),
+            1 => KillPoint::Bytes(rng.below(len)),
+            2 => KillPoint::Installed,
+            _ => KillPoint::Reported,
+        };
+        kinds[match point {
+            KillPoint::Requests(_) => 0,
+            KillPoint::Bytes(_) => 1,
+            KillPoint::Installed => 2,
+            KillPoint::Reported => 3,
+        }] += 1;
+        let what = format!("cycle {cycle} (seed {seed}): kill at {point:?}");
+        // The start-up check-in runs the cycle; kill it at the point (or as
+        // soon as it is past it).
+        vehicle.start().await;
+        let reached = || {
+            let installed = std::fs::read(&target).is_ok_and(|b| b == image);
+            let reported = reported_sha256(&backend).as_deref() == Some(&sha);
+            match point {
+                KillPoint::Requests(n) => backend.requests().len() >= before + n || installed,
+                KillPoint::Bytes(b) => {
+                    let part = std::fs::metadata(cache.join(format!("{sha}.part")))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
+                    part >= b || cache.join(&sha).exists() || installed
+                }
+                KillPoint::Installed => installed,
+                KillPoint::Reported => reported,
+            }
+        };
+        poll(&what, FINISH_TIMEOUT, Duration::from_millis(1), || {
+            reached().then_some(())
+        })
+        .await;
+        vehicle.kill();
+        // Never a mix: the old image or the new one.
+        let now = std::fs::read(&target).unwrap();
+        assert!(
+            now == previous || now == image,
+            "{what}: half-written target"
+        );
+
+        // Restarted, the update completes: installed, reported, idle.
+        vehicle.start().await;
+        poll(
+            &format!("{what}: the update to complete after the restart"),
+            FINISH_TIMEOUT,
+            Duration::from_millis(10),
+            || {
+                (std::fs::read(&target).is_ok_and(|b| b == image)
+                    && reported_sha256(&backend).as_deref() == Some(&sha))
+                .then_some(())
+            },
+        )
+        .await;
+        vehicle
+            .wait_for(&what, FINISH_TIMEOUT, |s, c| s == "idle" && c == 0)
+            .await;
+        vehicle.kill();
+        previous = image;
+    }
+    assert_eq!(backend.auth_failures(), Vec::<String>::new());
+    // Only the last image may be left in the cache (the budget held).
+    let left: u64 = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    assert!(left <= CRASH_MAX_IMAGE, "{left} bytes left in the cache");
+    eprintln!(
+        "{CRASH_CYCLES} cycles killed at (requests, bytes, installed, reported) {kinds:?} in {:?}",
+        t0.elapsed()
+    );
 }
