@@ -384,3 +384,144 @@ async fn cancel_and_sigterm_end_checking_downloading_and_reporting() {
     .await;
     eprintln!("SIGTERM exit times (downloading, checking, reporting): {times:?}");
 }
+
+/// `[download] timeout_secs` of the image-stall tests, and the tries per
+/// image fetch (`DEFAULT_ATTEMPTS`, first included).
+const IMAGE_HEADERS: u64 = 2;
+const IMAGE_ATTEMPTS: u64 = 3;
+
+fn tight_image() -> String {
+    format!(
+        "{}[download]\ntimeout_secs = {IMAGE_HEADERS}\nmin_rate_bytes_per_sec = 1024\nmin_rate_window_secs = 1\n",
+        tight()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_that_stalls_is_slow_retrieval_and_a_stalled_manifest_is_reported_next() {
+    let mut r = rig(&tight_image()).await;
+    let image = image_bytes(64 * 1024, 4);
+    r.repos.release(NAME, &image, 1);
+    let files = r.repos.publish(&[(NAME, &image)]);
+    let image_path = r.repos.path_of(NAME);
+    r.vehicle.start().await;
+    r.vehicle.settle_closed().await;
+    r.backend.set_files(files);
+    r.backend.set_open(true);
+
+    // The image's response headers never sent: each try is cut off after
+    // IMAGE_HEADERS seconds, and after the last the stall is the attack.
+    r.backend
+        .set_stall(Stall::Headers(image_path.clone()), true);
+    let ((code, message), took) = timed_check(&r.vehicle).await;
+    assert_eq!(code, ErrorCode::SlowRetrievalAttack.as_u32(), "{message}");
+    assert!(message.contains("response headers"), "{message}");
+    let bound = Duration::from_secs(IMAGE_HEADERS * IMAGE_ATTEMPTS);
+    // Pauses between tries: 200 ms, 400 ms.
+    assert!(
+        took >= bound && took <= bound + Duration::from_millis(600) + SLACK,
+        "outcome after {took:?}, bound {bound:?}\n{}",
+        r.vehicle.log()
+    );
+    eprintln!("image headers never sent: outcome {took:?} (bound {bound:?} + pauses)");
+    let stalled = r
+        .backend
+        .requests_for(&image_path)
+        .iter()
+        .filter(|l| l.status == 0)
+        .count();
+    assert_eq!(stalled as u64, IMAGE_ATTEMPTS);
+    let last = r.backend.manifests().last().cloned().unwrap();
+    assert!(
+        attacks_detected(&last).contains("slow-retrieval"),
+        "{last:#}"
+    );
+    r.backend
+        .set_stall(Stall::Headers(image_path.clone()), false);
+
+    // The image body trickled (4 bytes every 500 ms, below 1024 bytes/s).
+    r.backend.set_pace(
+        &image_path,
+        Some(Pace {
+            chunk: 4,
+            every: Duration::from_millis(500),
+        }),
+    );
+    let ((code, message), took) = timed_check(&r.vehicle).await;
+    assert_eq!(code, ErrorCode::SlowRetrievalAttack.as_u32(), "{message}");
+    assert!(message.contains("slow retrieval"), "{message}");
+    assert!(took <= Duration::from_secs(1) + SLACK, "{took:?}");
+    eprintln!("image body trickled: outcome {took:?} (window 1 s)");
+    r.backend.set_pace(&image_path, None);
+
+    // Honest: it installs, and that manifest carries the attacks so far.
+    let ((code, message), _) = timed_check(&r.vehicle).await;
+    assert_eq!(code, 0, "{message}\n{}", r.vehicle.log());
+    assert!(std::fs::read(&r.target).unwrap() == image, "not the image");
+
+    // A manifest PUT never answered: the attack goes into the next
+    // manifest, and only that one.
+    r.backend.set_stall(Stall::Manifest, true);
+    let ((code, message), _) = timed_check(&r.vehicle).await;
+    assert_eq!(code, ErrorCode::SlowRetrievalAttack.as_u32(), "{message}");
+    r.backend.set_stall(Stall::Manifest, false);
+    let sent = r.backend.manifests().len();
+    let ((code, message), _) = timed_check(&r.vehicle).await;
+    assert_eq!(code, 0, "{message}");
+    let manifests = r.backend.manifests();
+    assert_eq!(manifests.len(), sent + 1);
+    assert!(
+        attacks_detected(&manifests[sent]).contains("slow-retrieval"),
+        "{:#}",
+        manifests[sent]
+    );
+    let ((code, message), _) = timed_check(&r.vehicle).await;
+    assert_eq!(code, 0, "{message}");
+    let last = r.backend.manifests().last().cloned().unwrap();
+    assert_eq!(attacks_detected(&last), "", "{last:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_check_ins_go_on_while_the_image_stalls() {
+    let mut r = rig(&tight_image()).await;
+    let drop_in = r.vehicle.dir.join("otad.toml.d");
+    std::fs::create_dir_all(&drop_in).unwrap();
+    std::fs::write(
+        drop_in.join("50-often.toml"),
+        "[checkin]\ninterval_secs = 1\nbackoff_max_secs = 1\n",
+    )
+    .unwrap();
+    let image = image_bytes(32 * 1024, 5);
+    r.repos.release(NAME, &image, 1);
+    let image_path = r.repos.path_of(NAME);
+    r.backend.set_files(r.repos.publish(&[(NAME, &image)]));
+    r.backend
+        .set_stall(Stall::Headers(image_path.clone()), true);
+    r.backend.set_open(true);
+    r.vehicle.start().await;
+    // Nobody triggers a check: two scheduled cycles each try the image
+    // IMAGE_ATTEMPTS times and end.
+    poll(
+        "two scheduled check-ins against the stalling image",
+        Duration::from_secs(40),
+        Duration::from_millis(100),
+        || {
+            let n = r
+                .backend
+                .requests_for(&image_path)
+                .iter()
+                .filter(|l| l.status == 0)
+                .count() as u64;
+            (n >= 2 * IMAGE_ATTEMPTS).then_some(())
+        },
+    )
+    .await;
+    r.backend.set_stall(Stall::Headers(image_path), false);
+    poll(
+        "the image installed by a scheduled check-in",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || (std::fs::read(&r.target).ok()? == image).then_some(()),
+    )
+    .await;
+}

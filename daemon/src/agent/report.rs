@@ -78,7 +78,28 @@ fn check_secondary_report(serial: &str, bytes: &[u8]) -> Result<serde_json::Valu
 impl Agent {
     /// Sign and send the vehicle version manifest (Uptane 2.1 §5.4.2): the
     /// Primary's report and every secondary's that could be read now.
+    ///
+    /// Issue 11: a manifest that does not go out keeps its attacks for the
+    /// next one, and a manifest PUT that stalls (slow retrieval) is itself
+    /// an attack that the next manifest reports.
     pub(crate) async fn report(
+        &self,
+        attacks: &[Attack],
+        result: Option<(bool, &str, &str)>,
+    ) -> Result<()> {
+        let sent = self.send_report(attacks, result).await;
+        if let Err(e) = &sent {
+            let mut inner = self.lock();
+            for a in attacks.iter().copied().chain(crate::agent::attack_of(e)) {
+                if !inner.attacks.contains(&a) {
+                    inner.attacks.push(a);
+                }
+            }
+        }
+        sent
+    }
+
+    async fn send_report(
         &self,
         attacks: &[Attack],
         result: Option<(bool, &str, &str)>,

@@ -31,7 +31,7 @@
 //! `StreamDecryptor` in constant memory.
 
 use crate::config::Config;
-use crate::error::{Error, Result, StorageLimit};
+use crate::error::{Error, Result, StallStage, StorageLimit};
 use crate::fs::{remove_quietly, sync_dir};
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
@@ -414,7 +414,7 @@ impl Downloader {
                 };
                 let retryable = match &err {
                     Error::Http { .. }
-                    | Error::Timeout { .. }
+                    | Error::Stalled { .. }
                     | Error::Truncated { .. }
                     | Error::BadRange { .. } => true,
                     Error::HttpStatus { status, .. } => *status >= 500,
@@ -510,7 +510,13 @@ impl Downloader {
         let mut resp = tokio::select! {
             _ = cancel.cancelled() => return Err(Error::Cancelled(req.target.clone())),
             r = send => match r {
-                Err(_) => return Err(Error::Timeout { url: req.url.clone(), secs: self.opts.header_timeout.as_secs() }),
+                // Slow retrieval: the headers withheld. Retried like a broken
+                // connection; after the last attempt it is the attack.
+                Err(_) => return Err(Error::Stalled {
+                    url: req.url.clone(),
+                    stage: StallStage::Headers,
+                    secs: self.opts.header_timeout.as_secs(),
+                }),
                 Ok(r) => r.map_err(http)?,
             },
         };
