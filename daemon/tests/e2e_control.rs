@@ -400,3 +400,115 @@ async fn required_preconditions_fail_closed_and_survive_a_restart() {
     )
     .await;
 }
+
+/// `Progress` as a UI samples it over D-Bus: within one operation `percent`
+/// never decreases and the operation starts from 0; a successful install
+/// ends at 100 with every byte installed; an install that fails leaves
+/// `phase` `error` with the failure, below 100, and `LastError` set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_overall_monotonic_and_a_failure_says_so() {
+    use futures_util::StreamExt;
+    let mut s = scenario().await;
+    let image = image_bytes(2 << 20, 21);
+    s.repos.release(NAME, &image, 2);
+    let files = s.repos.publish(&[(NAME, &image)]);
+    s.vehicle.start().await;
+    s.vehicle.settle_closed().await;
+    s.backend.set_files(files);
+    s.backend.set_open(true);
+
+    // Samples every PropertiesChanged carrying Progress until Completed.
+    async fn sample(
+        v: &Vehicle,
+        start: impl std::future::Future<Output = ()>,
+    ) -> (u32, Vec<secureev_dbus::Progress>) {
+        let p = v.proxy().await;
+        let props = zbus::fdo::PropertiesProxy::builder(p.inner().connection())
+            .destination(secureev_dbus::BUS_NAME)
+            .unwrap()
+            .path(secureev_dbus::OBJECT_PATH)
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        let mut changes = props.receive_properties_changed().await.unwrap();
+        let mut completed = p.receive_completed().await.unwrap();
+        start.await;
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + CHECK_TIMEOUT;
+        loop {
+            tokio::select! {
+                c = completed.next() => {
+                    let c = c.unwrap();
+                    let args = c.args().unwrap();
+                    // The start-up check-in against the closed backend.
+                    if args.code == ErrorCode::Network.as_u32() && args.message.contains("503") {
+                        seen.clear();
+                        continue;
+                    }
+                    let code = args.code;
+                    // Property changes precede their Completed.
+                    while let Some(Some(ch)) = changes.next().now_or_never() {
+                        if let Some(v) = ch.args().unwrap().changed_properties().get("Progress") {
+                            seen.push(secureev_dbus::Progress::try_from(v.try_to_owned().unwrap()).unwrap());
+                        }
+                    }
+                    return (code, seen);
+                }
+                Some(ch) = changes.next() => {
+                    if let Some(v) = ch.args().unwrap().changed_properties().get("Progress") {
+                        seen.push(secureev_dbus::Progress::try_from(v.try_to_owned().unwrap()).unwrap());
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => panic!("no Completed:\n{}", v.log()),
+            }
+        }
+    }
+    use futures_util::FutureExt;
+    let proxy = s.vehicle.proxy().await;
+    let (code, seen) = sample(&s.vehicle, async {
+        proxy.check_for_updates(HashMap::new()).await.unwrap();
+    })
+    .await;
+    assert_eq!(
+        code,
+        ErrorCode::Ok.as_u32(),
+        "{seen:?}\n{}",
+        s.vehicle.log()
+    );
+    assert_eq!(std::fs::read(&s.target).unwrap(), image);
+    let percents: Vec<u32> = seen.iter().map(|p| p.percent).collect();
+    assert!(percents.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    let last = seen.last().unwrap();
+    assert_eq!(last.percent, 100, "{seen:?}");
+    assert!(
+        seen.iter().any(|p| p.phase == "installing"
+            && p.bytes_total == image.len() as u64
+            && p.bytes_done == image.len() as u64),
+        "{seen:?}"
+    );
+
+    // The next update cannot be written: the install fails.
+    let image3 = image_bytes(256 << 10, 22);
+    s.repos.release("hu/rootfs-3.img", &image3, 3);
+    s.backend
+        .set_files(s.repos.publish(&[("hu/rootfs-3.img", &image3)]));
+    let dir = s.target.parent().unwrap().to_owned();
+    std::fs::remove_file(&s.target).unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+    let (code, seen) = sample(&s.vehicle, async {
+        proxy.check_for_updates(HashMap::new()).await.unwrap();
+    })
+    .await;
+    assert_ne!(code, ErrorCode::Ok.as_u32(), "{seen:?}");
+    // Reset at the start: the previous operation ended at 100.
+    assert!(seen.first().unwrap().percent < 100, "{seen:?}");
+    let percents: Vec<u32> = seen.iter().map(|p| p.percent).collect();
+    assert!(percents.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    let last = seen.last().unwrap();
+    assert_eq!(last.phase, "error", "{seen:?}");
+    assert!(last.percent < 100, "{seen:?}");
+    let (_, last_code, last_error) = s.vehicle.status().await;
+    assert_eq!(last_code, code);
+    assert_eq!(last_error, last.message);
+}
