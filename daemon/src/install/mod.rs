@@ -151,8 +151,8 @@ pub struct InstallProgress {
     /// Nesting depth of the step (RAUC: 1 is the whole install).
     pub depth: u32,
     /// `(done, total)` bytes, when the installer counts them (the `file`
-    /// installer: bytes written; the `command` installer: its progress
-    /// lines); `percent` is then derived from them.
+    /// installer: bytes written); `percent` is then derived from them. The
+    /// `command` installer reports no progress yet.
     pub bytes: Option<(u64, u64)>,
 }
 
