@@ -32,6 +32,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "RAUC for the rauc installer tests (daemon/tests/rauc.rs)"
 bash daemon/tests/rauc-prereqs.sh
 
+step "SoftHSM2 for the PKCS#11 key store test (server/tests/hsm.rs)"
+bash server/tests/softhsm-prereqs.sh
+
 step "cargo test (workspace)"
 cargo test --workspace --locked
 

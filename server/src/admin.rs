@@ -692,14 +692,14 @@ pub async fn rotate_director(
 ) -> Result<Response> {
     let _serial = st.rotation_lock().lock().await;
     let now = st.now();
-    let data_dir = st.config().data_dir.clone();
+    let store = st.key_store().clone();
     let current = st.director_keys();
     let (version, keyid, next) = st
         .db()
         .write(|tx| {
             let (next, version, key) = director::rotate(
                 tx,
-                &data_dir,
+                &store,
                 &current,
                 &req.role,
                 req.mode,
@@ -712,13 +712,8 @@ pub async fn rotate_director(
             Ok((version, key.keyid().to_owned(), next))
         })
         .inspect_err(|_| st.set_director_keys((*current).clone()))?;
-    let keys = match req.role.as_str() {
-        "root" => &next.root,
-        "targets" => &next.targets,
-        "snapshot" => &next.snapshot,
-        _ => &next.timestamp,
-    };
-    director::retire_old_keys(&data_dir, &req.role, keys)?;
+    let keys = next.role(&req.role).unwrap_or_default();
+    store.promote(repo::DIRECTOR, &req.role, keys)?;
     Ok(Json(json!({ "root_version": version, "new_keyid": keyid })).into_response())
 }
 
@@ -747,7 +742,7 @@ pub async fn rotate_image_root(
         .map_err(|e| Error::BadRequest(e.to_string()))?;
     let _serial = st.rotation_lock().lock().await;
     let now = st.now();
-    let keys_dir = st.config().data_dir.join(crate::layout::KEYS);
+    let store = st.key_store().clone();
     let active = st.image_online();
     // Candidates: the active online keys and any pending ones made by
     // POST /admin/image/online-keys for the offline tool to put in the root.
@@ -756,11 +751,7 @@ pub async fn rotate_image_root(
         ("snapshot", &mut candidates.snapshot),
         ("timestamp", &mut candidates.timestamp),
     ] {
-        if let Ok(pending) =
-            crate::layout::load_keys(&keys_dir, repo::IMAGE, &format!("{role}.pending"))
-        {
-            set.extend(pending);
-        }
+        set.extend(store.load_optional(repo::IMAGE, &format!("{role}.pending"))?);
     }
     let (version, chosen) = st
         .db()
@@ -781,7 +772,7 @@ pub async fn rotate_image_root(
         ("snapshot", &chosen.snapshot),
         ("timestamp", &chosen.timestamp),
     ] {
-        crate::layout::promote_keys(&keys_dir, repo::IMAGE, role, keys)?;
+        store.promote(repo::IMAGE, role, keys)?;
     }
     Ok((
         StatusCode::CREATED,
@@ -811,13 +802,9 @@ pub async fn new_image_online_key(
         ));
     }
     let _serial = st.rotation_lock().lock().await;
-    let key = secureev_uptane::SigningKey::generate_p256();
-    crate::layout::store_key(
-        &st.config().data_dir.join(crate::layout::KEYS),
-        repo::IMAGE,
-        &format!("{}.pending", req.role),
-        &key,
-    )?;
+    let key = st
+        .key_store()
+        .generate(repo::IMAGE, &format!("{}.pending", req.role))?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "keyid": key.keyid(), "key": key.public_key() })),

@@ -15,13 +15,12 @@
 //! export`) to a SIEM, and pin the audit public key there, to bound that.
 
 use crate::db::{AuditRow, Tx};
-use crate::error::{Error, Result};
-use crate::layout;
-use secureev_uptane::{PublicKey, SigningKey};
+use crate::error::Result;
+use crate::keystore::{KeyStore, OnlineKey};
+use secureev_uptane::PublicKey;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -49,7 +48,7 @@ pub fn record_hash(
 /// Append one record, chained to the newest, signed by `key`. Returns its `seq`.
 pub fn append(
     tx: &Tx<'_>,
-    key: &SigningKey,
+    key: &OnlineKey,
     now: i64,
     actor: &str,
     action: &str,
@@ -60,7 +59,7 @@ pub fn append(
         None => (1, GENESIS.to_owned()),
     };
     let hash = record_hash(seq, now, actor, action, &detail, &prev)?;
-    let sig = key.sign_hex(hash.as_bytes());
+    let sig = key.sign_hex(hash.as_bytes())?;
     tx.insert_audit(&AuditRow {
         seq,
         at: now,
@@ -156,31 +155,20 @@ pub fn verify(
     Ok(records.len())
 }
 
-/// Load the audit signing key of a data directory, creating it on first use.
-pub fn load_or_create_key(data_dir: &Path) -> Result<SigningKey> {
-    let base = data_dir.join(layout::KEYS);
-    match layout::load_keys(&base, AUDIT_REPO, AUDIT_ROLE) {
-        Ok(mut keys) => keys
-            .pop()
-            .ok_or_else(|| Error::Config("no audit key".into())),
-        Err(_) if !layout::role_dir(&base, AUDIT_REPO, AUDIT_ROLE).exists() => {
-            let key = SigningKey::generate_p256();
-            layout::store_key(&base, AUDIT_REPO, AUDIT_ROLE, &key)?;
-            Ok(key)
-        }
-        Err(e) => Err(e),
+/// Load the audit signing key from the key store, creating it on first use.
+pub fn load_or_create_key(store: &KeyStore) -> Result<OnlineKey> {
+    match store.load_optional(AUDIT_REPO, AUDIT_ROLE)?.pop() {
+        Some(k) => Ok(k),
+        None => store.generate(AUDIT_REPO, AUDIT_ROLE),
     }
 }
 
-/// The audit public keys of a data directory (current and retired), by key id.
-pub fn public_keys(data_dir: &Path) -> Result<BTreeMap<String, PublicKey>> {
-    let base = data_dir.join(layout::KEYS);
+/// The audit public keys of a key store (current and retired), by key id.
+pub fn public_keys(store: &KeyStore) -> Result<BTreeMap<String, PublicKey>> {
     let mut out = BTreeMap::new();
     for role in [AUDIT_ROLE, "log.retired"] {
-        if let Ok(keys) = layout::load_keys(&base, AUDIT_REPO, role) {
-            for k in keys {
-                out.insert(k.keyid().to_owned(), k.verifying_key());
-            }
+        for k in store.load_optional(AUDIT_REPO, role)? {
+            out.insert(k.keyid().to_owned(), k.verifying_key().clone());
         }
     }
     Ok(out)
@@ -206,7 +194,7 @@ mod tests {
 
     fn chain(n: usize) -> (Vec<AuditRow>, BTreeMap<String, PublicKey>) {
         let db = Db::open_in_memory().unwrap();
-        let key = SigningKey::generate_p256();
+        let key = OnlineKey::generate_p256();
         for i in 0..n {
             db.write(|tx| {
                 append(
@@ -221,7 +209,7 @@ mod tests {
             .unwrap();
         }
         let recs = db.read(all_records).unwrap();
-        let keys = BTreeMap::from([(key.keyid().to_owned(), key.verifying_key())]);
+        let keys = BTreeMap::from([(key.keyid().to_owned(), key.verifying_key().clone())]);
         (recs, keys)
     }
 

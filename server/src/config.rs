@@ -14,6 +14,12 @@
 //! max_connections_per_peer = 64
 //! min_upload_bytes_per_sec = 16384
 //! log_format = "text"             # or "json"
+//! # key_store = "pkcs11"           # online keys and KEK in a PKCS#11 token
+//! # [pkcs11]
+//! # module = "/usr/lib/softhsm/libsofthsm2.so"
+//! # token_label = "secureev"
+//! # pin_file = "/etc/secureev/hsm-pin"   # or pin_env = "SECUREEV_HSM_PIN"
+//! # label_prefix = "secureev"
 //! ```
 
 use crate::error::{Error, Result};
@@ -65,6 +71,69 @@ pub enum AdminExposure {
     Network,
 }
 
+/// Where the online signing keys and the key-encryption key live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyStoreKind {
+    /// PKCS#8 PEM files and a raw KEK under `<data_dir>/keys/` (the default).
+    #[default]
+    Pem,
+    /// Objects in a PKCS#11 token (`[pkcs11]`); `<data_dir>/keys/` holds none.
+    Pkcs11,
+}
+
+/// Default prefix of the labels of the server's objects in a PKCS#11 token.
+pub const DEFAULT_PKCS11_LABEL_PREFIX: &str = "secureev";
+
+/// The PKCS#11 token holding the online keys and the KEK.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// Path of the PKCS#11 module (`libsofthsm2.so`, a vendor's library).
+    pub module: PathBuf,
+    /// Label of the token (as `softhsm2-util --show-slots` prints it).
+    pub token_label: String,
+    /// File holding the user PIN (trailing newline ignored; mode 0600).
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    /// Environment variable holding the user PIN.
+    #[serde(default)]
+    pub pin_env: Option<String>,
+    /// Objects are labelled `<prefix>/<repo>/<role>` (`secureev/director/targets`)
+    /// and `<prefix>/kek`.
+    #[serde(default = "default_label_prefix")]
+    pub label_prefix: String,
+}
+
+fn default_label_prefix() -> String {
+    DEFAULT_PKCS11_LABEL_PREFIX.to_owned()
+}
+
+impl Pkcs11Config {
+    /// Read the user PIN from `pin_file` or `pin_env`.
+    pub fn read_pin(&self) -> Result<zeroize::Zeroizing<String>> {
+        let pin = match (&self.pin_file, &self.pin_env) {
+            (Some(f), None) => {
+                crate::secrets::refuse_wider(f, 0o600)?;
+                std::fs::read_to_string(f)
+                    .map_err(|e| Error::io(format!("reading PIN file {}", f.display()), e))?
+            }
+            (None, Some(var)) => std::env::var(var)
+                .map_err(|_| Error::Config(format!("PIN variable {var} is not set")))?,
+            _ => {
+                return Err(Error::Config(
+                    "[pkcs11] needs exactly one of pin_file and pin_env".into(),
+                ))
+            }
+        };
+        let pin = zeroize::Zeroizing::new(pin.trim_end_matches(['\r', '\n']).to_owned());
+        if pin.is_empty() {
+            return Err(Error::Config("the PKCS#11 PIN is empty".into()));
+        }
+        Ok(pin)
+    }
+}
+
 /// The server's configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,6 +182,12 @@ pub struct Config {
     /// Log line format.
     #[serde(default)]
     pub log_format: crate::logging::LogFormat,
+    /// Where online keys and the KEK live.
+    #[serde(default)]
+    pub key_store: KeyStoreKind,
+    /// The token, when `key_store = "pkcs11"`.
+    #[serde(default)]
+    pub pkcs11: Option<Pkcs11Config>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -167,6 +242,8 @@ impl Config {
             request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
             min_upload_bytes_per_sec: DEFAULT_MIN_UPLOAD_BYTES_PER_SEC,
             log_format: crate::logging::LogFormat::Text,
+            key_store: KeyStoreKind::Pem,
+            pkcs11: None,
         }
     }
 
@@ -222,6 +299,31 @@ impl Config {
                 "request_timeout_secs must be 1..=3600".into(),
             ));
         }
+        match (self.key_store, &self.pkcs11) {
+            (KeyStoreKind::Pkcs11, None) => {
+                return Err(Error::Config(
+                    "key_store = \"pkcs11\" needs a [pkcs11] table".into(),
+                ))
+            }
+            (KeyStoreKind::Pem, Some(_)) => {
+                return Err(Error::Config(
+                    "[pkcs11] is set but key_store is \"pem\"; set key_store = \"pkcs11\"".into(),
+                ))
+            }
+            (KeyStoreKind::Pkcs11, Some(p)) => {
+                if p.pin_file.is_some() == p.pin_env.is_some() {
+                    return Err(Error::Config(
+                        "[pkcs11] needs exactly one of pin_file and pin_env".into(),
+                    ));
+                }
+                if p.label_prefix.is_empty() || p.label_prefix.contains('/') {
+                    return Err(Error::Config(
+                        "[pkcs11] label_prefix must be non-empty and without '/'".into(),
+                    ));
+                }
+            }
+            (KeyStoreKind::Pem, None) => {}
+        }
         if self.max_body_bytes < 1024 {
             return Err(Error::Config("max_body_bytes must be at least 1024".into()));
         }
@@ -264,6 +366,24 @@ mod tests {
             Config::parse_str(&ok).unwrap().admin_exposure,
             AdminExposure::Network
         );
+    }
+
+    #[test]
+    fn pkcs11_key_store_needs_its_table_and_one_pin_source() {
+        let c = Config::parse_str("data_dir = \"/x\"").unwrap();
+        assert_eq!(c.key_store, KeyStoreKind::Pem);
+        let base = "data_dir = \"/x\"\nkey_store = \"pkcs11\"\n";
+        assert!(Config::parse_str(base).is_err());
+        let table = "[pkcs11]\nmodule = \"/m.so\"\ntoken_label = \"t\"\n";
+        assert!(Config::parse_str(&format!("{base}{table}")).is_err());
+        let ok = format!("{base}{table}pin_env = \"PIN\"\n");
+        let c = Config::parse_str(&ok).unwrap();
+        let p = c.pkcs11.unwrap();
+        assert_eq!(p.label_prefix, DEFAULT_PKCS11_LABEL_PREFIX);
+        assert!(Config::parse_str(&format!("{ok}pin_file = \"/p\"\n")).is_err());
+        assert!(Config::parse_str(&format!("{ok}slot = 1\n")).is_err());
+        let pem_with_table = format!("data_dir = \"/x\"\n{table}pin_env = \"PIN\"\n");
+        assert!(Config::parse_str(&pem_with_table).is_err());
     }
 
     #[test]

@@ -11,16 +11,15 @@
 
 use crate::db::Tx;
 use crate::error::{Error, Result};
-use crate::layout;
+use crate::keystore::{sign_metadata, KeyStore, OnlineKey};
 use crate::repo::{self, director_repo, needs_refresh};
-use secureev_uptane::builder::{sign_metadata, TARGETS_LIFETIME_SECS};
+use secureev_uptane::builder::TARGETS_LIFETIME_SECS;
 use secureev_uptane::custom::{EcuIdentifier, TargetCustom};
 use secureev_uptane::encryption::{ContentKey, EcuEncryptionPublicKey, EncryptionInfo};
 use secureev_uptane::metadata::{Common, TargetFile, Targets};
-use secureev_uptane::{SigningKey, Timestamp};
+use secureev_uptane::Timestamp;
 use serde_json::{json, Map};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// Lifetime of Director targets: shorter than the Image repository's, since the
 /// Director re-signs online.
@@ -30,66 +29,76 @@ pub const DIRECTOR_TARGETS_LIFETIME_SECS: i64 = 30 * 86_400;
 #[derive(Debug, Clone)]
 pub struct DirectorKeys {
     /// Root keys (used to sign the shared root at `init` and on rotation).
-    pub root: Vec<SigningKey>,
+    pub root: Vec<OnlineKey>,
     /// Targets keys.
-    pub targets: Vec<SigningKey>,
+    pub targets: Vec<OnlineKey>,
     /// Snapshot keys.
-    pub snapshot: Vec<SigningKey>,
+    pub snapshot: Vec<OnlineKey>,
     /// Timestamp keys.
-    pub timestamp: Vec<SigningKey>,
+    pub timestamp: Vec<OnlineKey>,
     /// The key-encryption key sealing image content keys at rest; the
     /// Director unseals a content key only to wrap it for an ECU.
     pub kek: crate::secrets::Kek,
 }
 
 impl DirectorKeys {
-    /// Fresh keys, one per role.
+    /// Fresh in-memory keys, one per role (tests).
     pub fn generate() -> Self {
         DirectorKeys {
-            root: vec![SigningKey::generate_p256()],
-            targets: vec![SigningKey::generate_p256()],
-            snapshot: vec![SigningKey::generate_p256()],
-            timestamp: vec![SigningKey::generate_p256()],
+            root: vec![OnlineKey::generate_p256()],
+            targets: vec![OnlineKey::generate_p256()],
+            snapshot: vec![OnlineKey::generate_p256()],
+            timestamp: vec![OnlineKey::generate_p256()],
             kek: crate::secrets::Kek::generate(),
         }
     }
 
-    /// Load from `<data_dir>/keys/director/<role>/`.
-    pub fn load(data_dir: &Path) -> Result<Self> {
-        let base = data_dir.join(layout::KEYS);
+    /// Fresh keys, one per role, made in `store` (`init`).
+    pub fn create(store: &KeyStore) -> Result<Self> {
+        let make = |role| store.generate(repo::DIRECTOR, role).map(|k| vec![k]);
         Ok(DirectorKeys {
-            root: layout::load_keys(&base, repo::DIRECTOR, "root")?,
-            targets: layout::load_keys(&base, repo::DIRECTOR, "targets")?,
-            snapshot: layout::load_keys(&base, repo::DIRECTOR, "snapshot")?,
-            timestamp: layout::load_keys(&base, repo::DIRECTOR, "timestamp")?,
-            kek: crate::secrets::Kek::load_or_create(data_dir)?,
+            root: make("root")?,
+            targets: make("targets")?,
+            snapshot: make("snapshot")?,
+            timestamp: make("timestamp")?,
+            kek: store.kek()?,
         })
     }
 
-    /// Store under `<data_dir>/keys/director/<role>/`.
-    pub fn store(&self, data_dir: &Path) -> Result<()> {
-        let base = data_dir.join(layout::KEYS);
-        for (role, keys) in [
-            ("root", &self.root),
-            ("targets", &self.targets),
-            ("snapshot", &self.snapshot),
-            ("timestamp", &self.timestamp),
-        ] {
-            for k in keys {
-                layout::store_key(&base, repo::DIRECTOR, role, k)?;
-            }
+    /// Load from the key store (`keys/director/<role>/` or the token).
+    pub fn load(store: &KeyStore) -> Result<Self> {
+        Ok(DirectorKeys {
+            root: store.load(repo::DIRECTOR, "root")?,
+            targets: store.load(repo::DIRECTOR, "targets")?,
+            snapshot: store.load(repo::DIRECTOR, "snapshot")?,
+            timestamp: store.load(repo::DIRECTOR, "timestamp")?,
+            kek: store.kek()?,
+        })
+    }
+
+    /// The keys of `role`.
+    pub fn role(&self, role: &str) -> Option<&[OnlineKey]> {
+        match role {
+            "root" => Some(&self.root),
+            "targets" => Some(&self.targets),
+            "snapshot" => Some(&self.snapshot),
+            "timestamp" => Some(&self.timestamp),
+            _ => None,
         }
-        self.kek.store(data_dir)
     }
 
     /// The shared Director root, version `version`, signed by the root keys.
     pub fn root_bytes(&self, version: u64, now: i64) -> Result<Vec<u8>> {
         let roles = repo::RoleSet {
             roles: vec![
-                ("root", repo::public_keys(&self.root), 1),
-                ("targets", repo::public_keys(&self.targets), 1),
-                ("snapshot", repo::public_keys(&self.snapshot), 1),
-                ("timestamp", repo::public_keys(&self.timestamp), 1),
+                ("root", crate::keystore::public_keys(&self.root), 1),
+                ("targets", crate::keystore::public_keys(&self.targets), 1),
+                ("snapshot", crate::keystore::public_keys(&self.snapshot), 1),
+                (
+                    "timestamp",
+                    crate::keystore::public_keys(&self.timestamp),
+                    1,
+                ),
             ],
         };
         let root = repo::root_metadata(
@@ -97,8 +106,8 @@ impl DirectorKeys {
             Timestamp::from_unix(now + secureev_uptane::builder::ROOT_LIFETIME_SECS),
             &roles,
         );
-        let signers: Vec<&SigningKey> = self.root.iter().collect();
-        Ok(sign_metadata(&root, &signers)?)
+        let signers: Vec<&OnlineKey> = self.root.iter().collect();
+        sign_metadata(&root, &signers)
     }
 }
 
@@ -196,7 +205,7 @@ pub fn regenerate(tx: &Tx<'_>, keys: &DirectorKeys, vin: &str, now: i64) -> Resu
         delegations: None,
         unrecognized,
     };
-    let signers: Vec<&SigningKey> = keys.targets.iter().collect();
+    let signers: Vec<&OnlineKey> = keys.targets.iter().collect();
     let bytes = sign_metadata(&meta, &signers)?;
     tx.insert_meta(&repo_name, "targets", version, expires, &bytes)?;
     tx.prune_meta(&repo_name, "targets", repo::VERSIONS_KEPT)?;
@@ -250,17 +259,24 @@ pub fn fresh_timestamp(tx: &Tx<'_>, vin: &str, now: i64) -> Result<Option<Vec<u8
 /// transaction. Returns the new keys and the new root version.
 pub fn rotate(
     tx: &Tx<'_>,
-    data_dir: &Path,
+    store: &KeyStore,
     current: &DirectorKeys,
     role: &str,
     mode: repo::RotationMode,
     threshold: Option<u32>,
     now: i64,
-) -> Result<(DirectorKeys, u64, SigningKey)> {
+) -> Result<(DirectorKeys, u64, OnlineKey)> {
     let root = tx
         .latest_meta(repo::DIRECTOR, "root")?
         .ok_or_else(|| Error::Internal("no director root".into()))?;
-    let key = SigningKey::generate_p256();
+    if current.role(role).is_none() {
+        return Err(Error::BadRequest(format!("unknown role {role:?}")));
+    }
+    // Stored in the role at once, as before the transaction commits: a crash
+    // after the commit must not leave the server without the key the new
+    // root lists (an extra key the root does not list only adds a signature
+    // verifiers ignore).
+    let key = store.generate(repo::DIRECTOR, role)?;
     let signed = repo::next_root(
         &root.bytes,
         role,
@@ -282,13 +298,13 @@ pub fn rotate(
     }
     slot.push(key.clone());
     // TUF 1.0 §5.3.4: the new root is signed by the old root keys and its own.
-    let mut signers: Vec<&SigningKey> = current.root.iter().collect();
+    let mut signers: Vec<&OnlineKey> = current.root.iter().collect();
     for k in &next.root {
         if !signers.iter().any(|s| s.keyid() == k.keyid()) {
             signers.push(k);
         }
     }
-    let bytes = secureev_uptane::builder::sign_value(signed, &signers)?;
+    let bytes = crate::keystore::sign_value(signed, &signers)?;
     let trusted = secureev_uptane::client::check_next_root("director", &root.bytes, &bytes)?;
     let version = root.version + 1;
     let expires = trusted.root().common.expires_at()?.unix();
@@ -298,7 +314,6 @@ pub fn rotate(
             regenerate(tx, &next, &v.vin, now)?;
         }
     }
-    layout::store_key(&data_dir.join(layout::KEYS), repo::DIRECTOR, role, &key)?;
     tx.event(
         None,
         None,
@@ -310,33 +325,6 @@ pub fn rotate(
         now,
     )?;
     Ok((next, version, key))
-}
-
-/// Move a role's key files that `keys` no longer lists to `<role>.retired/`.
-pub fn retire_old_keys(data_dir: &Path, role: &str, keys: &[SigningKey]) -> Result<()> {
-    let dir = layout::role_dir(&data_dir.join(layout::KEYS), repo::DIRECTOR, role);
-    let retired = layout::role_dir(
-        &data_dir.join(layout::KEYS),
-        repo::DIRECTOR,
-        &format!("{role}.retired"),
-    );
-    let entries =
-        std::fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
-    for e in entries.flatten() {
-        let path = e.path();
-        let keep = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .is_some_and(|id| keys.iter().any(|k| k.keyid() == id));
-        if !keep {
-            layout::create_private_dir(&retired)?;
-            if let Some(name) = path.file_name() {
-                std::fs::rename(&path, retired.join(name))
-                    .map_err(|e| Error::io("retiring key", e))?;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -75,12 +75,28 @@ pub enum Error {
     /// Bad configuration.
     #[error("config: {0}")]
     Config(String),
+    /// A PKCS#11 token refused or failed an operation (500).
+    #[error("pkcs11: {op}: {detail}")]
+    Hsm {
+        /// What was being done (`signing with director/targets key 3f2a…`).
+        op: String,
+        /// The module's answer.
+        detail: String,
+    },
     /// Any other internal failure (500).
     #[error("internal: {0}")]
     Internal(String),
 }
 
 impl Error {
+    /// A PKCS#11 failure with context.
+    pub fn hsm(op: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Error::Hsm {
+            op: op.into(),
+            detail: detail.to_string(),
+        }
+    }
+
     /// An I/O error with context.
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
@@ -112,6 +128,7 @@ impl Error {
             | Error::Io { .. }
             | Error::Tls(_)
             | Error::Config(_)
+            | Error::Hsm { .. }
             | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

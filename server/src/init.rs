@@ -7,6 +7,7 @@ use crate::config::{Config, CONFIG_FILE};
 use crate::db::Db;
 use crate::director::DirectorKeys;
 use crate::error::{Error, Result};
+use crate::keystore::KeyStore;
 use crate::layout::{self, write_private, write_public};
 use crate::repo::{self, IMAGE};
 use secureev_uptane::builder::{sign_metadata, ROOT_LIFETIME_SECS, TARGETS_LIFETIME_SECS};
@@ -79,16 +80,14 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
     // Image repository: root and targets offline, snapshot and timestamp online.
     let image_root = SigningKey::generate_p256();
     let image_targets = SigningKey::generate_p256();
-    let image_snapshot = SigningKey::generate_p256();
-    let image_timestamp = SigningKey::generate_p256();
     layout::store_key(&opts.offline_dir, IMAGE, "root", &image_root)?;
     layout::store_key(&opts.offline_dir, IMAGE, "targets", &image_targets)?;
-    let keys_dir = data.join(layout::KEYS);
-    layout::store_key(&keys_dir, IMAGE, "snapshot", &image_snapshot)?;
-    layout::store_key(&keys_dir, IMAGE, "timestamp", &image_timestamp)?;
-
-    let director = DirectorKeys::generate();
-    director.store(data)?;
+    // Online keys and the KEK: PEM files under keys/ (`hsm import` moves
+    // them into a PKCS#11 token).
+    let store = KeyStore::files(data);
+    let image_snapshot = store.generate(IMAGE, "snapshot")?;
+    let image_timestamp = store.generate(IMAGE, "timestamp")?;
+    let director = DirectorKeys::create(&store)?;
 
     let roles = repo::RoleSet {
         roles: vec![
@@ -124,7 +123,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
     // The bootstrap operator holds every role; its token is written for the
     // CLI on this host (the server keeps only its hash). Create named
     // operators with `operator add` and revoke `admin`.
-    let audit_key = crate::audit::load_or_create_key(data)?;
+    let audit_key = crate::audit::load_or_create_key(&store)?;
     let token = db.write(|tx| {
         let token = crate::operators::add(tx, "admin", &crate::operators::Role::ALL, now)?;
         crate::audit::append(

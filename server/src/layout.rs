@@ -127,13 +127,19 @@ pub fn load_keys(base: &Path, repo: &str, role: &str) -> Result<Vec<SigningKey>>
 /// `<role>.pending/` that are in `keys` move into `<role>/`; keys in `<role>/`
 /// that are not move to `<role>.retired/`; unused pending keys stay pending.
 pub fn promote_keys(base: &Path, repo: &str, role: &str, keys: &[SigningKey]) -> Result<()> {
+    let ids: Vec<&str> = keys.iter().map(|k| k.keyid()).collect();
+    promote_key_ids(base, repo, role, &ids)
+}
+
+/// [`promote_keys`] by key id.
+pub fn promote_key_ids(base: &Path, repo: &str, role: &str, keys: &[&str]) -> Result<()> {
     let dir = role_dir(base, repo, role);
     let pending = role_dir(base, repo, &format!("{role}.pending"));
     let retired = role_dir(base, repo, &format!("{role}.retired"));
     let wanted = |p: &Path| {
         p.file_stem()
             .and_then(|s| s.to_str())
-            .is_some_and(|id| keys.iter().any(|k| k.keyid() == id))
+            .is_some_and(|id| keys.contains(&id))
     };
     let mv = |from: &Path, to_dir: &Path| -> Result<()> {
         create_private_dir(to_dir)?;

@@ -20,7 +20,8 @@
 //! - [`audit`]: the signed, hash-chained audit trail.
 //! - [`limits`]: connection, deadline and body-rate limits; [`logging`]:
 //!   escaped, structured logs and the access log; [`secrets`]: file modes
-//!   and the key-encryption key.
+//!   and the key-encryption key; [`keystore`]: where online keys and the
+//!   KEK live (PEM files or a PKCS#11 token, [`hsm`]).
 //!
 //! Two listeners: vehicles on `listen` (`/image`, `/director`, `/registry`,
 //! `/enroll`), operators on `admin_listen` (`/admin`, loopback by default).
@@ -46,7 +47,9 @@ pub mod director;
 pub mod enroll;
 pub mod error;
 pub mod extract;
+pub mod hsm;
 pub mod init;
+pub mod keystore;
 pub mod layout;
 pub mod limits;
 pub mod logging;
@@ -100,7 +103,8 @@ struct Inner {
     director: std::sync::RwLock<Arc<DirectorKeys>>,
     rotation: tokio::sync::Mutex<()>,
     image_online: std::sync::RwLock<Arc<repo::ImageOnlineKeys>>,
-    audit_key: secureev_uptane::SigningKey,
+    audit_key: keystore::OnlineKey,
+    key_store: keystore::KeyStore,
     refused: Mutex<RefusedLog>,
     kek: secrets::Kek,
     nonces: Mutex<auth::NonceCache>,
@@ -131,21 +135,29 @@ impl AppState {
     pub fn load_with_clock(config: Config, clock: Clock) -> Result<Self> {
         config.validate()?;
         let data = &config.data_dir;
-        let keys = data.join(layout::KEYS);
         // Uptane keys, the audit key, the KEK and the database are refused
         // when anyone but the owner could read them.
         secrets::check_data_dir(data)?;
-        let audit_key = audit::load_or_create_key(data)?;
-        let kek = secrets::Kek::load_or_create(data)?;
+        let store = keystore::KeyStore::open(&config)?;
+        let audit_key = audit::load_or_create_key(&store)?;
+        let kek = store.kek()?;
+        let director = DirectorKeys::load(&store)?;
+        let image_online = repo::ImageOnlineKeys {
+            snapshot: store.load(repo::IMAGE, "snapshot")?,
+            timestamp: store.load(repo::IMAGE, "timestamp")?,
+        };
+        tracing::info!(
+            key_store = ?config.key_store,
+            director_root = director.root.len(),
+            "online keys loaded"
+        );
         let inner = Inner {
             db: db::Db::open(&data.join(layout::DB_FILE))?,
-            director: std::sync::RwLock::new(Arc::new(DirectorKeys::load(data)?)),
+            director: std::sync::RwLock::new(Arc::new(director)),
             rotation: tokio::sync::Mutex::new(()),
-            image_online: std::sync::RwLock::new(Arc::new(repo::ImageOnlineKeys {
-                snapshot: layout::load_keys(&keys, repo::IMAGE, "snapshot")?,
-                timestamp: layout::load_keys(&keys, repo::IMAGE, "timestamp")?,
-            })),
+            image_online: std::sync::RwLock::new(Arc::new(image_online)),
             audit_key,
+            key_store: store,
             refused: Mutex::new(RefusedLog::default()),
             kek,
             nonces: Mutex::new(auth::NonceCache::default()),
@@ -180,6 +192,10 @@ impl AppState {
             Err(poisoned) => poisoned.into_inner(),
         };
         *guard = Arc::new(keys);
+    }
+    /// Where online keys and the KEK live.
+    pub fn key_store(&self) -> &keystore::KeyStore {
+        &self.0.key_store
     }
     /// Serialises key rotations.
     pub fn rotation_lock(&self) -> &tokio::sync::Mutex<()> {

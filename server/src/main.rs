@@ -143,6 +143,14 @@ enum Command {
         #[command(flatten)]
         local: Local,
     },
+    /// The PKCS#11 token of the online keys and the KEK (local; reads
+    /// <data-dir>/server.toml, which must say key_store = "pkcs11").
+    Hsm {
+        #[command(subcommand)]
+        cmd: HsmCmd,
+        #[command(flatten)]
+        local: Local,
+    },
     /// The signed audit trail (local: opens the database).
     Audit {
         #[command(subcommand)]
@@ -284,6 +292,16 @@ enum OperatorCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum HsmCmd {
+    /// Move the PEM online keys and the KEK of <data-dir>/keys into the
+    /// token: each imported (not extractable), checked to sign and seal as
+    /// the file does, then the file removed.
+    Import,
+    /// List the server's objects in the token (label, key id, class).
+    List,
+}
+
+#[derive(Subcommand, Debug)]
 enum AuditCmd {
     /// Check every record's hash, link and signature; name the first broken one.
     Verify,
@@ -340,6 +358,19 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term.recv() => {}
     }
+}
+
+/// The key store of a local data directory: what its `server.toml` names
+/// (PEM files when there is none).
+fn local_store(data_dir: &std::path::Path) -> anyhow::Result<secureev_server::keystore::KeyStore> {
+    let path = data_dir.join(secureev_server::config::CONFIG_FILE);
+    if !path.exists() {
+        return Ok(secureev_server::keystore::KeyStore::files(data_dir));
+    }
+    let mut config = Config::load(&path)?;
+    // The CLI may run from another directory than the one in the file.
+    config.data_dir = data_dir.to_owned();
+    Ok(secureev_server::keystore::KeyStore::open(&config)?)
 }
 
 /// The database of a local data directory, for the local subcommands.
@@ -447,7 +478,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                         .iter()
                         .map(|r| Role::parse(r))
                         .collect::<secureev_server::Result<Vec<_>>>()?;
-                    let key = secureev_server::audit::load_or_create_key(&local.data_dir)?;
+                    let key =
+                        secureev_server::audit::load_or_create_key(&local_store(&local.data_dir)?)?;
                     let token = db.write(|tx| {
                         let token = secureev_server::operators::add(tx, &name, &roles, now)?;
                         let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
@@ -474,7 +506,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     print(&json!({ "operators": ops }));
                 }
                 OperatorCmd::Revoke { name } => {
-                    let key = secureev_server::audit::load_or_create_key(&local.data_dir)?;
+                    let key =
+                        secureev_server::audit::load_or_create_key(&local_store(&local.data_dir)?)?;
                     db.write(|tx| {
                         if !tx.revoke_operator(&name, now)? {
                             return Err(secureev_server::Error::NotFound(format!(
@@ -495,12 +528,42 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Hsm { cmd, local } => {
+            let store = local_store(&local.data_dir)?;
+            let secureev_server::keystore::KeyStore::Token(token) = store else {
+                return Err(secureev_server::Error::Config(format!(
+                    "{} does not say key_store = \"pkcs11\"; add it and a [pkcs11] table first",
+                    local
+                        .data_dir
+                        .join(secureev_server::config::CONFIG_FILE)
+                        .display()
+                ))
+                .into());
+            };
+            match cmd {
+                HsmCmd::Import => {
+                    let r = secureev_server::keystore::import_into_token(&local.data_dir, &token)?;
+                    for (label, keyid) in &r.keys {
+                        println!("key {keyid} in {label}");
+                    }
+                    println!("kek: {}", r.kek);
+                    for f in &r.removed {
+                        println!("removed {}", f.display());
+                    }
+                }
+                HsmCmd::List => {
+                    for (label, id, class) in token.list()? {
+                        println!("{label}\t{id}\t{class}");
+                    }
+                }
+            }
+        }
         Command::Audit { cmd, local } => {
             let db = local_db(&local.data_dir)?;
             let records = db.read(secureev_server::audit::all_records)?;
             match cmd {
                 AuditCmd::Verify => {
-                    let keys = secureev_server::audit::public_keys(&local.data_dir)?;
+                    let keys = secureev_server::audit::public_keys(&local_store(&local.data_dir)?)?;
                     match secureev_server::audit::verify(&records, &keys) {
                         Ok(n) => println!("audit trail intact: {n} records"),
                         Err(broken) => anyhow::bail!("audit trail broken at {broken}"),

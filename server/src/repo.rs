@@ -8,14 +8,13 @@
 
 use crate::db::{ImageRow, Tx};
 use crate::error::{Error, Result};
-use secureev_uptane::builder::{
-    meta_file, sign_metadata, SNAPSHOT_LIFETIME_SECS, TIMESTAMP_LIFETIME_SECS,
-};
+use crate::keystore::{sign_metadata, OnlineKey};
+use secureev_uptane::builder::{meta_file, SNAPSHOT_LIFETIME_SECS, TIMESTAMP_LIFETIME_SECS};
 use secureev_uptane::custom::TargetCustom;
 use secureev_uptane::metadata::{Common, RoleKeys, Root, Snapshot, Targets, TimestampMeta};
 use secureev_uptane::trusted::TrustedRepository;
 use secureev_uptane::verify::Envelope;
-use secureev_uptane::{SigningKey, Timestamp};
+use secureev_uptane::Timestamp;
 use serde_json::Map;
 use std::collections::BTreeMap;
 
@@ -71,17 +70,12 @@ pub fn root_metadata(version: u64, expires: Timestamp, roles: &RoleSet<'_>) -> R
     }
 }
 
-/// Public key objects of signing keys.
-pub fn public_keys(keys: &[SigningKey]) -> Vec<secureev_uptane::Key> {
-    keys.iter().map(|k| k.public_key().clone()).collect()
-}
-
-fn refs(keys: &[SigningKey]) -> Vec<&SigningKey> {
+fn refs(keys: &[OnlineKey]) -> Vec<&OnlineKey> {
     keys.iter().collect()
 }
 
 /// Sign and store a new snapshot listing the newest targets of `repo`.
-pub fn publish_snapshot(tx: &Tx<'_>, repo: &str, keys: &[SigningKey], now: i64) -> Result<()> {
+pub fn publish_snapshot(tx: &Tx<'_>, repo: &str, keys: &[OnlineKey], now: i64) -> Result<()> {
     let targets = tx
         .latest_meta(repo, "targets")?
         .ok_or_else(|| Error::Internal(format!("{repo} has no targets metadata")))?;
@@ -103,7 +97,7 @@ pub fn publish_snapshot(tx: &Tx<'_>, repo: &str, keys: &[SigningKey], now: i64) 
 }
 
 /// Sign and store a new timestamp listing the newest snapshot of `repo`.
-pub fn publish_timestamp(tx: &Tx<'_>, repo: &str, keys: &[SigningKey], now: i64) -> Result<()> {
+pub fn publish_timestamp(tx: &Tx<'_>, repo: &str, keys: &[OnlineKey], now: i64) -> Result<()> {
     let snapshot = tx
         .latest_meta(repo, "snapshot")?
         .ok_or_else(|| Error::Internal(format!("{repo} has no snapshot metadata")))?;
@@ -136,8 +130,8 @@ pub fn needs_refresh(expires: i64, lifetime: i64, now: i64) -> bool {
 pub fn refresh_online(
     tx: &Tx<'_>,
     repo: &str,
-    snapshot_keys: &[SigningKey],
-    timestamp_keys: &[SigningKey],
+    snapshot_keys: &[OnlineKey],
+    timestamp_keys: &[OnlineKey],
     now: i64,
 ) -> Result<bool> {
     let snap_stale = match tx.latest_meta(repo, "snapshot")? {
@@ -199,8 +193,8 @@ pub fn publish_image_targets(
     bytes: &[u8],
     encrypted: &BTreeMap<String, EncryptedImage>,
     kek: &crate::secrets::Kek,
-    snapshot_keys: &[SigningKey],
-    timestamp_keys: &[SigningKey],
+    snapshot_keys: &[OnlineKey],
+    timestamp_keys: &[OnlineKey],
     now: i64,
 ) -> Result<u64> {
     let root = tx
@@ -436,9 +430,9 @@ pub fn next_root(
 #[derive(Debug, Clone)]
 pub struct ImageOnlineKeys {
     /// Snapshot keys.
-    pub snapshot: Vec<SigningKey>,
+    pub snapshot: Vec<OnlineKey>,
     /// Timestamp keys.
-    pub timestamp: Vec<SigningKey>,
+    pub timestamp: Vec<OnlineKey>,
 }
 
 /// Accept Image root version N+1 (signed offline by a threshold of the old
@@ -468,9 +462,9 @@ pub fn accept_image_root(
     let trusted = secureev_uptane::client::check_next_root(IMAGE, &current.bytes, root_bytes)?;
     let root = trusted.root();
     // The server must still be able to sign what it signs online.
-    let choose = |role: &str, keys: &[SigningKey]| -> Result<Vec<SigningKey>> {
+    let choose = |role: &str, keys: &[OnlineKey]| -> Result<Vec<OnlineKey>> {
         let r = root.role(role)?;
-        let chosen: Vec<SigningKey> = keys
+        let chosen: Vec<OnlineKey> = keys
             .iter()
             .filter(|k| r.keyids.iter().any(|id| id == k.keyid()))
             .cloned()

@@ -10,7 +10,9 @@
 //! Content keys of encrypted images are stored as `kek1:<base64(nonce ||
 //! AES-256-GCM(content key))>`, with the image name as associated data so a
 //! sealed key cannot be moved to another image. The KEK is
-//! `keys/kek` (32 random bytes, 0600), a Director key like the others.
+//! `keys/kek` (32 random bytes, 0600), a Director key like the others, or an
+//! AES-256 key in a PKCS#11 token (`key_store = "pkcs11"`), which seals and
+//! opens inside the token to the same format.
 
 use crate::error::{Error, Result};
 use crate::layout;
@@ -26,68 +28,116 @@ pub const KEK_FILE: &str = "keys/kek";
 /// Prefix of a sealed content key.
 pub const SEALED_PREFIX: &str = "kek1:";
 
-/// The key-encryption key.
+/// The key-encryption key: 32 bytes from `keys/kek`, or an AES-256 key in
+/// a PKCS#11 token that never leaves it (sealing and opening run inside the
+/// token, [`crate::hsm`]). Both seal to the same `kek1:` format.
 #[derive(Clone)]
-pub struct Kek(zeroize::Zeroizing<[u8; 32]>);
+pub struct Kek(KekInner);
+
+#[derive(Clone)]
+enum KekInner {
+    Bytes(zeroize::Zeroizing<[u8; 32]>),
+    Token(
+        std::sync::Arc<crate::hsm::Token>,
+        cryptoki::object::ObjectHandle,
+    ),
+}
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Kek(..)")
+        f.write_str(match self.0 {
+            KekInner::Bytes(_) => "Kek(file)",
+            KekInner::Token(..) => "Kek(pkcs11)",
+        })
     }
 }
 
 impl Kek {
-    /// A fresh random KEK.
+    /// A fresh random KEK in memory.
     pub fn generate() -> Self {
         let mut k = zeroize::Zeroizing::new([0u8; 32]);
         rand_core::OsRng.fill_bytes(k.as_mut());
-        Kek(k)
+        Kek(KekInner::Bytes(k))
+    }
+
+    /// The KEK object `handle` of `token`.
+    pub fn in_token(
+        token: std::sync::Arc<crate::hsm::Token>,
+        handle: cryptoki::object::ObjectHandle,
+    ) -> Self {
+        Kek(KekInner::Token(token, handle))
+    }
+
+    /// The key bytes of a file KEK (for `hsm import`); `None` in a token.
+    pub fn file_bytes(&self) -> Option<&[u8; 32]> {
+        match &self.0 {
+            KekInner::Bytes(b) => Some(b),
+            KekInner::Token(..) => None,
+        }
     }
 
     /// Write it to `<data_dir>/keys/kek` (0600, never overwritten).
     pub fn store(&self, data_dir: &Path) -> Result<()> {
-        layout::write_private(&data_dir.join(KEK_FILE), self.0.as_ref())
+        let bytes = self
+            .file_bytes()
+            .ok_or_else(|| Error::Internal("a KEK in a token has no bytes to store".into()))?;
+        layout::write_private(&data_dir.join(KEK_FILE), bytes.as_ref())
     }
 
     /// Load `<data_dir>/keys/kek`, creating it when a data directory from
     /// before the KEK has none.
     pub fn load_or_create(data_dir: &Path) -> Result<Self> {
-        let path = data_dir.join(KEK_FILE);
+        Self::load_or_create_file(&data_dir.join(layout::KEYS))
+    }
+
+    /// Load `<keys_dir>/kek`, creating it when missing.
+    pub fn load_or_create_file(keys_dir: &Path) -> Result<Self> {
+        let path = keys_dir.join("kek");
         match std::fs::read(&path) {
             Ok(bytes) => {
+                let bytes = zeroize::Zeroizing::new(bytes);
                 let arr: [u8; 32] = bytes
                     .as_slice()
                     .try_into()
                     .map_err(|_| Error::Config(format!("{} must hold 32 bytes", path.display())))?;
-                Ok(Kek(zeroize::Zeroizing::new(arr)))
+                Ok(Kek(KekInner::Bytes(zeroize::Zeroizing::new(arr))))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let k = Kek::generate();
-                k.store(data_dir)?;
+                if let Some(b) = k.file_bytes() {
+                    layout::write_private(&path, b.as_ref())?;
+                }
                 Ok(k)
             }
             Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
         }
     }
 
-    fn cipher(&self) -> Result<Aes256Gcm> {
-        Aes256Gcm::new_from_slice(self.0.as_ref()).map_err(|e| Error::Internal(e.to_string()))
+    fn encrypt(&self, nonce: &[u8; 12], aad: &[u8], msg: &[u8]) -> Result<Vec<u8>> {
+        match &self.0 {
+            KekInner::Bytes(k) => Aes256Gcm::new_from_slice(k.as_ref())
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .encrypt(&Nonce::from(*nonce), Payload { msg, aad })
+                .map_err(|_| Error::Internal("sealing a content key failed".into())),
+            KekInner::Token(t, h) => t.gcm_encrypt(*h, nonce, aad, msg),
+        }
+    }
+
+    fn decrypt(&self, nonce: &[u8; 12], aad: &[u8], msg: &[u8]) -> Option<Vec<u8>> {
+        match &self.0 {
+            KekInner::Bytes(k) => Aes256Gcm::new_from_slice(k.as_ref())
+                .ok()?
+                .decrypt(&Nonce::from(*nonce), Payload { msg, aad })
+                .ok(),
+            KekInner::Token(t, h) => t.gcm_decrypt(*h, nonce, aad, msg).ok(),
+        }
     }
 
     /// Seal a base64 content key of image `name`.
     pub fn seal(&self, name: &str, content_key_b64: &str) -> Result<String> {
         let mut nonce = [0u8; 12];
         rand_core::OsRng.fill_bytes(&mut nonce);
-        let ct = self
-            .cipher()?
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: content_key_b64.as_bytes(),
-                    aad: name.as_bytes(),
-                },
-            )
-            .map_err(|_| Error::Internal("sealing a content key failed".into()))?;
+        let ct = self.encrypt(&nonce, name.as_bytes(), content_key_b64.as_bytes())?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
         Ok(format!(
@@ -112,16 +162,7 @@ impl Kek {
         }
         let (nonce, ct) = raw.split_at(12);
         let nonce: [u8; 12] = nonce.try_into().map_err(|_| bad())?;
-        let pt = self
-            .cipher()?
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: ct,
-                    aad: name.as_bytes(),
-                },
-            )
-            .map_err(|_| bad())?;
+        let pt = self.decrypt(&nonce, name.as_bytes(), ct).ok_or_else(bad)?;
         String::from_utf8(pt).map_err(|_| bad())
     }
 }
@@ -134,7 +175,8 @@ fn mode_of(path: &Path) -> Result<Option<u32>> {
     }
 }
 
-fn refuse_wider(path: &Path, allowed: u32) -> Result<()> {
+/// Refuse `path` when its mode is wider than `allowed`.
+pub fn refuse_wider(path: &Path, allowed: u32) -> Result<()> {
     if let Some(mode) = mode_of(path)? {
         if mode & !allowed & 0o777 != 0 {
             return Err(Error::Config(format!(

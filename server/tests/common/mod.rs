@@ -102,6 +102,33 @@ pub async fn start_with(root: PathBuf, data: PathBuf, offline: PathBuf, config: 
 }
 
 impl Harness {
+    /// A harness for a server running elsewhere (a `secureev-server serve`
+    /// process the test started and stops) on these addresses.
+    pub fn external(
+        root: PathBuf,
+        data: PathBuf,
+        offline: PathBuf,
+        port: u16,
+        admin_port: u16,
+    ) -> Self {
+        let base = format!("https://127.0.0.1:{port}");
+        let admin_base = format!("https://127.0.0.1:{admin_port}");
+        let ca = std::fs::read(data.join(layout::CA_CERT)).unwrap();
+        let http = http_client(Some(&ca)).unwrap();
+        let token = std::fs::read_to_string(data.join(layout::ADMIN_TOKEN)).unwrap();
+        let admin = AdminClient::new(http.clone(), &admin_base, &token);
+        Harness {
+            base,
+            admin_base,
+            admin,
+            http,
+            data,
+            offline,
+            root,
+            stop: None,
+        }
+    }
+
     /// A fresh enrollment credential for `vin`.
     pub async fn enrollment_credential(&self, vin: &str) -> String {
         let r = self
