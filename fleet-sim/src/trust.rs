@@ -3,15 +3,19 @@
 //! repository (the same metadata for every vehicle).
 //!
 //! A real vehicle verifies the Image repository's metadata itself; here the
-//! first vehicle that sees new Image timestamp bytes verifies them (and the
-//! snapshot and targets they name) with the core, and every vehicle that is
-//! served the *same bytes* reuses that verdict. Sharing is keyed by the exact
-//! bytes, so a vehicle served anything else verifies it itself. This is what
-//! lets 10,000 vehicles with their own keys run on two cores.
+//! first vehicle that sees new Image timestamp bytes refreshes the Image
+//! repository with the core's [`UpdateClient`] (a TUF run: root chain,
+//! timestamp, snapshot, targets, in the client's order), and every vehicle
+//! that is served the *same bytes* starts its full verification from that
+//! [`RefreshedRepository`] ([`UpdateClient::primary_with_image`], which
+//! checks it is still unexpired). Sharing is keyed by the exact bytes, so a
+//! vehicle served anything else is verified against them itself. This is
+//! what lets 10,000 vehicles with their own keys run on two cores.
 
 use crate::error::{Result, SimError};
 use crate::http::{Conn, Dump};
-use secureev_uptane::trusted::{TimestampUpdate, TrustedRepository};
+use secureev_uptane::client::{Decision, Failure, RefreshedRepository, Role, Step, UpdateClient};
+use secureev_uptane::trusted::TrustedRepository;
 use secureev_uptane::{SigningKey, Timestamp};
 use std::sync::{Arc, RwLock};
 
@@ -22,8 +26,8 @@ pub struct ImageState {
     pub generation: u64,
     /// The timestamp bytes this state was verified from (empty at start).
     pub timestamp: Vec<u8>,
-    /// The trusted repository.
-    pub repo: TrustedRepository,
+    /// The refreshed repository (`None` before the first refresh).
+    pub refreshed: Option<RefreshedRepository>,
     /// Earliest expiry among its roles: past it, the state is not used.
     pub expires: Option<Timestamp>,
 }
@@ -32,7 +36,7 @@ pub struct ImageState {
 #[derive(Debug)]
 pub struct Trust {
     director: TrustedRepository,
-    image_root: TrustedRepository,
+    image_root: Vec<u8>,
     image: RwLock<Arc<ImageState>>,
     refresh: tokio::sync::Mutex<()>,
 }
@@ -47,28 +51,28 @@ impl Trust {
                 source: Box::new(source),
             }
         })?;
-        let image =
-            TrustedRepository::new("image", image_root).map_err(|source| SimError::Verify {
-                what: "image root".into(),
-                source: Box::new(source),
-            })?;
+        // Checked once here, so that a bad root fails the run at start.
+        TrustedRepository::new("image", image_root).map_err(|source| SimError::Verify {
+            what: "image root".into(),
+            source: Box::new(source),
+        })?;
         Ok(Trust {
             director,
-            image_root: image.clone(),
+            image_root: image_root.to_vec(),
             image: RwLock::new(Arc::new(ImageState {
                 generation: 0,
                 timestamp: Vec::new(),
-                repo: image,
+                refreshed: None,
                 expires: None,
             })),
             refresh: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// A new Director verification cycle for a vehicle whose last trusted
-    /// timestamp was `previous` (empty before its first check-in).
-    pub fn director_cycle(&self, previous: &[u8], now: Timestamp) -> TrustedRepository {
-        new_cycle(&self.director, previous, now)
+    /// The Director's trusted root (verified once, shared): where every
+    /// vehicle's Director verification starts.
+    pub fn director_root(&self) -> &TrustedRepository {
+        &self.director
     }
 
     fn current(&self) -> Arc<ImageState> {
@@ -79,8 +83,8 @@ impl Trust {
     }
 
     /// The verified Image repository state for the timestamp bytes `ts` a
-    /// vehicle was just served, fetching and verifying snapshot and targets
-    /// over `conn` when the bytes are new.
+    /// vehicle was just served, refreshing it over `conn` with the core's
+    /// client when the bytes are new.
     pub async fn image_for(
         &self,
         ts: &[u8],
@@ -99,45 +103,39 @@ impl Trust {
         if cur.timestamp == ts {
             return fresh(cur, now);
         }
-        let verify = |what: &str| {
-            let what = what.to_owned();
-            move |source| SimError::Verify {
-                what,
-                source: Box::new(source),
+        let mut client = UpdateClient::tuf("image", &self.image_root, now).map_err(verify)?;
+        loop {
+            match client.next_step().map_err(verify)? {
+                // The last trusted timestamp is the rollback reference; a
+                // new state fetches snapshot and targets again.
+                Step::Load {
+                    role: Role::Timestamp,
+                    ..
+                } if !cur.timestamp.is_empty() => client.offer(&cur.timestamp),
+                Step::Load { .. } => client.offer_not_found(),
+                // The bytes this vehicle was served.
+                Step::Fetch(req) if req.role == Role::Timestamp => client.offer(ts),
+                Step::Fetch(req) => {
+                    let path = format!("/image/{}", req.file);
+                    match conn.get(key, vin, &path, now, dump).await? {
+                        Some(bytes) => client.offer(&bytes),
+                        None => client.offer_not_found(),
+                    }
+                }
+                Step::Persist { .. } => Ok(()),
+                Step::Done(Decision::Refreshed) => break,
+                Step::Done(other) => {
+                    return Err(SimError::Local(format!("image refresh decided {other:?}")))
+                }
             }
-        };
-        let mut repo = new_cycle(&self.image_root, &cur.timestamp, now);
-        let update = repo
-            .update_timestamp(ts, now)
-            .map_err(verify("image timestamp.json"))?;
-        // A new cycle trusts no snapshot or targets yet: fetch both.
-        if update == TimestampUpdate::Updated || repo.targets().is_none() {
-            let req = repo
-                .snapshot_request()
-                .map_err(verify("image snapshot.json"))?;
-            let path = match req.version {
-                Some(v) => format!("/image/{v}.snapshot.json"),
-                None => "/image/snapshot.json".to_owned(),
-            };
-            let bytes = required(conn, key, vin, &path, now, dump).await?;
-            repo.update_snapshot(&bytes, now)
-                .map_err(verify("image snapshot.json"))?;
-            let req = repo
-                .targets_request("targets")
-                .map_err(verify("image targets.json"))?;
-            let path = match req.version {
-                Some(v) => format!("/image/{v}.targets.json"),
-                None => "/image/targets.json".to_owned(),
-            };
-            let bytes = required(conn, key, vin, &path, now, dump).await?;
-            repo.update_targets(&bytes, now)
-                .map_err(verify("image targets.json"))?;
+            .map_err(verify)?;
         }
-        let expires = earliest_expiry(&repo);
+        let refreshed = client.into_refreshed().map_err(verify)?;
+        let expires = earliest_expiry(refreshed.repository());
         let next = Arc::new(ImageState {
             generation: cur.generation + 1,
             timestamp: ts.to_vec(),
-            repo,
+            refreshed: Some(refreshed),
             expires,
         });
         match self.image.write() {
@@ -148,17 +146,12 @@ impl Trust {
     }
 }
 
-/// A verification cycle starts from the trusted root (parsed and verified
-/// once, shared) with the last trusted timestamp as the baseline for rollback
-/// checks, as the daemon starts each cycle from its stored copies.
-pub fn new_cycle(root: &TrustedRepository, previous: &[u8], now: Timestamp) -> TrustedRepository {
-    let mut t = root.clone();
-    if !previous.is_empty() {
-        // An expired stored timestamp is refused but still kept as the
-        // rollback baseline; the remote one decides.
-        let _ = t.update_timestamp_local(previous, now);
+/// A run of the core's client that stopped: what it was checking and why.
+pub fn verify(failure: Failure) -> SimError {
+    SimError::Verify {
+        what: failure.context().to_owned(),
+        source: Box::new(failure.into_error()),
     }
-    t
 }
 
 fn fresh(state: Arc<ImageState>, now: Timestamp) -> Result<Arc<ImageState>> {

@@ -2,28 +2,29 @@
 //! state and what it has installed, and the check-in cycle a Primary runs.
 //!
 //! A check-in is what `secureev-otad` does each cycle when nothing else is
-//! asked of it: a signed GET of its Director `timestamp.json` (snapshot and
-//! targets only when the timestamp changed), a signed GET of the Image
-//! repository's `timestamp.json` (snapshot and targets likewise, shared, see
-//! [`crate::trust`]), full verification when either changed, the download
-//! and hash check of each assigned image, and a signed manifest with one
-//! signed version report per ECU. The daemon's probe for a newer root
-//! (`N+1.root.json`, a 404 on an unchanged repository) is left out.
+//! asked of it: a signed GET of its Director `timestamp.json`, a signed GET
+//! of the Image repository's `timestamp.json` (refreshed once for the fleet,
+//! see [`crate::trust`]), and when either changed, full verification through
+//! the core's [`UpdateClient`] — the Director's root chain, timestamp,
+//! snapshot and targets in the client's order, from the vehicle's stored
+//! copies, then the match against the refreshed Image repository — the
+//! download and hash check of each assigned image, and a signed manifest
+//! with one signed version report per ECU. The daemon's probe for a newer
+//! root (`N+1.root.json`, a 404 on an unchanged repository) is made only in
+//! cycles where a timestamp changed; the daemon makes it every cycle.
 
 use crate::error::{Result, SimError};
 use crate::http::{Conn, Dump};
-use crate::trust::{earliest_expiry, required, Trust};
+use crate::trust::{earliest_expiry, required, verify as failed, ImageState, Trust};
+use secureev_uptane::client::{Decision, Repo, Role, Step, UpdateClient};
 use secureev_uptane::error::Attack;
 use secureev_uptane::manifest::{
     random_nonce, sign_ecu_report, sign_manifest, EcuVersionReport, InstallationResult,
     InstalledImage as ReportedImage, VehicleManifest,
 };
 use secureev_uptane::quote::quote_component;
-use secureev_uptane::trusted::{TimestampUpdate, TrustedRepository};
-use secureev_uptane::uptane::{
-    full_verification, EcuInfo, FullVerification, InstalledImage, Vehicle,
-};
-use secureev_uptane::{did, SigningKey, Timestamp};
+use secureev_uptane::uptane::{EcuInfo, InstalledImage, UpdatePlan, Vehicle};
+use secureev_uptane::{did, SigningKey, Timestamp, Verified};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -107,10 +108,14 @@ pub struct SimVehicle {
     /// ECUs; the first is the Primary.
     pub ecus: Vec<Ecu>,
     counter: u64,
-    director: Option<TrustedRepository>,
+    /// The Director files trusted by the last complete verification, by
+    /// role (timestamp, snapshot, targets): the client's stored copies.
+    director_files: BTreeMap<String, Vec<u8>>,
+    /// The Director timestamp bytes that verification was served.
     director_ts: Vec<u8>,
     director_expires: Option<Timestamp>,
-    plan_for: Option<(u64, u64)>,
+    /// The Image repository generation of the last complete verification.
+    plan_for: Option<u64>,
     given_up: BTreeSet<(String, String)>,
     results: Vec<(String, InstallationResult)>,
     attacks: BTreeMap<String, Vec<Attack>>,
@@ -181,7 +186,7 @@ impl SimVehicle {
             vin,
             ecus,
             counter: 0,
-            director: None,
+            director_files: BTreeMap::new(),
             director_ts: Vec::new(),
             director_expires: None,
             plan_for: None,
@@ -221,6 +226,87 @@ impl SimVehicle {
         )
     }
 
+    /// Full verification through the core's client: the Director from the
+    /// fleet's trusted root and this vehicle's stored copies, the Image
+    /// repository as refreshed for the fleet. The stored copies and the
+    /// timestamp change only when the run completes, so a failed run is
+    /// repeated at the next check-in.
+    async fn verify(
+        &mut self,
+        ctx: Ctx<'_>,
+        ts: &[u8],
+        image: &ImageState,
+        now: Timestamp,
+    ) -> Result<Verified<UpdatePlan>> {
+        let key = self.ecus[0].key.clone();
+        let base = format!("/director/{}", self.vin);
+        let refreshed = image
+            .refreshed
+            .as_ref()
+            .ok_or_else(|| SimError::Local("the image repository was not refreshed".into()))?;
+        let mut client = UpdateClient::primary_with_image(
+            self.uptane_vehicle(),
+            ctx.trust.director_root(),
+            refreshed,
+            now,
+        )
+        .map_err(failed)?;
+        let mut accepted = BTreeMap::new();
+        loop {
+            match client.next_step().map_err(failed)? {
+                Step::Load {
+                    repo: Repo::Director,
+                    role,
+                } => match self.director_files.get(role.as_str()) {
+                    Some(bytes) => client.offer(bytes),
+                    None => client.offer_not_found(),
+                },
+                Step::Load { .. } => client.offer_not_found(),
+                // The bytes this check-in was served.
+                Step::Fetch(req) if req.repo == Repo::Director && req.role == Role::Timestamp => {
+                    client.offer(ts)
+                }
+                Step::Fetch(req) => {
+                    let path = match req.repo {
+                        Repo::Director => format!("{base}/{}", req.file),
+                        Repo::Image => format!("/image/{}", req.file),
+                    };
+                    match ctx.conn.get(&key, &self.vin, &path, now, ctx.dump).await? {
+                        Some(bytes) => client.offer(&bytes),
+                        None => client.offer_not_found(),
+                    }
+                }
+                Step::Persist {
+                    repo: Repo::Director,
+                    role,
+                    bytes,
+                    ..
+                } => {
+                    // A rotated root is walked again from the fleet's root
+                    // in each run; only the per-vehicle roles are kept.
+                    if role != Role::Root {
+                        accepted.insert(role.as_str().to_owned(), bytes);
+                    }
+                    Ok(())
+                }
+                Step::Persist { .. } => Ok(()),
+                Step::Done(Decision::Plan(plan)) => {
+                    self.director_files.extend(accepted);
+                    self.director_ts = ts.to_vec();
+                    self.director_expires =
+                        client.repository(Repo::Director).and_then(earliest_expiry);
+                    return Ok(plan);
+                }
+                Step::Done(other) => {
+                    return Err(SimError::Local(format!(
+                        "full verification decided {other:?}"
+                    )))
+                }
+            }
+            .map_err(failed)?;
+        }
+    }
+
     /// One check-in cycle at `now` (see the module documentation).
     pub async fn check_in(&mut self, ctx: Ctx<'_>, now: Timestamp) -> Result<Outcome> {
         let key = self.ecus[0].key.clone();
@@ -228,7 +314,7 @@ impl SimVehicle {
         let base = format!("/director/{vin}");
         let conn = ctx.conn;
 
-        // Director: timestamp, then snapshot and targets when it changed.
+        // Both timestamps; the Image repository refreshed once for the fleet.
         let ts = required(
             conn,
             &key,
@@ -238,46 +324,6 @@ impl SimVehicle {
             ctx.dump,
         )
         .await?;
-        if self.director.is_none() || ts != self.director_ts {
-            let mut d = ctx.trust.director_cycle(&self.director_ts, now);
-            let update = d
-                .update_timestamp(&ts, now)
-                .map_err(verify("director timestamp.json"))?;
-            if update == TimestampUpdate::Updated || d.targets().is_none() {
-                let req = d.snapshot_request().map_err(verify("director snapshot"))?;
-                let path = match req.version {
-                    Some(v) => format!("{base}/{v}.snapshot.json"),
-                    None => format!("{base}/snapshot.json"),
-                };
-                let bytes = required(conn, &key, &vin, &path, now, ctx.dump).await?;
-                d.update_snapshot(&bytes, now)
-                    .map_err(verify("director snapshot.json"))?;
-                let req = d
-                    .targets_request("targets")
-                    .map_err(verify("director targets"))?;
-                let path = match req.version {
-                    Some(v) => format!("{base}/{v}.targets.json"),
-                    None => format!("{base}/targets.json"),
-                };
-                let bytes = required(conn, &key, &vin, &path, now, ctx.dump).await?;
-                d.update_targets(&bytes, now)
-                    .map_err(verify("director targets.json"))?;
-            }
-            self.director_expires = earliest_expiry(&d);
-            self.director = Some(d);
-            self.director_ts = ts;
-        } else if let Some(e) = self.director_expires.filter(|e| *e <= now) {
-            return Err(SimError::Expired {
-                what: "director metadata".into(),
-                expires: e.to_string(),
-            });
-        }
-        let director = self
-            .director
-            .as_ref()
-            .ok_or_else(|| SimError::Local("no director state".into()))?;
-
-        // Image repository: the same bytes for everyone, verified once.
         let its = required(conn, &key, &vin, "/image/timestamp.json", now, ctx.dump).await?;
         let image = ctx
             .trust
@@ -286,21 +332,18 @@ impl SimVehicle {
 
         // Full verification when either repository changed.
         let mut outcome = Outcome::default();
-        let plan_key = (
-            director.targets().map_or(0, |t| t.common.version),
-            image.generation,
-        );
-        if self.plan_for != Some(plan_key) {
-            let plan = match full_verification(director, &image.repo, &self.uptane_vehicle())
-                .map_err(verify("full verification"))?
-            {
-                FullVerification::Done(plan) => plan.value().clone(),
-                FullVerification::NeedImageRole { role, .. } => {
-                    return Err(SimError::Local(format!(
-                        "delegated role {role} needed: not simulated"
-                    )))
-                }
-            };
+        let changed = self.director_ts.is_empty() || ts != self.director_ts;
+        if !changed {
+            if let Some(e) = self.director_expires.filter(|e| *e <= now) {
+                return Err(SimError::Expired {
+                    what: "director metadata".into(),
+                    expires: e.to_string(),
+                });
+            }
+        }
+        if changed || self.plan_for != Some(image.generation) {
+            let plan = self.verify(ctx, &ts, &image, now).await?;
+            let plan = plan.value();
             for t in plan.targets() {
                 let serial = t.ecu_serial().to_owned();
                 let sha256 = t
@@ -349,7 +392,7 @@ impl SimVehicle {
                     outcome.installs_ok += 1;
                 }
             }
-            self.plan_for = Some(plan_key);
+            self.plan_for = Some(image.generation);
         }
 
         // The signed manifest, one signed report per ECU.

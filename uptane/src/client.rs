@@ -395,6 +395,33 @@ pub struct UpdateClient {
     /// Delegated roles loaded by the current search, with their delegator:
     /// a role asked for again would loop.
     loaded: BTreeSet<(String, String)>,
+    /// The Image repository was refreshed by another run in this cycle
+    /// ([`UpdateClient::primary_with_image`]): it is matched, not fetched.
+    image_refreshed: bool,
+}
+
+/// An Image repository whose top-level metadata a TUF run of this client
+/// refreshed ([`UpdateClient::into_refreshed`]): the only way to hand a
+/// verified repository state to another run
+/// ([`UpdateClient::primary_with_image`]), e.g. one Image repository refresh
+/// shared by many vehicles of a fleet simulator that are served the same
+/// bytes in the same cycle.
+#[derive(Debug, Clone)]
+pub struct RefreshedRepository {
+    repo: TrustedRepository,
+    at: Timestamp,
+}
+
+impl RefreshedRepository {
+    /// The refreshed trusted state.
+    pub fn repository(&self) -> &TrustedRepository {
+        &self.repo
+    }
+
+    /// The time the refresh checked expiry against.
+    pub fn verified_at(&self) -> Timestamp {
+        self.at
+    }
 }
 
 impl UpdateClient {
@@ -408,6 +435,54 @@ impl UpdateClient {
         now: Timestamp,
     ) -> std::result::Result<Self, Failure> {
         Self::new(Mode::Primary(vehicle), director_root, Some(image_root), now)
+    }
+
+    /// Full verification on a Primary whose Image repository was refreshed
+    /// by a TUF run of this client in the same cycle
+    /// ([`UpdateClient::into_refreshed`]). The Director repository is
+    /// verified as by [`UpdateClient::primary`], from `director`, which must
+    /// hold only its trusted root ([`TrustedRepository::is_root_only`]; a
+    /// root verified once and shared). Nothing is fetched from the Image
+    /// repository: its refreshed state is checked to be unexpired at `now`
+    /// (freeze) and matched against the Director's assignments, delegated
+    /// roles being loaded as usual; [`UpdateClient::freshness`] reports it
+    /// [`Freshness::Unchanged`].
+    pub fn primary_with_image(
+        vehicle: Vehicle,
+        director: &TrustedRepository,
+        image: &RefreshedRepository,
+        now: Timestamp,
+    ) -> std::result::Result<Self, Failure> {
+        if !director.is_root_only() {
+            return Err(Failure::step(
+                "start",
+                Error::Workflow("a run starts from the Director's trusted root only".into()),
+            ));
+        }
+        let mut client = Self::with_repositories(
+            Mode::Primary(vehicle),
+            director.clone(),
+            Some(image.repo.clone()),
+            now,
+        );
+        client.image_refreshed = true;
+        client.state = client.start(Repo::Director);
+        Ok(client)
+    }
+
+    /// The refreshed repository of a completed TUF run
+    /// ([`Decision::Refreshed`] or a found target), to start other runs from
+    /// ([`UpdateClient::primary_with_image`]).
+    pub fn into_refreshed(self) -> std::result::Result<RefreshedRepository, Failure> {
+        match (&self.mode, &self.state, self.image) {
+            (Mode::Tuf, State::Done(Decision::Refreshed | Decision::Target { .. }), Some(repo)) => {
+                Ok(RefreshedRepository { repo, at: self.now })
+            }
+            _ => Err(Failure::step(
+                "refreshed repository",
+                Error::Workflow("only a TUF run that refreshed its repository has one".into()),
+            )),
+        }
     }
 
     /// Full verification on a Secondary: both repositories, and only this
@@ -493,6 +568,7 @@ impl UpdateClient {
             freshness: [Freshness::NotChecked; 2],
             search: Search::Match,
             loaded: BTreeSet::new(),
+            image_refreshed: false,
         }
     }
 
@@ -964,10 +1040,18 @@ impl UpdateClient {
                 let pending = assignments
                     .iter()
                     .any(|a| !a.is_installed_on(&vehicle.ecus[&a.ecu_serial]));
-                if pending {
-                    Ok(self.start(Repo::Image))
-                } else {
+                if !pending {
                     self.resolve()
+                } else if self.image_refreshed {
+                    // Refreshed in this cycle by another run: §5.4.4.2 steps
+                    // 7-9 were done there; freeze is checked again here.
+                    self.repo(Repo::Image)
+                        .check_current(self.now)
+                        .map_err(|e| Failure::step("image repository (refreshed)", e))?;
+                    self.freshness[Repo::Image as usize] = Freshness::Unchanged;
+                    self.after_targets(Repo::Image)
+                } else {
+                    Ok(self.start(Repo::Image))
                 }
             }
             (Repo::Director, Mode::SecondaryFull(ecu)) => {
@@ -1682,6 +1766,93 @@ mod tests {
             ["load image a", "fetch image 1.a.json", "persist image a v1"]
         );
         client.find_target("missing").unwrap_err();
+    }
+
+    /// A TUF run of the Image repository, refreshed from `world`.
+    fn refreshed_image(world: &mut World, now: Timestamp) -> RefreshedRepository {
+        let mut tuf = UpdateClient::tuf("image", &world.image.root, now).unwrap();
+        assert!(matches!(world.run(&mut tuf).unwrap(), Decision::Refreshed));
+        tuf.into_refreshed().unwrap()
+    }
+
+    #[test]
+    fn a_refreshed_image_repository_is_matched_not_fetched() {
+        let (mut world, _) = simple_world();
+        let image = refreshed_image(&mut world, NOW);
+        world.stored.clear();
+        let director = TrustedRepository::new("director", &world.director.root).unwrap();
+        let mut client =
+            UpdateClient::primary_with_image(vehicle(ecu(None, "")), &director, &image, NOW)
+                .unwrap();
+        let decision = world.run(&mut client).unwrap();
+        assert_eq!(plan_names(&decision), ["fw.bin"]);
+        // The Director as in a full run; nothing from the Image repository.
+        assert!(
+            world.log.iter().all(|l| !l.contains("image")),
+            "{:?}",
+            world.log
+        );
+        assert!(world
+            .log
+            .contains(&"fetch director 2.root.json".to_string()));
+        assert!(world
+            .log
+            .contains(&"persist director targets v1".to_string()));
+        assert_eq!(client.freshness(Repo::Director), Freshness::Updated);
+        assert_eq!(client.freshness(Repo::Image), Freshness::Unchanged);
+
+        // The same plan as a run that fetches the Image repository itself.
+        world.stored.clear();
+        let full = world.run(&mut primary(&world, ecu(None, ""))).unwrap();
+        assert_eq!(plan_names(&full), plan_names(&decision));
+    }
+
+    #[test]
+    fn a_refreshed_image_repository_that_expired_since_is_a_freeze() {
+        let mut image = RepoBuilder::new(NOW);
+        image.add_target("fw.bin", b"firmware", None);
+        // The Image timestamp lives one hour; the Director's far longer.
+        image
+            .expires
+            .insert("timestamp".into(), NOW.plus_secs(3_600));
+        let entry = image.targets["fw.bin"].clone();
+        let mut world = World {
+            image: image.publish().unwrap(),
+            director: director_for("fw.bin", &entry).publish().unwrap(),
+            ..Default::default()
+        };
+        let refreshed = refreshed_image(&mut world, NOW);
+        world.stored.clear();
+        let later = NOW.plus_secs(7_200);
+        let director = TrustedRepository::new("director", &world.director.root).unwrap();
+        let mut client =
+            UpdateClient::primary_with_image(vehicle(ecu(None, "")), &director, &refreshed, later)
+                .unwrap();
+        let failure = world.run(&mut client).unwrap_err();
+        assert_eq!(
+            failure.error().attack(),
+            Some(crate::Attack::Freeze),
+            "{failure}"
+        );
+        assert_eq!(failure.context(), "image repository (refreshed)");
+    }
+
+    #[test]
+    fn only_a_finished_tuf_run_hands_out_its_repository_and_only_a_root_starts_a_run() {
+        let (mut world, _) = simple_world();
+        // Not refreshed yet; and not a TUF run.
+        let tuf = UpdateClient::tuf("image", &world.image.root, NOW).unwrap();
+        assert!(tuf.into_refreshed().is_err());
+        let mut full = primary(&world, ecu(None, ""));
+        world.run(&mut full).unwrap();
+        let director = full.repository(Repo::Director).unwrap().clone();
+        assert!(full.into_refreshed().is_err());
+        // A Director state past its root is not a start.
+        let image = refreshed_image(&mut world, NOW);
+        assert!(!director.is_root_only());
+        let err = UpdateClient::primary_with_image(vehicle(ecu(None, "")), &director, &image, NOW)
+            .unwrap_err();
+        assert!(matches!(err.error(), Error::Workflow(_)), "{err}");
     }
 
     #[test]

@@ -224,6 +224,26 @@ impl TrustedRepository {
         self.targets.get(role)
     }
 
+    /// Whether only the trusted root is loaded (no timestamp, snapshot or
+    /// targets): the state a run starts from.
+    pub fn is_root_only(&self) -> bool {
+        self.timestamp.is_none() && self.snapshot.is_none() && self.targets.is_empty()
+    }
+
+    /// Uptane 2.1 §5.4.4.2 (freeze): every top-level role of a refreshed
+    /// repository — root, timestamp, snapshot, targets — is loaded and not
+    /// expired at `now`. For a state verified earlier and used again.
+    pub(crate) fn check_current(&self, now: Timestamp) -> Result<()> {
+        let missing = |role: &str| Error::Workflow(format!("{}: no trusted {role}", self.name));
+        check_expiry(ROOT, &self.root.value().common, now)?;
+        let ts = self.timestamp.as_ref().ok_or_else(|| missing(TIMESTAMP))?;
+        check_expiry(TIMESTAMP, &ts.value().common, now)?;
+        let snapshot = self.snapshot.as_ref().ok_or_else(|| missing(SNAPSHOT))?;
+        check_expiry(SNAPSHOT, &snapshot.value().common, now)?;
+        let targets = self.targets().ok_or_else(|| missing(TARGETS))?;
+        check_expiry(TARGETS, &targets.value().common, now)
+    }
+
     /// Offer root version N+1.
     ///
     /// TUF 1.0 §5.3.4 / Uptane 2.1 §5.4.4.3 (1)–(4): the new root must be signed
@@ -236,7 +256,7 @@ impl TrustedRepository {
     /// snapshot are no longer used ([`Self::update_timestamp_local`] and
     /// [`Self::update_snapshot_local_skip_hashes`] refuse them), so that versions
     /// rolled forward with a compromised key cannot block updates.
-    pub fn update_root(&mut self, bytes: &[u8]) -> Result<()> {
+    pub(crate) fn update_root(&mut self, bytes: &[u8]) -> Result<()> {
         if self.timestamp.is_some() || !self.targets.is_empty() {
             // The root chain is settled before anything it vouches for is loaded;
             // a new cycle starts from a fresh set (see [`Self::new`]).
@@ -281,7 +301,11 @@ impl TrustedRepository {
     /// means nothing changed); the snapshot version it lists ≥ the trusted one;
     /// not expired. An expired timestamp is still kept as the trusted one for
     /// rollback protection, but an error is returned.
-    pub fn update_timestamp(&mut self, bytes: &[u8], now: Timestamp) -> Result<TimestampUpdate> {
+    pub(crate) fn update_timestamp(
+        &mut self,
+        bytes: &[u8],
+        now: Timestamp,
+    ) -> Result<TimestampUpdate> {
         self.require_layout(Layout::Tuf, TIMESTAMP)?;
         if self.snapshot.is_some() {
             return Err(Error::Workflow(
@@ -321,7 +345,7 @@ impl TrustedRepository {
     /// Offer the locally stored timestamp at the start of a cycle. It serves as
     /// the baseline for rollback checks of the remote one, unless the root chain
     /// rotated timestamp or snapshot keys (fast-forward attack recovery).
-    pub fn update_timestamp_local(
+    pub(crate) fn update_timestamp_local(
         &mut self,
         bytes: &[u8],
         now: Timestamp,
@@ -361,7 +385,7 @@ impl TrustedRepository {
     /// timestamp; threshold of root's snapshot keys; no targets file listed by
     /// the trusted snapshot may disappear or roll back; version equals the one
     /// in the timestamp; not expired.
-    pub fn update_snapshot(&mut self, bytes: &[u8], now: Timestamp) -> Result<()> {
+    pub(crate) fn update_snapshot(&mut self, bytes: &[u8], now: Timestamp) -> Result<()> {
         self.offer_snapshot(bytes, now, SnapshotSource::Remote)
     }
 
@@ -374,7 +398,7 @@ impl TrustedRepository {
     /// after all: Uptane 2.1 §5.4.4.2 step 4 stops only if the stored copy *is*
     /// the current one. Refused after a rotation of timestamp or snapshot keys
     /// (fast-forward attack recovery), like [`Self::update_timestamp_local`].
-    pub fn update_snapshot_local_skip_hashes(
+    pub(crate) fn update_snapshot_local_skip_hashes(
         &mut self,
         bytes: &[u8],
         now: Timestamp,
@@ -488,7 +512,7 @@ impl TrustedRepository {
     }
 
     /// Offer the top-level targets.
-    pub fn update_targets(&mut self, bytes: &[u8], now: Timestamp) -> Result<()> {
+    pub(crate) fn update_targets(&mut self, bytes: &[u8], now: Timestamp) -> Result<()> {
         self.update_delegated_targets(bytes, TARGETS, ROOT, now)
     }
 
@@ -509,7 +533,7 @@ impl TrustedRepository {
     /// snapshot, and a second, different copy is a mix-and-match
     /// ([`Error::VersionMismatch`] would not catch it when the snapshot lists
     /// no hashes), refused as [`Error::InvalidDelegation`].
-    pub fn update_delegated_targets(
+    pub(crate) fn update_delegated_targets(
         &mut self,
         bytes: &[u8],
         role: &str,
@@ -793,3 +817,7 @@ fn check_expiry(role: &str, common: &crate::metadata::Common, now: Timestamp) ->
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "trusted_workflow_tests.rs"]
+mod workflow_tests;

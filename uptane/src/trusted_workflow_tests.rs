@@ -1,13 +1,15 @@
 //! Workflow rules of the trusted state and of partial verification, built
 //! with [`RepoBuilder`] in memory (no fixture files).
+//!
+//! These drive the per-role `update_*` steps of [`TrustedRepository`]
+//! directly, so they live inside the crate: outside it only
+//! [`crate::client::UpdateClient`] calls them, in the one order it owns.
 
-use secureev_uptane::builder::{
-    meta_file, resign, sign_metadata, target_file, Published, RepoBuilder,
-};
-use secureev_uptane::metadata::{Common, Delegations, Snapshot, SuccinctRoles, Targets};
-use secureev_uptane::trusted::{Layout, Limits, TargetSearch, TimestampUpdate, TrustedRepository};
-use secureev_uptane::uptane::{partial_verification, EcuInfo, InstalledImage};
-use secureev_uptane::{Error, SigningKey, Timestamp};
+use crate::builder::{meta_file, resign, sign_metadata, target_file, Published, RepoBuilder};
+use crate::metadata::{Common, Delegations, Snapshot, SuccinctRoles, Targets};
+use crate::trusted::{Layout, Limits, TargetSearch, TimestampUpdate, TrustedRepository};
+use crate::uptane::{partial_verification, EcuInfo, InstalledImage};
+use crate::{Error, SigningKey, Timestamp};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
