@@ -47,6 +47,7 @@ use secureev_uptane::client::{Decision, Failure, Repo, Role, Step, UpdateClient}
 use secureev_uptane::metadata::TargetFile;
 use secureev_uptane::trusted::Limits;
 use secureev_uptane::verify::check_length_and_hashes;
+use secureev_uptane::Checked;
 use secureev_uptane::Timestamp;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -192,7 +193,12 @@ impl<F: Fetch> Client<F> {
             ));
         }
         let verify = |data: &[u8]| {
-            check_length_and_hashes(name, data, Some(target.length), Some(&target.hashes))
+            check_length_and_hashes(
+                &Checked::Target(name.to_owned()),
+                data,
+                Some(target.length),
+                Some(&target.hashes),
+            )
         };
         let path = target_dir.join(quote_component(name));
         if let Ok(existing) = fs::read(&path) {

@@ -17,6 +17,7 @@ use secureev_tuf_conformance::Client;
 use secureev_uptane::client::{drive, Decision, Repo, UpdateClient};
 use secureev_uptane::quote::quote_component;
 use secureev_uptane::verify::check_length_and_hashes;
+use secureev_uptane::Checked;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
@@ -173,7 +174,7 @@ fn core_client_verifies_the_python_tuf_repository() {
         Decision::Target { role, target } => {
             assert_eq!(role, "targets");
             check_length_and_hashes(
-                "hello.txt",
+                &Checked::Target("hello.txt".into()),
                 &hello,
                 Some(target.length),
                 Some(&target.hashes),
@@ -196,7 +197,7 @@ fn core_client_verifies_the_python_tuf_repository() {
             let algorithms: Vec<&str> = target.hashes.keys().map(String::as_str).collect();
             assert_eq!(algorithms, ["sha256", "sha512"]);
             check_length_and_hashes(
-                "firmware/ecu-a.bin",
+                &Checked::Target("firmware/ecu-a.bin".into()),
                 &image,
                 Some(target.length),
                 Some(&target.hashes),
@@ -206,7 +207,7 @@ fn core_client_verifies_the_python_tuf_repository() {
             tampered[0] ^= 1;
             assert!(matches!(
                 check_length_and_hashes(
-                    "firmware/ecu-a.bin",
+                    &Checked::Target("firmware/ecu-a.bin".into()),
                     &tampered,
                     Some(target.length),
                     Some(&target.hashes)

@@ -23,12 +23,6 @@ fn out_of_space(e: &std::io::Error) -> bool {
     ) || e.kind() == std::io::ErrorKind::StorageFull
 }
 
-/// Whether a hash or length mismatch of the core is about a metadata file
-/// (the core names those `<role>.json`; images by their target name).
-fn is_metadata_file(what: &str) -> bool {
-    what.ends_with(".json") && !what.contains('/')
-}
-
 /// The one place where daemon and core errors become the interface's
 /// stable codes (docs/dbus-api.md).
 pub(crate) fn error_code(e: &Error) -> ErrorCode {
@@ -44,14 +38,14 @@ pub(crate) fn error_code(e: &Error) -> ErrorCode {
             Some(Attack::WrongHardwareId) => ErrorCode::WrongHardware,
             // Wrong ECU serial, wrong VIN, another vehicle's metadata.
             Some(Attack::WrongEcu) => ErrorCode::WrongEcu,
+            // The core says which: a role's metadata file or a target.
             Some(Attack::ArbitrarySoftware) => match source.as_ref() {
-                Core::HashMismatch { what, .. } | Core::LengthMismatch { what, .. }
-                    if is_metadata_file(what) =>
-                {
-                    ErrorCode::MetadataMismatch
-                }
-                Core::HashMismatch { .. } | Core::LengthMismatch { .. } => {
-                    ErrorCode::TargetMismatch
+                Core::HashMismatch { what, .. } | Core::LengthMismatch { what, .. } => {
+                    if what.is_metadata() {
+                        ErrorCode::MetadataMismatch
+                    } else {
+                        ErrorCode::TargetMismatch
+                    }
                 }
                 _ => ErrorCode::VerificationFailed,
             },
@@ -417,14 +411,15 @@ mod code_tests {
     /// a full disk `1 internal`.
     #[test]
     fn each_failure_gets_its_own_stable_code() {
-        let hash = |what: &str| Core::HashMismatch {
-            what: what.into(),
+        use secureev_uptane::Checked;
+        let hash = |what: Checked| Core::HashMismatch {
+            what,
             algorithm: "sha256".into(),
             expected: "aa".into(),
             got: "bb".into(),
         };
-        let length = |what: &str| Core::LengthMismatch {
-            what: what.into(),
+        let length = |what: Checked| Core::LengthMismatch {
+            what,
             expected: 1,
             got: 2,
         };
@@ -435,19 +430,32 @@ mod code_tests {
         };
         let cases = [
             (
-                Error::uptane("snapshot.json", hash("snapshot.json")),
+                Error::uptane("snapshot.json", hash(Checked::Metadata("snapshot".into()))),
                 ErrorCode::MetadataMismatch,
             ),
             (
-                Error::uptane("targets.json", length("targets.json")),
+                Error::uptane("targets.json", length(Checked::Metadata("targets".into()))),
+                ErrorCode::MetadataMismatch,
+            ),
+            // A delegated role with a `/` is metadata; a target ending in
+            // `.json` is a target (the old name heuristic got both wrong).
+            (
+                Error::uptane(
+                    "vendors/bms.json",
+                    hash(Checked::Metadata("vendors/bms".into())),
+                ),
                 ErrorCode::MetadataMismatch,
             ),
             (
-                Error::uptane("hu/fw.img", hash("hu/fw.img")),
+                Error::uptane("config.json", hash(Checked::Target("config.json".into()))),
                 ErrorCode::TargetMismatch,
             ),
             (
-                Error::uptane("hu/fw.img", length("hu/fw.img")),
+                Error::uptane("hu/fw.img", hash(Checked::Target("hu/fw.img".into()))),
+                ErrorCode::TargetMismatch,
+            ),
+            (
+                Error::uptane("hu/fw.img", length(Checked::Target("hu/fw.img".into()))),
                 ErrorCode::TargetMismatch,
             ),
             (

@@ -10,6 +10,38 @@ use std::fmt;
 /// A metadata role, as named in errors. Delegated roles carry their name.
 pub type RoleName = String;
 
+/// What a length or hash check was about: set where the check is made, so
+/// that a caller tells a tampered metadata file from a tampered image by type,
+/// never by the shape of a name (a delegated role may contain `/`, a target
+/// may end in `.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Checked {
+    /// The metadata file of a role, against the length and hashes its
+    /// referrer lists (TUF 1.0 §5.3.2/§5.5.2: `snapshot.json` against the
+    /// timestamp, `<role>.json` against the snapshot).
+    Metadata(RoleName),
+    /// A target image (as served, or its plaintext after decryption) against
+    /// its signed length and hashes.
+    Target(String),
+}
+
+impl Checked {
+    /// Whether this is a metadata file.
+    pub fn is_metadata(&self) -> bool {
+        matches!(self, Checked::Metadata(_))
+    }
+}
+
+impl fmt::Display for Checked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Checked::Metadata(role) => write!(f, "{role}.json"),
+            Checked::Target(name) => f.write_str(name),
+        }
+    }
+}
+
 /// Errors from parsing and verifying Uptane/TUF metadata, images and manifests.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -129,8 +161,8 @@ pub enum Error {
     /// Mix-and-match / tampering: a hash differs from the one that was signed.
     #[error("hash mismatch for {what}: {algorithm} expected {expected}, got {got}")]
     HashMismatch {
-        /// What was hashed (role file or target).
-        what: String,
+        /// What was hashed: a role's metadata file or a target.
+        what: Checked,
         /// Hash algorithm.
         algorithm: String,
         /// Signed value.
@@ -141,8 +173,8 @@ pub enum Error {
     /// Length differs from the signed length.
     #[error("length mismatch for {what}: expected {expected} bytes, got {got}")]
     LengthMismatch {
-        /// What was measured.
-        what: String,
+        /// What was measured: a role's metadata file or a target.
+        what: Checked,
         /// Signed length.
         expected: u64,
         /// Observed length.

@@ -50,7 +50,7 @@ pub mod trusted;
 pub mod uptane;
 pub mod verify;
 
-pub use error::{Attack, Error, Result};
+pub use error::{Attack, Checked, Error, Result};
 pub use keys::{Key, PublicKey, SigningKey};
 pub use time::Timestamp;
 pub use verify::Verified;

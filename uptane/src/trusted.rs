@@ -8,7 +8,7 @@
 //! Each `update_*` either accepts the bytes (and the caller persists exactly those
 //! bytes) or returns an [`Error`] naming the attack. Nothing here does I/O.
 
-use crate::error::{Error, Result};
+use crate::error::{Checked, Error, Result};
 use crate::metadata::{Root, Snapshot, TargetFile, Targets, TimestampMeta};
 use crate::time::Timestamp;
 use crate::verify::{check_length_and_hashes, Envelope, Verified};
@@ -432,14 +432,24 @@ impl TrustedRepository {
             .transpose()?
             .ok_or_else(|| Error::Workflow("no trusted timestamp".into()))?;
         if !stored {
-            check_length_and_hashes("snapshot.json", bytes, meta.length, meta.hashes.as_ref())?;
+            check_length_and_hashes(
+                &Checked::Metadata(SNAPSHOT.into()),
+                bytes,
+                meta.length,
+                meta.hashes.as_ref(),
+            )?;
         }
         let env = Envelope::parse(SNAPSHOT, bytes)?;
         let new = verify_by_root::<Snapshot>(&env, &self.root, SNAPSHOT)?;
         if stored && new.common.version == meta.version {
             // Uptane 2.1 §5.4.4.2 step 4: a stored snapshot is the current one
             // only if its hashes, not just its version, match the timestamp.
-            check_length_and_hashes("snapshot.json", bytes, meta.length, meta.hashes.as_ref())?;
+            check_length_and_hashes(
+                &Checked::Metadata(SNAPSHOT.into()),
+                bytes,
+                meta.length,
+                meta.hashes.as_ref(),
+            )?;
         }
         if let Some(old) = &self.snapshot {
             for (file, old_info) in &old.meta {
@@ -555,7 +565,7 @@ impl TrustedRepository {
                             missing: format!("{role}.json"),
                         })?;
                 check_length_and_hashes(
-                    &format!("{role}.json"),
+                    &Checked::Metadata(role.to_owned()),
                     bytes,
                     meta.length,
                     meta.hashes.as_ref(),

@@ -59,7 +59,7 @@
 //! ```
 
 use crate::canonical::to_canonical;
-use crate::error::{Error, Result};
+use crate::error::{Checked, Error, Result};
 use crate::keys::{Key, PublicKey};
 use crate::metadata::{RoleType, Signature};
 use serde_json::Value;
@@ -335,9 +335,11 @@ pub fn hash_hex(algorithm: &str, data: &[u8]) -> Option<String> {
 }
 
 /// Check `data` against an optional length and a set of hashes. Every listed
-/// algorithm must be known and match; an unknown one is an error.
+/// algorithm must be known and match; an unknown one is an error. `what`
+/// says whether `data` is a role's metadata file or a target, and is carried
+/// by the mismatch errors.
 pub fn check_length_and_hashes(
-    what: &str,
+    what: &Checked,
     data: &[u8],
     length: Option<u64>,
     hashes: Option<&BTreeMap<String, String>>,
@@ -345,7 +347,7 @@ pub fn check_length_and_hashes(
     if let Some(expected) = length {
         if data.len() as u64 != expected {
             return Err(Error::LengthMismatch {
-                what: what.to_owned(),
+                what: what.clone(),
                 expected,
                 got: data.len() as u64,
             });
@@ -354,12 +356,12 @@ pub fn check_length_and_hashes(
     if let Some(hashes) = hashes {
         for (alg, expected) in hashes {
             let got = hash_hex(alg, data).ok_or_else(|| Error::UnsupportedHash {
-                what: what.to_owned(),
+                what: what.to_string(),
                 algorithm: alg.clone(),
             })?;
             if !got.eq_ignore_ascii_case(expected) {
                 return Err(Error::HashMismatch {
-                    what: what.to_owned(),
+                    what: what.clone(),
                     algorithm: alg.clone(),
                     expected: expected.clone(),
                     got,
@@ -370,8 +372,9 @@ pub fn check_length_and_hashes(
     Ok(())
 }
 
-/// Incremental hashing of a stream against signed length and hashes, for
-/// downloads that are checked while they arrive.
+/// Incremental hashing of a target image against its signed length and
+/// hashes, for downloads that are checked while they arrive. Its mismatch
+/// errors name the stream as a [`Checked::Target`].
 #[derive(Clone)]
 pub struct StreamVerifier {
     what: String,
@@ -442,7 +445,7 @@ impl StreamVerifier {
     pub fn finish(self) -> Result<()> {
         if self.seen != self.length {
             return Err(Error::LengthMismatch {
-                what: self.what,
+                what: Checked::Target(self.what),
                 expected: self.length,
                 got: self.seen,
             });
@@ -455,7 +458,7 @@ impl StreamVerifier {
             if let (Some(got), Some(expected)) = (got, self.expected.get(alg)) {
                 if !got.eq_ignore_ascii_case(expected) {
                     return Err(Error::HashMismatch {
-                        what: self.what,
+                        what: Checked::Target(self.what),
                         algorithm: alg.to_owned(),
                         expected: expected.clone(),
                         got,
@@ -543,18 +546,23 @@ mod tests {
     fn hashes_and_lengths() {
         let mut h = BTreeMap::new();
         h.insert("sha256".to_string(), hash_hex("sha256", b"abc").unwrap());
-        check_length_and_hashes("x", b"abc", Some(3), Some(&h)).unwrap();
+        let x = Checked::Target("x".into());
+        check_length_and_hashes(&x, b"abc", Some(3), Some(&h)).unwrap();
         assert!(matches!(
-            check_length_and_hashes("x", b"abd", Some(3), Some(&h)),
-            Err(Error::HashMismatch { .. })
+            check_length_and_hashes(&x, b"abd", Some(3), Some(&h)),
+            Err(Error::HashMismatch { what, .. }) if what == x
         ));
+        // The kind travels with the error: a delegated role's file is
+        // metadata even with a `/` in its name.
+        let role = Checked::Metadata("vendors/bms".into());
         assert!(matches!(
-            check_length_and_hashes("x", b"abc", Some(4), Some(&h)),
-            Err(Error::LengthMismatch { .. })
+            check_length_and_hashes(&role, b"abc", Some(4), Some(&h)),
+            Err(Error::LengthMismatch { what, .. }) if what == role
         ));
+        assert_eq!(role.to_string(), "vendors/bms.json");
         h.insert("md5".into(), "00".into());
         assert!(matches!(
-            check_length_and_hashes("x", b"abc", None, Some(&h)),
+            check_length_and_hashes(&x, b"abc", None, Some(&h)),
             Err(Error::UnsupportedHash { .. })
         ));
     }
@@ -570,7 +578,10 @@ mod tests {
         assert!(matches!(v.update(b"g"), Err(Error::EndlessData { .. })));
         let mut v = StreamVerifier::new("img", 6, &h).unwrap();
         v.update(b"abc").unwrap();
-        assert!(matches!(v.finish(), Err(Error::LengthMismatch { .. })));
+        assert!(matches!(
+            v.finish(),
+            Err(Error::LengthMismatch { what: Checked::Target(t), .. }) if t == "img"
+        ));
         assert!(StreamVerifier::new("img", 6, &BTreeMap::new()).is_err());
     }
 
