@@ -64,9 +64,11 @@ pub(crate) fn error_code(e: &Error) -> ErrorCode {
         Error::Cancelled(_) => ErrorCode::Cancelled,
         Error::Install { .. } => ErrorCode::InstallFailed,
         Error::Secondary { .. } => ErrorCode::EcuUnreachable,
-        Error::SecondaryRefused { .. } | Error::SecondaryUpToDate { .. } => {
-            ErrorCode::InstallFailed
-        }
+        // A secondary's own failure (NRC 0x72 ...) is an install failure,
+        // not an attack and not unreachable.
+        Error::SecondaryRefused { .. }
+        | Error::SecondaryUpToDate { .. }
+        | Error::SecondaryFault { .. } => ErrorCode::InstallFailed,
         _ => ErrorCode::Internal,
     }
 }
@@ -488,6 +490,15 @@ mod code_tests {
                     secs: 1,
                 },
                 ErrorCode::SlowRetrievalAttack,
+            ),
+            (
+                Error::SecondaryFault {
+                    ecu: "BMS".into(),
+                    nrc: 0x72,
+                    reason: "transfer: ECU answered service 0x36 with generalProgrammingFailure"
+                        .into(),
+                },
+                ErrorCode::InstallFailed,
             ),
         ];
         for (e, code) in cases {

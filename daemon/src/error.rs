@@ -252,6 +252,22 @@ pub enum Error {
         /// The ECU's answer.
         reason: String,
     },
+    /// A secondary ECU reported a failure of its own (its storage, its
+    /// programming): a negative response that says the ECU, not the
+    /// Primary's request or metadata, is at fault (0x72
+    /// generalProgrammingFailure, 0x26 failurePreventsExecutionOfRequestedAction,
+    /// 0x70 uploadDownloadNotAccepted, 0x71 transferDataSuspended;
+    /// `docs/secondary-protocol.md` §7). Not an attack; the update may
+    /// succeed once the ECU is repaired or has room.
+    #[error("secondary {ecu} failed: {reason}")]
+    SecondaryFault {
+        /// ECU serial.
+        ecu: String,
+        /// The negative response code.
+        nrc: u8,
+        /// The step, the service and the NRC.
+        reason: String,
+    },
     /// A secondary ECU answered and refused: a negative response (its own
     /// verification failed, wrong security key, ...) or a failed routine.
     #[error("secondary {ecu} refused: {reason}")]

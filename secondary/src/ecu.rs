@@ -8,7 +8,7 @@
 //! server only for protocol timers.
 
 use crate::config::{Config, Verification, MAX_METADATA_LEN};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageError, StorageOp};
 use crate::keys::EcuKeys;
 use crate::state::{Installed, LastInstall, Repo, Slot, State, StateDir};
 use secureev_uds::codec::{ResetType, RoutineControlType, Session};
@@ -74,6 +74,36 @@ enum Download {
 /// The outcome of an Uptane check: result code and detail.
 type Outcome = (ResultCode, String);
 
+/// Why verify-metadata or verify-image has no outcome of its own: the core
+/// refused (an Uptane result code in the status record), or the ECU's own
+/// storage failed (a negative response, [`StorageError::nrc`]: issue 11, it
+/// used to be result `0x21 missing-metadata`, which blamed the Primary).
+#[derive(Debug)]
+enum Fault {
+    Uptane(secureev_uptane::Error),
+    Storage(StorageError),
+}
+
+impl From<secureev_uptane::Error> for Fault {
+    fn from(e: secureev_uptane::Error) -> Self {
+        Fault::Uptane(e)
+    }
+}
+
+impl From<StorageError> for Fault {
+    fn from(e: StorageError) -> Self {
+        Fault::Storage(e)
+    }
+}
+
+fn read_state(e: Error) -> StorageError {
+    StorageError::from_state(StorageOp::ReadState, e)
+}
+
+fn write_state(e: Error) -> StorageError {
+    StorageError::from_state(StorageOp::WriteState, e)
+}
+
 /// The secondary ECU (see the module documentation).
 pub struct Ecu {
     serial: String,
@@ -95,7 +125,7 @@ pub struct Ecu {
     /// The inactive slot holds the verified (decrypted) image.
     image_verified: bool,
     /// The verify-image worker, while it runs.
-    job: Option<std::sync::mpsc::Receiver<secureev_uptane::Result<()>>>,
+    job: Option<std::sync::mpsc::Receiver<std::result::Result<(), Fault>>>,
     last_result: Outcome,
     report: Vec<u8>,
     resets: u64,
@@ -224,8 +254,9 @@ impl Ecu {
 
     fn save_state(&self) -> std::result::Result<(), Nrc> {
         self.dir.save(&self.state).map_err(|e| {
-            tracing::error!("cannot save state: {e}");
-            Nrc::GeneralProgrammingFailure
+            let e = write_state(e);
+            tracing::error!("{e}");
+            e.nrc()
         })
     }
 
@@ -246,6 +277,18 @@ impl Ecu {
             message: message.clone(),
         });
         let _ = self.save_state();
+    }
+
+    /// The ECU's own storage failed in `routine`: logged, kept in
+    /// `LAST_RESULT` and (if the state can still be written) as a failed
+    /// installation in the next version report, never as an attack; the
+    /// request gets the storage error's negative response.
+    fn storage_failure(&mut self, routine: &str, e: &StorageError) -> Nrc {
+        tracing::error!("{routine}: {e}");
+        let outcome = (ResultCode::Failed, format!("{routine}: {e}"));
+        self.record_failure(&outcome);
+        self.last_result = outcome;
+        e.nrc()
     }
 
     /// Issue 11: a content key this ECU cannot unwrap would fail only after
@@ -290,31 +333,35 @@ impl Ecu {
 
     // ---- verify-metadata ----------------------------------------------------------
 
-    fn verify_metadata(&mut self) -> Outcome {
+    fn verify_metadata(&mut self) -> std::result::Result<Outcome, Nrc> {
         self.accepted = None;
         self.image_received = false;
         self.image_verified = false;
         self.job = None;
         let outcome = match self.verify_metadata_inner() {
             Ok(o) => o,
-            Err(e) => outcome_of(&e),
+            Err(Fault::Uptane(e)) => outcome_of(&e),
+            Err(Fault::Storage(e)) => return Err(self.storage_failure("verify-metadata", &e)),
         };
         if !outcome.0.is_success() {
             self.record_failure(&outcome);
         }
         tracing::info!(code = outcome.0.name(), detail = %outcome.1, "verify-metadata");
-        outcome
+        Ok(outcome)
     }
 
-    fn trusted_root(&self, repo: Repo) -> Result<Vec<u8>, secureev_uptane::Error> {
+    /// The trusted root: the stored one, else the shipped one. A stored root
+    /// that cannot be read is a storage failure, never a silent fall-back to
+    /// the shipped root (which would forget a key rotation).
+    fn trusted_root(&self, repo: Repo) -> std::result::Result<Vec<u8>, Fault> {
         let shipped = match repo {
             Repo::Director => Some(self.shipped_director_root.clone()),
             Repo::Image => self.shipped_image_root.clone(),
         };
-        let stored = self.dir.metadata(repo, "root").ok().flatten();
-        stored
+        let stored = self.dir.metadata(repo, "root").map_err(read_state)?;
+        Ok(stored
             .or(shipped)
-            .ok_or_else(|| secureev_uptane::Error::Workflow("no trusted root".into()))
+            .ok_or_else(|| secureev_uptane::Error::Workflow("no trusted root".into()))?)
     }
 
     /// The staged copy the Primary wrote for a role, for a [`Step::Fetch`]:
@@ -322,7 +369,11 @@ impl Ecu {
     /// snapshot or targets (else the stored one: the Primary need not send
     /// again what this ECU holds), or a delegated role from the staged
     /// delegation bundle.
-    fn staged_for(&self, request: &MetaRequest, bundle: &[(String, Vec<u8>)]) -> Option<Vec<u8>> {
+    fn staged_for(
+        &self,
+        request: &MetaRequest,
+        bundle: &[(String, Vec<u8>)],
+    ) -> std::result::Result<Option<Vec<u8>>, StorageError> {
         use MetadataRole as R;
         let repo = local_repo(request.repo);
         let staged = |director: R, image: R| {
@@ -332,13 +383,16 @@ impl Ecu {
             };
             self.staged.roles.get(&role).cloned()
         };
-        let stored = || {
+        let stored = || -> std::result::Result<Option<Vec<u8>>, StorageError> {
             self.dir
                 .metadata(repo, request.role.as_str())
-                .ok()
-                .flatten()
+                .map_err(read_state)
         };
-        match &request.role {
+        let or_stored = |b: Option<Vec<u8>>| match b {
+            Some(b) => Ok(Some(b)),
+            None => stored(),
+        };
+        Ok(match &request.role {
             Role::Root => {
                 let roots = match repo {
                     Repo::Director => &self.staged.director_roots,
@@ -349,17 +403,17 @@ impl Ecu {
                     .find(|r| version_of(r) == request.version)
                     .cloned()
             }
-            Role::Timestamp => staged(R::DirectorTimestamp, R::ImageTimestamp).or_else(stored),
-            Role::Snapshot => staged(R::DirectorSnapshot, R::ImageSnapshot).or_else(stored),
-            Role::Targets => staged(R::DirectorTargets, R::ImageTargets).or_else(stored),
+            Role::Timestamp => return or_stored(staged(R::DirectorTimestamp, R::ImageTimestamp)),
+            Role::Snapshot => return or_stored(staged(R::DirectorSnapshot, R::ImageSnapshot)),
+            Role::Targets => return or_stored(staged(R::DirectorTargets, R::ImageTargets)),
             Role::Delegated(name) => bundle
                 .iter()
                 .find(|(n, _)| n == name)
                 .map(|(_, b)| b.clone()),
-        }
+        })
     }
 
-    fn verify_metadata_inner(&mut self) -> secureev_uptane::Result<Outcome> {
+    fn verify_metadata_inner(&mut self) -> std::result::Result<Outcome, Fault> {
         let Some(written) = self.time_written else {
             return Ok((ResultCode::NoTime, "no time written since power-up".into()));
         };
@@ -394,12 +448,14 @@ impl Ecu {
         let decision = loop {
             match client.next_step().map_err(Failure::into_error)? {
                 Step::Load { repo, role } => {
+                    // A stored role that cannot be read is a storage
+                    // failure: read as "none stored" it would drop the
+                    // rollback reference it holds.
                     let stored = match role {
                         Role::Timestamp | Role::Snapshot | Role::Targets => self
                             .dir
                             .metadata(local_repo(repo), role.as_str())
-                            .ok()
-                            .flatten(),
+                            .map_err(read_state)?,
                         // Delegated roles come with each bundle; none are kept.
                         Role::Root | Role::Delegated(_) => None,
                     };
@@ -409,7 +465,7 @@ impl Ecu {
                     }
                     .map_err(Failure::into_error)?;
                 }
-                Step::Fetch(request) => match self.staged_for(&request, &bundle) {
+                Step::Fetch(request) => match self.staged_for(&request, &bundle)? {
                     Some(b) => client.offer(&b).map_err(Failure::into_error)?,
                     None if request.optional() => {
                         client.offer_not_found().map_err(Failure::into_error)?
@@ -419,7 +475,8 @@ impl Ecu {
                             "{} {} was not sent",
                             request.repo,
                             request.role.as_str()
-                        )))
+                        ))
+                        .into())
                     }
                 },
                 Step::Persist {
@@ -450,7 +507,8 @@ impl Ecu {
                     role: "targets".into(),
                     trusted,
                     offered: version,
-                });
+                }
+                .into());
             }
         }
         // This ECU's entry, hardware ID and release counter were checked by
@@ -469,7 +527,8 @@ impl Ecu {
             other => {
                 return Err(secureev_uptane::Error::Workflow(format!(
                     "unexpected decision {other:?}"
-                )))
+                ))
+                .into())
             }
         };
         let accepted = match target {
@@ -501,22 +560,23 @@ impl Ecu {
         let final_root = director.root().raw().to_vec();
         self.dir
             .save_metadata(Repo::Director, "root", &final_root)
-            .map_err(|e| secureev_uptane::Error::Workflow(e.to_string()))?;
+            .map_err(write_state)?;
         if let Some(image) = client.repository(UptaneRepo::Image) {
             self.dir
                 .save_metadata(Repo::Image, "root", image.root().raw())
-                .map_err(|e| secureev_uptane::Error::Workflow(e.to_string()))?;
+                .map_err(write_state)?;
         }
         for (repo, role, bytes) in &save {
             self.dir
                 .save_metadata(*repo, role, bytes)
-                .map_err(|e| secureev_uptane::Error::Workflow(e.to_string()))?;
+                .map_err(write_state)?;
         }
-        self.state.director_targets_version = Some(version);
-        self.state.time_floor = Some(now.unix());
-        self.dir
-            .save(&self.state)
-            .map_err(|e| secureev_uptane::Error::Workflow(e.to_string()))?;
+        // The state is changed in memory only once it is on disk.
+        let mut state = self.state.clone();
+        state.director_targets_version = Some(version);
+        state.time_floor = Some(now.unix());
+        self.dir.save(&state).map_err(write_state)?;
+        self.state = state;
         self.staged = Staged::default();
         Ok(match accepted {
             None => (ResultCode::NoUpdate, "nothing new for this ECU".into()),
@@ -542,9 +602,11 @@ impl Ecu {
             let result = match job.try_recv() {
                 Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(Progress::Busy),
                 Ok(r) => r,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(
-                    secureev_uptane::Error::Workflow("verify-image worker died".into()),
-                ),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.job = None;
+                    tracing::error!("the verify-image worker died");
+                    return Err(Nrc::GeneralReject);
+                }
             };
             self.job = None;
             let outcome = match result {
@@ -552,9 +614,14 @@ impl Ecu {
                     self.image_verified = true;
                     (ResultCode::Ok, format!("{} verified", t.name))
                 }
-                Err(e) => {
+                Err(Fault::Uptane(e)) => {
                     self.image_received = false;
                     outcome_of(&e)
+                }
+                Err(Fault::Storage(e)) => {
+                    // What the slot holds is unknown now: send it again.
+                    self.image_received = false;
+                    return Err(self.storage_failure("verify-image", &e));
                 }
             };
             if !outcome.0.is_success() {
@@ -699,14 +766,13 @@ fn check_image(
     path: &Path,
     serial: &str,
     ecu_key: &secureev_uptane::encryption::EcuDecryptionKey,
-) -> secureev_uptane::Result<()> {
-    let io =
-        |e: std::io::Error| secureev_uptane::Error::Workflow(format!("{}: {e}", path.display()));
+) -> std::result::Result<(), Fault> {
+    let read = |e: std::io::Error| StorageError::new(StorageOp::ReadSlot, path, e);
     let mut verifier = secureev_uptane::verify::StreamVerifier::new(&t.name, t.length, &t.hashes)?;
-    let mut f = File::open(path).map_err(io)?;
+    let mut f = File::open(path).map_err(read)?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = f.read(&mut buf).map_err(io)?;
+        let n = f.read(&mut buf).map_err(read)?;
         if n == 0 {
             break;
         }
@@ -719,30 +785,31 @@ fn check_image(
     let key = info.unwrap_key_for(&t.name, serial, ecu_key)?;
     let mut dec = StreamDecryptor::new(&t.name, &key, info)?;
     let tmp = crate::fsutil::side_path(path, "decrypt");
-    let result = (|| {
-        let mut input = File::open(path).map_err(io)?;
+    let write = |e: std::io::Error| StorageError::new(StorageOp::WriteSlot, &tmp, e);
+    let result = (|| -> std::result::Result<(), Fault> {
+        let mut input = File::open(path).map_err(read)?;
         let mut out = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(crate::fsutil::FILE_MODE)
             .open(&tmp)
-            .map_err(io)?;
+            .map_err(write)?;
         let mut plain = Vec::new();
         loop {
-            let n = input.read(&mut buf).map_err(io)?;
+            let n = input.read(&mut buf).map_err(read)?;
             if n == 0 {
                 break;
             }
             plain.clear();
             dec.update(&buf[..n], &mut plain)?;
-            out.write_all(&plain).map_err(io)?;
+            out.write_all(&plain).map_err(write)?;
         }
         // Checks the plaintext length and hashes from the signed
         // `encryption` object.
         dec.finish()?;
-        out.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
+        out.sync_all().map_err(write)?;
+        std::fs::rename(&tmp, path).map_err(write)?;
         Ok(())
     })();
     if result.is_err() {
@@ -810,8 +877,10 @@ impl ImageSink for Ecu {
                 Ok(())
             }
             Some(Download::Image { file, path }) => file.write_all(data).map_err(|e| {
-                tracing::error!("write {}: {e}", path.display());
-                Nrc::GeneralProgrammingFailure
+                // The server abandons the download after this NRC.
+                let e = StorageError::new(StorageOp::WriteSlot, path.as_path(), e);
+                tracing::error!("TransferData: {e}");
+                e.nrc()
             }),
             None => Err(Nrc::RequestSequenceError),
         }
@@ -825,8 +894,9 @@ impl ImageSink for Ecu {
             }
             Some(Download::Image { file, path }) => {
                 file.sync_all().map_err(|e| {
-                    tracing::error!("fsync {}: {e}", path.display());
-                    Nrc::GeneralProgrammingFailure
+                    let e = StorageError::new(StorageOp::WriteSlot, &path, e);
+                    tracing::error!("RequestTransferExit: {e}");
+                    e.nrc()
                 })?;
                 self.image_received = true;
                 Ok(Progress::Ready(vec![]))
@@ -900,7 +970,7 @@ impl EcuBackend for Ecu {
         }
         let status = match r {
             routine::VERIFY_METADATA => {
-                self.last_result = self.verify_metadata();
+                self.last_result = self.verify_metadata()?;
                 protocol::routine_status(self.last_result.0, &self.last_result.1)
             }
             routine::ERASE_MEMORY => {
@@ -918,8 +988,9 @@ impl EcuBackend for Ecu {
                 self.check_content_key()?;
                 let path = self.inactive_path();
                 crate::fsutil::atomic_write(&path, &[]).map_err(|e| {
-                    tracing::error!("erase {}: {e}", path.display());
-                    Nrc::GeneralProgrammingFailure
+                    let e = StorageError::new(StorageOp::WriteSlot, &path, e);
+                    tracing::error!("eraseMemory: {e}");
+                    e.nrc()
                 })?;
                 self.image_received = false;
                 self.image_verified = false;

@@ -30,4 +30,4 @@ pub mod keys;
 pub mod serve;
 pub mod state;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, StorageError, StorageOp};

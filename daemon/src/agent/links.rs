@@ -76,7 +76,9 @@ impl Agent {
         let last = inner.links.get(serial).map_or(0, |l| l.1);
         let link = match outcome {
             Ok(_) => (LinkStatus::Ok, now),
-            Err(Error::SecondaryRefused { .. }) => (LinkStatus::Refused, now),
+            Err(Error::SecondaryRefused { .. } | Error::SecondaryFault { .. }) => {
+                (LinkStatus::Refused, now)
+            }
             Err(Error::Secondary { .. }) => (LinkStatus::Unreachable, last),
             Err(_) => return,
         };

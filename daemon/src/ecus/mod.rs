@@ -38,8 +38,8 @@ pub use link::{
     DEFAULT_TESTER_ADDRESS,
 };
 pub use uds::{
-    drive, CanSecondary, DoipSecondary, DriveError, Identity, SecretSource, TimeSource,
-    UdsSecondary, DEFAULT_MAX_PDU,
+    drive, is_ecu_fault, CanSecondary, DoipSecondary, DriveError, Identity, SecretSource,
+    TimeSource, UdsSecondary, DEFAULT_MAX_PDU,
 };
 
 /// The metadata a secondary needs, as original bytes in verification order.

@@ -13,6 +13,7 @@ use secureev_uds::client::{
 };
 use secureev_uds::protocol::{self, did, Capabilities, MetadataRole};
 use secureev_uds::security::{HmacSha256Algorithm, SecurityAlgorithm};
+use secureev_uds::Nrc;
 use secureev_uptane::encryption::EcuEncryptionPublicKey;
 use std::collections::BTreeMap;
 use std::io;
@@ -42,6 +43,19 @@ impl std::fmt::Display for DriveError {
             DriveError::Uds(e) => write!(f, "{e}"),
         }
     }
+}
+
+/// Whether a negative response says the ECU itself failed (storage,
+/// programming) rather than refusing the request (`docs/secondary-protocol.md`
+/// §7): these become [`Error::SecondaryFault`].
+pub fn is_ecu_fault(nrc: Nrc) -> bool {
+    matches!(
+        nrc,
+        Nrc::GeneralProgrammingFailure
+            | Nrc::FailurePreventsExecutionOfRequestedAction
+            | Nrc::UploadDownloadNotAccepted
+            | Nrc::TransferDataSuspended
+    )
 }
 
 /// Run `plan` over `link` to completion: the one driver of every transport.
@@ -273,6 +287,17 @@ impl<C: Connector> UdsSecondary<C> {
                         ecu: self.serial.clone(),
                         reason: u.to_string(),
                     }),
+                    // Issue 11: the ECU's own failure (its storage) is not
+                    // a refusal of what the Primary sent.
+                    DriveError::Uds(u @ secureev_uds::Error::NegativeResponse { nrc, .. })
+                        if is_ecu_fault(nrc) =>
+                    {
+                        Err(Error::SecondaryFault {
+                            ecu: self.serial.clone(),
+                            nrc: nrc.as_byte(),
+                            reason: format!("{} ({})", u, self.connector.describe()),
+                        })
+                    }
                     DriveError::Uds(
                         u @ (secureev_uds::Error::NegativeResponse { .. }
                         | secureev_uds::Error::RoutineFailed { .. }),
