@@ -13,6 +13,7 @@
 //! request_timeout_secs = 30
 //! max_connections_per_peer = 64
 //! min_upload_bytes_per_sec = 16384
+//! min_body_bytes_per_sec = 1024     # JSON bodies, after 5 s
 //! log_format = "text"             # or "json"
 //! # key_store = "pkcs11"           # online keys and KEK in a PKCS#11 token
 //! # [pkcs11]
@@ -37,6 +38,9 @@ pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 64;
 /// Default minimum rate of an image upload after a 10 s grace period.
 pub const DEFAULT_MIN_UPLOAD_BYTES_PER_SEC: u64 = 16 * 1024;
+/// Default minimum rate of a JSON request body after
+/// [`crate::limits::BODY_RATE_GRACE`].
+pub const DEFAULT_MIN_BODY_BYTES_PER_SEC: u64 = 1024;
 /// Default cap on vehicle and admin JSON bodies (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Default cap on image blob uploads (1 GiB).
@@ -179,6 +183,10 @@ pub struct Config {
     /// Minimum rate of an image upload (`PUT /admin/blobs`) after 10 s.
     #[serde(default = "default_min_upload_rate")]
     pub min_upload_bytes_per_sec: u64,
+    /// Minimum rate of every other request body (JSON, both listeners)
+    /// after [`crate::limits::BODY_RATE_GRACE`]; slower is 408.
+    #[serde(default = "default_min_body_rate")]
+    pub min_body_bytes_per_sec: u64,
     /// Log line format.
     #[serde(default)]
     pub log_format: crate::logging::LogFormat,
@@ -209,6 +217,9 @@ fn default_request_timeout() -> u64 {
 }
 fn default_min_upload_rate() -> u64 {
     DEFAULT_MIN_UPLOAD_BYTES_PER_SEC
+}
+fn default_min_body_rate() -> u64 {
+    DEFAULT_MIN_BODY_BYTES_PER_SEC
 }
 fn default_max_body() -> usize {
     DEFAULT_MAX_BODY_BYTES
@@ -241,6 +252,7 @@ impl Config {
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
             min_upload_bytes_per_sec: DEFAULT_MIN_UPLOAD_BYTES_PER_SEC,
+            min_body_bytes_per_sec: DEFAULT_MIN_BODY_BYTES_PER_SEC,
             log_format: crate::logging::LogFormat::Text,
             key_store: KeyStoreKind::Pem,
             pkcs11: None,
@@ -323,6 +335,11 @@ impl Config {
                 }
             }
             (KeyStoreKind::Pem, None) => {}
+        }
+        if self.min_body_bytes_per_sec == 0 {
+            return Err(Error::Config(
+                "min_body_bytes_per_sec must be at least 1".into(),
+            ));
         }
         if self.max_body_bytes < 1024 {
             return Err(Error::Config("max_body_bytes must be at least 1024".into()));

@@ -317,6 +317,7 @@ impl AppState {
 pub fn vehicle_router(state: AppState) -> Router {
     let max_body = state.config().max_body_bytes;
     let deadline = Duration::from_secs(state.config().request_timeout_secs);
+    let min_body_rate = state.config().min_body_bytes_per_sec;
     let signed = Router::new()
         .route("/image/{file}", get(api::image_meta))
         .route("/image/targets/{*path}", get(api::image_target))
@@ -337,6 +338,10 @@ pub fn vehicle_router(state: AppState) -> Router {
         .method_not_allowed_fallback(extract::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
+            min_body_rate,
+            limits::min_body_rate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             deadline,
             limits::request_deadline,
         ))
@@ -349,6 +354,7 @@ pub fn admin_router(state: AppState) -> Router {
     let max_body = state.config().max_body_bytes;
     let max_blob = state.config().max_blob_bytes;
     let deadline = Duration::from_secs(state.config().request_timeout_secs);
+    let min_body_rate = state.config().min_body_bytes_per_sec;
     let admin = Router::new()
         .route("/admin/status", get(admin::status))
         .route(
@@ -395,8 +401,12 @@ pub fn admin_router(state: AppState) -> Router {
             "/admin/campaigns",
             get(admin::list_campaigns).post(admin::create_campaign),
         )
-        // Everything above within the request deadline; an upload below
-        // instead keeps a minimum rate.
+        // Everything above within the request deadline and the minimum
+        // body rate; an upload below instead keeps its own minimum rate.
+        .route_layer(axum::middleware::from_fn_with_state(
+            min_body_rate,
+            limits::min_body_rate,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             deadline,
             limits::request_deadline,

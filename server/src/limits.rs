@@ -10,19 +10,29 @@
 //!   runs into it (vehicle and admin JSON bodies are at most
 //!   `max_body_bytes`). Image uploads, which may be large, instead must keep
 //!   `min_upload_bytes_per_sec` after [`UPLOAD_GRACE`].
+//! - Every other request body (the JSON ones, both listeners) must keep
+//!   `min_body_bytes_per_sec` after [`BODY_RATE_GRACE`] ([`min_body_rate`]):
+//!   a client trickling its body is answered 408 and its connection freed
+//!   long before the request deadline.
 //! - Vehicle requests are refused on their headers (unknown vehicle, stale
 //!   timestamp, malformed signature, replayed nonce) before the body is read.
 //! - At start the file-descriptor limit is raised to the hard limit
 //!   ([`raise_nofile_limit`]) and must be well above `max_connections`.
 
 use crate::error::{Error, Result};
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// Open connections per peer address.
 #[derive(Debug)]
@@ -98,6 +108,103 @@ pub async fn request_deadline(
                 deadline.as_secs()
             ))
         })
+}
+
+/// Time a JSON request body may take before its minimum rate is enforced.
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
+
+/// When the next body byte is due: after `grace`, the bytes received must
+/// keep up with `rate` bytes per second counted from the start.
+fn next_byte_due(started: Instant, grace: Duration, received: u64, rate: u64) -> Instant {
+    started + grace + Duration::from_secs_f64((received + 1) as f64 / rate.max(1) as f64)
+}
+
+/// A request body that fails once it falls below a minimum rate, also when
+/// no byte comes at all (a timer, not a check on arrival).
+struct MinRateBody {
+    inner: Body,
+    started: Instant,
+    received: u64,
+    rate: u64,
+    grace: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    tripped: Arc<AtomicBool>,
+}
+
+impl http_body::Body for MinRateBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.received += d.len() as u64;
+                    let due = next_byte_due(this.started, this.grace, this.received, this.rate);
+                    if let Some(t) = this.timer.as_mut() {
+                        t.as_mut().reset(due);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other),
+            Poll::Pending => {
+                let (started, grace, received, rate) =
+                    (this.started, this.grace, this.received, this.rate);
+                let timer = this.timer.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(next_byte_due(
+                        started, grace, received, rate,
+                    )))
+                });
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.tripped.store(true, Ordering::SeqCst);
+                        Poll::Ready(Some(Err(axum::Error::new(format!(
+                            "request body slower than {} bytes/s",
+                            this.rate
+                        )))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware: the request body must keep `rate` bytes per second after
+/// [`BODY_RATE_GRACE`]. Whoever reads the body (request authentication,
+/// the JSON extractor) sees an error when it falls behind; the answer is
+/// then 408, whatever that reader made of the error.
+pub async fn min_body_rate(State(rate): State<u64>, req: Request, next: Next) -> Response {
+    let tripped = Arc::new(AtomicBool::new(false));
+    let (parts, body) = req.into_parts();
+    let body = Body::new(MinRateBody {
+        inner: body,
+        started: Instant::now(),
+        received: 0,
+        rate: rate.max(1),
+        grace: BODY_RATE_GRACE,
+        timer: None,
+        tripped: tripped.clone(),
+    });
+    let resp = next.run(Request::from_parts(parts, body)).await;
+    if tripped.load(Ordering::SeqCst) {
+        return Error::RequestTimeout(format!("request body slower than {rate} bytes/s"))
+            .into_response();
+    }
+    resp
 }
 
 /// Time an upload may take before its minimum rate is enforced.

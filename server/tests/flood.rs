@@ -242,3 +242,117 @@ async fn a_stalled_body_gets_408_at_the_request_deadline() {
         "{took:?}"
     );
 }
+
+/// Write `head`, then `body` in `chunk`-byte pieces `every` apart; return
+/// the status line of the answer and how long after the head it came.
+async fn trickle(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    head: &str,
+    body: &[u8],
+    chunk: usize,
+    every: Duration,
+) -> (String, Duration) {
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    for piece in body.chunks(chunk) {
+        // An answer that comes while the body is still trickling ends it.
+        match tokio::time::timeout(every, tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                return (
+                    text.lines().next().unwrap_or("").to_owned(),
+                    started.elapsed(),
+                );
+            }
+            Ok(_) => return ("closed".into(), started.elapsed()),
+            Err(_) => {}
+        }
+        if tls.write_all(piece).await.is_err() || tls.flush().await.is_err() {
+            break;
+        }
+    }
+    let n = tokio::time::timeout(Duration::from_secs(60), tls.read(&mut buf))
+        .await
+        .expect("an answer within 60 s")
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    (
+        text.lines().next().unwrap_or("closed").to_owned(),
+        started.elapsed(),
+    )
+}
+
+/// A TLS connection to `base` (`https://ip:port`).
+async fn tls_to_base(
+    h: &Harness,
+    base: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let addr: SocketAddr = base.trim_start_matches("https://").parse().unwrap();
+    let ca = std::fs::read(h.data.join("tls/ca.pem")).unwrap();
+    let tcp = connect_from("127.0.0.1", addr).await.unwrap();
+    tls_connector(&ca)
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+// A client trickling its JSON body (4 bytes/s against a minimum of 256)
+// is answered 408 once the 5 s grace is over, on both listeners, long
+// before the 120 s request deadline; an honest body at 2 KiB/s that takes
+// longer than the grace is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_json_body_gets_408_after_the_grace_not_at_the_deadline() {
+    let h = start_tuned("trickle", |c| {
+        c.request_timeout_secs = 120;
+        c.min_body_bytes_per_sec = 256;
+    })
+    .await;
+    let token = std::fs::read_to_string(h.data.join("admin-token")).unwrap();
+    let grace = secureev_server::limits::BODY_RATE_GRACE;
+    let body = format!("{{\"vin\": \"VINTRICKLE0000001\"}}{}", " ".repeat(16_000));
+    let admin_head = format!(
+        "POST /admin/enrollments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        token.trim(),
+        body.len()
+    );
+    let enroll_head = format!(
+        "POST /enroll HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer seven_{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "ab".repeat(32),
+        body.len()
+    );
+    let slow = Duration::from_millis(250);
+    let (mut a, mut v) = (
+        tls_to_base(&h, &h.admin_base).await,
+        tls_to_base(&h, &h.base).await,
+    );
+    let ((admin_status, admin_took), (vehicle_status, vehicle_took)) = tokio::join!(
+        trickle(&mut a, &admin_head, body.as_bytes(), 1, slow),
+        trickle(&mut v, &enroll_head, body.as_bytes(), 1, slow),
+    );
+    for (what, status, took) in [
+        ("admin", admin_status, admin_took),
+        ("vehicle", vehicle_status, vehicle_took),
+    ] {
+        eprintln!("{what}: {status} after {took:?}");
+        assert!(status.starts_with("HTTP/1.1 408"), "{what}: {status}");
+        assert!(
+            took >= grace && took < grace + Duration::from_secs(10),
+            "{what}: answered after {took:?}"
+        );
+    }
+
+    // 2 KiB every second for 8 s: above the minimum, past the grace.
+    let mut a = tls_to_base(&h, &h.admin_base).await;
+    let (status, took) = trickle(
+        &mut a,
+        &admin_head,
+        body.as_bytes(),
+        2048,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 201"), "{status}");
+    assert!(took > grace, "{took:?}");
+}
