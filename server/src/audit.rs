@@ -74,6 +74,73 @@ pub fn append(
     Ok(seq)
 }
 
+/// The `admin-request` record of the admin request being served. While a
+/// request runs inside [`RequestRecord::scope`], the first write
+/// transaction it commits ([`crate::db::Db::write`]) appends this record
+/// before committing, so the change and its record commit or roll back
+/// together; a crash cannot keep one without the other. A request that
+/// commits nothing is recorded after it answers, with its status
+/// ([`RequestRecord::scope`] returns whether the record is written).
+pub struct RequestRecord {
+    key: OnlineKey,
+    clock: crate::Clock,
+    actor: String,
+    detail: Value,
+    committed: std::cell::Cell<bool>,
+}
+
+tokio::task_local! {
+    static ADMIN_REQUEST: RequestRecord;
+}
+
+impl RequestRecord {
+    /// A record by `actor` (`operator:<name>`) with `detail` (method, path,
+    /// route, peer), signed by `key`, stamped by `clock` when appended.
+    pub fn new(key: OnlineKey, clock: crate::Clock, actor: String, detail: Value) -> Self {
+        RequestRecord {
+            key,
+            clock,
+            actor,
+            detail,
+            committed: std::cell::Cell::new(false),
+        }
+    }
+
+    /// Run `f` (the handler) with this record pending; returns its output
+    /// and whether the record was committed with a change.
+    pub async fn scope<F: std::future::Future>(self, f: F) -> (F::Output, bool) {
+        ADMIN_REQUEST
+            .scope(self, async move {
+                let out = f.await;
+                let committed = ADMIN_REQUEST.with(|r| r.committed.get());
+                (out, committed)
+            })
+            .await
+    }
+}
+
+/// Inside a write transaction, just before it commits: append the pending
+/// admin-request record, if a request is being served and its record is not
+/// written yet. Returns whether it appended one.
+pub fn append_pending(tx: &Tx<'_>) -> Result<bool> {
+    ADMIN_REQUEST
+        .try_with(|r| {
+            if r.committed.get() {
+                return Ok(false);
+            }
+            let mut detail = r.detail.clone();
+            detail["recorded"] = json!("with-change");
+            append(tx, &r.key, (r.clock)(), &r.actor, "admin-request", detail)?;
+            Ok(true)
+        })
+        .unwrap_or(Ok(false))
+}
+
+/// After the transaction that [`append_pending`] wrote to committed.
+pub fn pending_committed() {
+    let _ = ADMIN_REQUEST.try_with(|r| r.committed.set(true));
+}
+
 /// Why a record fails verification.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -296,23 +296,29 @@ pub async fn admin_auth(
         return Err(e);
     }
     req.extensions_mut().insert(op.clone());
-    let resp = next.run(req).await;
-    if method != Method::GET {
-        let detail = json!({
-            "method": method.as_str(),
-            "path": path,
-            "route": route,
-            "status": resp.status().as_u16(),
-            "peer": peer.map(|p| p.to_string()),
-        });
-        if let Err(e) = state.db().write(|tx| {
-            state.audit(
-                tx,
-                &format!("operator:{}", op.name),
-                "admin-request",
-                detail,
-            )
-        }) {
+    if method == Method::GET {
+        return Ok(next.run(req).await);
+    }
+    let actor = format!("operator:{}", op.name);
+    let detail = json!({
+        "method": method.as_str(),
+        "path": path,
+        "route": route,
+        "peer": peer.map(|p| p.to_string()),
+    });
+    // The change the handler commits carries this record in its own
+    // transaction (`Db::write`); only a request that changed nothing is
+    // recorded afterwards, with the status it got.
+    let record = state.request_record(actor.clone(), detail.clone());
+    let (resp, committed) = record.scope(next.run(req)).await;
+    if !committed {
+        let mut detail = detail;
+        detail["status"] = json!(resp.status().as_u16());
+        detail["recorded"] = json!("after-response");
+        if let Err(e) = state
+            .db()
+            .write(|tx| state.audit(tx, &actor, "admin-request", detail))
+        {
             tracing::error!(error = %e, "cannot append to the audit trail");
         }
     }

@@ -287,11 +287,18 @@ impl Db {
     }
 
     /// Run `f` in one write transaction: committed only if `f` returns `Ok`.
+    /// While an admin request is served, the first such transaction also
+    /// carries the request's audit record ([`crate::audit::RequestRecord`]):
+    /// the change and its record commit together or not at all.
     pub fn write<R>(&self, f: impl FnOnce(&Tx<'_>) -> Result<R>) -> Result<R> {
         let mut conn = self.lock()?;
         let tx = Tx(conn.transaction_with_behavior(TransactionBehavior::Immediate)?);
         let r = f(&tx)?;
+        let recorded = crate::audit::append_pending(&tx)?;
         tx.0.commit()?;
+        if recorded {
+            crate::audit::pending_committed();
+        }
         Ok(r)
     }
 

@@ -227,6 +227,17 @@ impl AppState {
         audit::append(tx, &self.0.audit_key, self.now(), actor, action, detail)
     }
 
+    /// The pending audit record of an admin request (see
+    /// [`audit::RequestRecord`]).
+    pub fn request_record(&self, actor: String, detail: serde_json::Value) -> audit::RequestRecord {
+        audit::RequestRecord::new(
+            self.0.audit_key.clone(),
+            self.0.clock.clone(),
+            actor,
+            detail,
+        )
+    }
+
     /// Record a refused request in the audit trail, at most
     /// [`REFUSED_AUDIT_PER_MINUTE`] a minute; the rest are counted and the
     /// count goes into the next record, so a flood cannot fill the trail or
