@@ -371,8 +371,8 @@ impl Token {
         })
     }
 
-    /// Every object the server's prefix labels: `(label, CKA_ID hex, class)`.
-    pub fn list(&self) -> Result<Vec<(String, String, &'static str)>> {
+    /// Every object the server's prefix labels, sorted.
+    pub fn list(&self) -> Result<Vec<TokenObject>> {
         let prefix = format!("{}/", self.prefix);
         self.with(|s| {
             let mut out = Vec::new();
@@ -385,26 +385,77 @@ impl Token {
                     .find_objects(&[Attribute::Class(class)])
                     .map_err(p11("listing objects"))?
                 {
+                    let mut wanted = vec![AttributeType::Label, AttributeType::Id];
+                    if class != ObjectClass::PUBLIC_KEY {
+                        wanted.extend([AttributeType::Sensitive, AttributeType::Extractable]);
+                    }
                     let attrs = s
-                        .get_attributes(h, &[AttributeType::Label, AttributeType::Id])
+                        .get_attributes(h, &wanted)
                         .map_err(p11("reading labels"))?;
-                    let mut label = String::new();
-                    let mut id = String::new();
+                    let mut o = TokenObject {
+                        label: String::new(),
+                        id: String::new(),
+                        class: name,
+                        sensitive: false,
+                        extractable: false,
+                    };
                     for a in attrs {
                         match a {
-                            Attribute::Label(l) => label = String::from_utf8_lossy(&l).into(),
-                            Attribute::Id(i) => id = hex::encode(i),
+                            Attribute::Label(l) => o.label = String::from_utf8_lossy(&l).into(),
+                            Attribute::Id(i) => o.id = hex::encode(i),
+                            Attribute::Sensitive(b) => o.sensitive = b,
+                            Attribute::Extractable(b) => o.extractable = b,
                             _ => {}
                         }
                     }
-                    if label.starts_with(&prefix) {
-                        out.push((label, id, name));
+                    if o.label.starts_with(&prefix) {
+                        out.push(o);
                     }
                 }
             }
-            out.sort();
+            out.sort_by(|a, b| (&a.label, &a.id, a.class).cmp(&(&b.label, &b.id, b.class)));
             Ok(out)
         })
+    }
+}
+
+/// One of the server's objects in the token, as `hsm list` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenObject {
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_ID`, hex (the key id of a key pair).
+    pub id: String,
+    /// `private-key`, `public-key` or `secret-key`.
+    pub class: &'static str,
+    /// `CKA_SENSITIVE` (private and secret keys).
+    pub sensitive: bool,
+    /// `CKA_EXTRACTABLE` (private and secret keys).
+    pub extractable: bool,
+}
+
+impl std::fmt::Display for TokenObject {
+    /// `label TAB id TAB class TAB flags`; flags for private and secret keys
+    /// are `sensitive`/`not-sensitive` and `extractable`/`not-extractable`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\t{}\t{}\t", self.label, self.id, self.class)?;
+        if self.class == "public-key" {
+            return f.write_str("-");
+        }
+        write!(
+            f,
+            "{},{}",
+            if self.sensitive {
+                "sensitive"
+            } else {
+                "not-sensitive"
+            },
+            if self.extractable {
+                "extractable"
+            } else {
+                "not-extractable"
+            }
+        )
     }
 }
 

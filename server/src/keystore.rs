@@ -278,6 +278,35 @@ pub const ONLINE_ROLES: [(&str, &str); 7] = [
     (crate::audit::AUDIT_REPO, crate::audit::AUDIT_ROLE),
 ];
 
+/// Online key files and the KEK file still under `<data_dir>/keys/` (with
+/// `key_store = "pkcs11"` there should be none).
+pub fn files_left(data_dir: &Path) -> Vec<PathBuf> {
+    let base = data_dir.join(layout::KEYS);
+    let mut out = Vec::new();
+    for (repo, role) in ONLINE_ROLES {
+        for set in [
+            role.to_owned(),
+            format!("{role}.pending"),
+            format!("{role}.retired"),
+        ] {
+            if let Ok(entries) = std::fs::read_dir(layout::role_dir(&base, repo, &set)) {
+                out.extend(
+                    entries
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "pem")),
+                );
+            }
+        }
+    }
+    let kek = data_dir.join(crate::secrets::KEK_FILE);
+    if kek.exists() {
+        out.push(kek);
+    }
+    out.sort();
+    out
+}
+
 /// What `hsm import` moved.
 #[derive(Debug, Default, Clone)]
 pub struct ImportReport {
@@ -425,5 +454,9 @@ mod tests {
         assert_eq!(ids("targets"), vec![b.keyid().to_owned()]);
         assert_eq!(ids("targets.retired"), vec![a.keyid().to_owned()]);
         assert!(ids("targets.pending").is_empty());
+        // What `serve` warns about with key_store = "pkcs11".
+        assert_eq!(files_left(dir.path()).len(), 2);
+        store.kek().unwrap();
+        assert_eq!(files_left(dir.path()).len(), 3);
     }
 }

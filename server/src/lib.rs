@@ -151,6 +151,15 @@ impl AppState {
             director_root = director.root.len(),
             "online keys loaded"
         );
+        if matches!(store, keystore::KeyStore::Token(_)) {
+            let left = keystore::files_left(data);
+            if !left.is_empty() {
+                tracing::warn!(
+                    files = ?left,
+                    "key_store is pkcs11 but online keys or the KEK are still files under keys/: run `secureev-server hsm import` or remove them"
+                );
+            }
+        }
         let inner = Inner {
             db: db::Db::open(&data.join(layout::DB_FILE))?,
             director: std::sync::RwLock::new(Arc::new(director)),

@@ -297,7 +297,8 @@ enum HsmCmd {
     /// token: each imported (not extractable), checked to sign and seal as
     /// the file does, then the file removed.
     Import,
-    /// List the server's objects in the token (label, key id, class).
+    /// List the server's objects in the token (label, key id, class, and
+    /// for private and secret keys whether they are sensitive/extractable).
     List,
 }
 
@@ -552,8 +553,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 HsmCmd::List => {
-                    for (label, id, class) in token.list()? {
-                        println!("{label}\t{id}\t{class}");
+                    for o in token.list()? {
+                        println!("{o}");
                     }
                 }
             }

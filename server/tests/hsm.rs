@@ -101,7 +101,8 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `hsm list`: label → key ids of the private keys (and the KEK) in the token.
+/// `hsm list`: label → key ids of the private keys (and the KEK) in the
+/// token, each checked to be sensitive and not extractable.
 fn token_objects(conf: &Path, data: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let out = ok(&cli(
         conf,
@@ -110,8 +111,10 @@ fn token_objects(conf: &Path, data: &Path) -> BTreeMap<String, BTreeSet<String>>
     let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for line in out.lines() {
         let f: Vec<&str> = line.split('\t').collect();
-        assert_eq!(f.len(), 3, "{line}");
+        assert_eq!(f.len(), 4, "{line}");
         if f[2] != "public-key" {
+            // Private keys and the KEK never leave the token.
+            assert_eq!(f[3], "sensitive,not-extractable", "{line}");
             m.entry(f[0].to_owned())
                 .or_default()
                 .insert(f[1].to_owned());
@@ -265,6 +268,7 @@ async fn online_keys_and_kek_in_a_softhsm_token_serve_an_encrypted_update() {
     assert!(imported.contains("kek: imported"), "{imported}");
     let left = pem_files(&keys_dir);
     assert!(left.is_empty(), "files left under keys/: {left:?}");
+    assert!(secureev_server::keystore::files_left(&data).is_empty());
     let objects = token_objects(&conf, &data);
     for label in [
         "secureev/director/root",
