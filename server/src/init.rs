@@ -3,7 +3,7 @@
 //! bootstrap operator; and an offline key directory with the Image
 //! repository's root and targets keys and the development CA's key.
 
-use crate::config::{Config, CONFIG_FILE};
+use crate::config::{Config, Pkcs11Config, CONFIG_FILE};
 use crate::db::Db;
 use crate::director::DirectorKeys;
 use crate::error::{Error, Result};
@@ -56,12 +56,41 @@ fn ensure_empty(dir: &Path) -> Result<()> {
     crate::secrets::create_private_dir(dir)
 }
 
-/// Create the data and offline directories.
+/// Create the data and offline directories; online keys and the KEK as PEM
+/// files under `<data_dir>/keys/`.
 pub fn init(opts: &InitOptions) -> Result<InitReport> {
+    init_with(opts, None)
+}
+
+/// As [`init`], with every online key and the KEK generated inside the
+/// PKCS#11 token `pkcs11` (never a file), and `server.toml` naming it. A
+/// token that already holds objects under the label prefix is refused: two
+/// data directories must not share keys by accident.
+pub fn init_in_token(opts: &InitOptions, pkcs11: &Pkcs11Config) -> Result<InitReport> {
+    init_with(opts, Some(pkcs11))
+}
+
+fn init_with(opts: &InitOptions, pkcs11: Option<&Pkcs11Config>) -> Result<InitReport> {
     ensure_empty(&opts.data_dir)?;
     ensure_empty(&opts.offline_dir)?;
     let data = &opts.data_dir;
     let now = crate::unix_now();
+    // Online keys and the KEK: PEM files under keys/ (`hsm import` can move
+    // them into a token later), or made in the token from the start. The
+    // token is opened before anything is written.
+    let store = match pkcs11 {
+        None => KeyStore::files(data),
+        Some(p) => {
+            let token = crate::hsm::Token::open(p)?;
+            if let Some(o) = token.list()?.first() {
+                return Err(Error::Config(format!(
+                    "the token already holds {} ({}); use a fresh token or another label_prefix",
+                    o.label, o.class
+                )));
+            }
+            KeyStore::Token(token)
+        }
+    };
 
     let pki = crate::tls::generate_dev_pki(&opts.hostnames)?;
     write_public(&data.join(layout::CA_CERT), pki.ca_cert.as_bytes())?;
@@ -82,9 +111,6 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
     let image_targets = SigningKey::generate_p256();
     layout::store_key(&opts.offline_dir, IMAGE, "root", &image_root)?;
     layout::store_key(&opts.offline_dir, IMAGE, "targets", &image_targets)?;
-    // Online keys and the KEK: PEM files under keys/ (`hsm import` moves
-    // them into a PKCS#11 token).
-    let store = KeyStore::files(data);
     let image_snapshot = store.generate(IMAGE, "snapshot")?;
     let image_timestamp = store.generate(IMAGE, "timestamp")?;
     let director = DirectorKeys::create(&store)?;
@@ -140,13 +166,26 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
 
     let config_file = data.join(CONFIG_FILE);
     let abs = std::fs::canonicalize(data).unwrap_or_else(|_| data.clone());
-    let text = format!(
+    let mut text = format!(
         "# secureev-server configuration (written by `secureev-server init`)\n\
          data_dir = {:?}\nlisten = \"{}\"\nadmin_listen = \"{}\"\n",
         abs.display().to_string(),
         opts.listen,
         opts.admin_listen
     );
+    if let Some(p) = pkcs11 {
+        text.push_str(&format!(
+            "key_store = \"pkcs11\"\n\n[pkcs11]\nmodule = {:?}\ntoken_label = {:?}\nlabel_prefix = {:?}\n",
+            p.module.display().to_string(),
+            p.token_label,
+            p.label_prefix
+        ));
+        match (&p.pin_file, &p.pin_env) {
+            (Some(f), _) => text.push_str(&format!("pin_file = {:?}\n", f.display().to_string())),
+            (None, Some(v)) => text.push_str(&format!("pin_env = {v:?}\n")),
+            (None, None) => {}
+        }
+    }
     write_public(&config_file, text.as_bytes())?;
     // Validate what we wrote.
     Config::parse_str(&text)?;

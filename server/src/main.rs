@@ -68,6 +68,22 @@ enum Command {
         /// Admin API listen address written to the configuration.
         #[arg(long, default_value = secureev_server::config::DEFAULT_ADMIN_LISTEN)]
         admin_listen: SocketAddr,
+        /// Generate the online keys and the KEK inside this PKCS#11 module's
+        /// token (key_store = "pkcs11") instead of as files.
+        #[arg(long, requires = "pkcs11_token_label")]
+        pkcs11_module: Option<PathBuf>,
+        /// Label of the token.
+        #[arg(long, requires = "pkcs11_module")]
+        pkcs11_token_label: Option<String>,
+        /// File holding the token's user PIN (0600).
+        #[arg(long, requires = "pkcs11_module", conflicts_with = "pkcs11_pin_env")]
+        pkcs11_pin_file: Option<PathBuf>,
+        /// Environment variable holding the token's user PIN.
+        #[arg(long, requires = "pkcs11_module")]
+        pkcs11_pin_env: Option<String>,
+        /// Label prefix of the server's objects in the token.
+        #[arg(long, default_value = secureev_server::config::DEFAULT_PKCS11_LABEL_PREFIX)]
+        pkcs11_label_prefix: String,
     },
     /// Serve over HTTPS (or plain HTTP on loopback with --insecure-http).
     Serve {
@@ -392,15 +408,33 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             hostnames,
             listen,
             admin_listen,
+            pkcs11_module,
+            pkcs11_token_label,
+            pkcs11_pin_file,
+            pkcs11_pin_env,
+            pkcs11_label_prefix,
         } => {
             logging::init(LogFormat::Text);
-            let r = init(&InitOptions {
+            let opts = InitOptions {
                 data_dir,
                 offline_dir: offline_dir.clone(),
                 hostnames,
                 listen,
                 admin_listen,
-            })?;
+            };
+            let r = match (pkcs11_module, pkcs11_token_label) {
+                (Some(module), Some(token_label)) => {
+                    let p = secureev_server::config::Pkcs11Config {
+                        module,
+                        token_label,
+                        pin_file: pkcs11_pin_file,
+                        pin_env: pkcs11_pin_env,
+                        label_prefix: pkcs11_label_prefix,
+                    };
+                    secureev_server::init::init_in_token(&opts, &p)?
+                }
+                _ => init(&opts)?,
+            };
             println!("wrote {}", r.config_file.display());
             println!(
                 "offline keys in {}: move them to the signing station",

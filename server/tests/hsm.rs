@@ -61,6 +61,29 @@ fn softhsm_module() -> Option<PathBuf> {
     }
 }
 
+/// A fresh token labelled [`TOKEN`] with user PIN [`PIN`] in a SoftHSM2
+/// configuration of its own under `root`; returns that configuration.
+fn softhsm_token(root: &Path) -> PathBuf {
+    std::fs::create_dir_all(root.join("tokens")).unwrap();
+    let conf = root.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            root.join("tokens").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", TOKEN])
+        .args(["--so-pin", "0000-so", "--pin", PIN])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .unwrap();
+    ok(&out);
+    conf
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -80,11 +103,15 @@ fn write_0600(path: &Path, text: &str) {
     f.write_all(text.as_bytes()).unwrap();
 }
 
+/// The variable `pin_env` names in the second test; set for every child.
+const PIN_ENV: &str = "SECUREEV_TEST_HSM_PIN";
+
 /// `secureev-server <args>` with the token's configuration.
 fn cli(conf: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .env("SOFTHSM2_CONF", conf)
+        .env(PIN_ENV, PIN)
         .stdin(Stdio::null())
         .output()
         .unwrap()
@@ -141,6 +168,7 @@ fn serve(conf: &Path, data: &Path) -> Server {
         .args(["serve", "--data-dir"])
         .arg(data)
         .env("SOFTHSM2_CONF", conf)
+        .env(PIN_ENV, PIN)
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -209,25 +237,9 @@ async fn online_keys_and_kek_in_a_softhsm_token_serve_an_encrypted_update() {
     let root = temp_root("hsm");
     let data = root.join("data");
     let offline = root.join("offline");
-    std::fs::create_dir_all(root.join("tokens")).unwrap();
 
     // 1. A token in a private SoftHSM2 configuration.
-    let conf = root.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            root.join("tokens").display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", TOKEN])
-        .args(["--so-pin", "0000-so", "--pin", PIN])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .unwrap();
-    ok(&out);
+    let conf = softhsm_token(&root);
 
     // 2. A data directory as `init` makes it (PEM keys), switched to the token.
     let (port, aport) = (free_port(), free_port());
@@ -270,16 +282,7 @@ async fn online_keys_and_kek_in_a_softhsm_token_serve_an_encrypted_update() {
     assert!(left.is_empty(), "files left under keys/: {left:?}");
     assert!(secureev_server::keystore::files_left(&data).is_empty());
     let objects = token_objects(&conf, &data);
-    for label in [
-        "secureev/director/root",
-        "secureev/director/targets",
-        "secureev/director/snapshot",
-        "secureev/director/timestamp",
-        "secureev/image/snapshot",
-        "secureev/image/timestamp",
-        "secureev/audit/log",
-        "secureev/kek",
-    ] {
+    for label in LABELS {
         assert_eq!(
             objects.get(label).map(|s| s.len()),
             Some(1),
@@ -414,4 +417,133 @@ async fn online_keys_and_kek_in_a_softhsm_token_serve_an_encrypted_update() {
         decrypt_image(&name, &key2, &info, &blob.body).unwrap(),
         firmware
     );
+}
+
+/// The labels of a data directory's objects in the token, with one key each.
+const LABELS: [&str; 8] = [
+    "secureev/director/root",
+    "secureev/director/targets",
+    "secureev/director/snapshot",
+    "secureev/director/timestamp",
+    "secureev/image/snapshot",
+    "secureev/image/timestamp",
+    "secureev/audit/log",
+    "secureev/kek",
+];
+
+// `init --pkcs11-…` generates every online key and the KEK inside the token:
+// no key file is ever written, the server serves a verified, decrypted
+// update from them, and a second data directory on the same token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_generates_every_online_key_and_the_kek_inside_the_token() {
+    let Some(module) = softhsm_module() else {
+        return;
+    };
+    let root = temp_root("hsm-init");
+    let data = root.join("data");
+    let offline = root.join("offline");
+    let conf = softhsm_token(&root);
+    let (port, aport) = (free_port(), free_port());
+    let init = |data: &Path, offline: &Path| {
+        cli(
+            &conf,
+            &[
+                "init",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--offline-dir",
+                offline.to_str().unwrap(),
+                "--hostname",
+                "127.0.0.1",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{aport}"),
+                "--pkcs11-module",
+                module.to_str().unwrap(),
+                "--pkcs11-token-label",
+                TOKEN,
+                "--pkcs11-pin-env",
+                PIN_ENV,
+            ],
+        )
+    };
+    ok(&init(&data, &offline));
+    let keys_dir = data.join("keys");
+    assert!(
+        pem_files(&keys_dir).is_empty(),
+        "{:?}",
+        pem_files(&keys_dir)
+    );
+    assert!(secureev_server::keystore::files_left(&data).is_empty());
+    let objects = token_objects(&conf, &data);
+    for label in LABELS {
+        assert_eq!(
+            objects.get(label).map(|s| s.len()),
+            Some(1),
+            "{label}: {objects:?}"
+        );
+    }
+    // A second data directory on the same token and prefix is refused.
+    let again = init(&root.join("data2"), &root.join("offline2"));
+    assert_eq!(again.status.code(), Some(3), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds"));
+
+    let h = Harness::external(root.clone(), data.clone(), offline.clone(), port, aport);
+    let _server = serve(&conf, &data);
+    let droot = h.admin.get("/admin/director/root").await.unwrap().body;
+    assert_eq!(
+        root_keyids(&droot, "targets"),
+        objects["secureev/director/targets"]
+    );
+    let car = TestVehicle::new(
+        &h,
+        "VINHSM00000000002",
+        &[("HU-1", "hu"), ("BRK-1", "brake")],
+    );
+    car.register(&h).await;
+    let firmware = b"firmware sealed by a KEK that never left the token".repeat(100);
+    let spec = ImageSpec {
+        name: "brake-init.bin".into(),
+        hardware_ids: vec!["brake".into()],
+        version: None,
+        release_counter: Some(1),
+        encrypt: true,
+    };
+    image_add(&h.admin, &h.offline, &spec, &firmware, now())
+        .await
+        .unwrap();
+    let r = h
+        .admin
+        .post(
+            "/admin/assignments",
+            &json!({"vin": car.vin, "ecu_serial": "BRK-1", "image": spec.name}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let plan = car.full_verification(&h, &[]).await;
+    let t = &plan.targets()[0];
+    let info =
+        EncryptionInfo::from_custom(t.name(), t.assignment().director_target.custom.as_ref())
+            .unwrap()
+            .unwrap();
+    let sha = &t.assignment().director_target.hashes["sha256"];
+    let blob = car
+        .client
+        .get(&format!("/image/targets/{sha}.{}", t.name()))
+        .await
+        .unwrap();
+    let key = info
+        .unwrap_key_for(t.name(), "BRK-1", &car.ecu("BRK-1").enc)
+        .unwrap();
+    assert_eq!(
+        decrypt_image(t.name(), &key, &info, &blob.body).unwrap(),
+        firmware
+    );
+    let audit = ok(&cli(
+        &conf,
+        &["audit", "verify", "--data-dir", data.to_str().unwrap()],
+    ));
+    assert!(audit.contains("audit trail intact"), "{audit}");
 }
