@@ -1,4 +1,5 @@
-//! `33 metadata-mismatch` versus `27 target-mismatch`, end to end (issue 11):
+//! `33 metadata-mismatch` versus `27 target-mismatch`, and `32 wrong-ecu`,
+//! end to end (issue 11):
 //! the real `secureev-otad` on a private bus against the in-test TLS backend
 //! (`e2e_common`). The code comes from the kind the core puts in its
 //! `HashMismatch`/`LengthMismatch` errors where it checks the bytes
@@ -185,4 +186,83 @@ async fn tampered_target_named_like_metadata_is_a_target_mismatch() {
     s.assert_refused(&completed, ErrorCode::TargetMismatch, "settings.json")
         .await;
     s.assert_honest_installs(files, &image).await;
+}
+
+/// `32 wrong-ecu`, end to end: Director metadata for another vehicle (its
+/// VIN in the signed targets) is refused as such, not as `28 wrong-hardware`
+/// ("image meant for other hardware"), which it used to be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn director_metadata_for_another_vin_is_wrong_ecu() {
+    let mut s = scenario().await;
+    let image = image_bytes(32 * 1024, 74);
+    s.repos.release("hu/fw-2.img", &image, 2);
+    s.repos.director.targets_extra.insert(
+        "custom".into(),
+        serde_json::json!({ "vin": "WSEVOTHER00000002" }),
+    );
+    let bad = s.repos.publish(&[("hu/fw-2.img", &image)]);
+    let completed = s
+        .vehicle
+        .start_then_check(&s.backend, bad, CHECK_TIMEOUT)
+        .await;
+    s.assert_wrong_ecu(&completed).await;
+    s.repos
+        .director
+        .targets_extra
+        .insert("custom".into(), serde_json::json!({ "vin": VIN }));
+    let files = s.repos.publish(&[("hu/fw-2.img", &image)]);
+    s.assert_honest_installs(files, &image).await;
+}
+
+/// `32 wrong-ecu`: the Director lists a target for an ECU serial this
+/// vehicle does not have (Uptane 2.1 §5.4.4.6 (7)).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_for_an_ecu_the_vehicle_lacks_is_wrong_ecu() {
+    let mut s = scenario().await;
+    let image = image_bytes(32 * 1024, 75);
+    s.repos.release("hu/fw-2.img", &image, 2);
+    s.repos.director.add_target(
+        "tcu/fw-9.img",
+        &image,
+        Some(serde_json::json!({
+            "ecuIdentifiers": { "TCU-NOT-HERE": { "hardwareId": HW } },
+            "releaseCounter": 9,
+        })),
+    );
+    let bad = s.repos.publish(&[("hu/fw-2.img", &image)]);
+    let completed = s
+        .vehicle
+        .start_then_check(&s.backend, bad, CHECK_TIMEOUT)
+        .await;
+    s.assert_wrong_ecu(&completed).await;
+    assert!(completed.1.contains("TCU-NOT-HERE"), "{}", completed.1);
+    s.repos.director.targets.remove("tcu/fw-9.img");
+    let files = s.repos.publish(&[("hu/fw-2.img", &image)]);
+    s.assert_honest_installs(files, &image).await;
+}
+
+impl Scenario {
+    /// Refused with `32 wrong-ecu`, nothing installed, the manifest names
+    /// the wrong-ecu attack.
+    async fn assert_wrong_ecu(&self, completed: &(u32, String)) {
+        assert_eq!(
+            completed.0,
+            ErrorCode::WrongEcu.as_u32(),
+            "Completed({}, {})\n{}",
+            completed.0,
+            completed.1,
+            self.vehicle.log()
+        );
+        let (_, last_code, _) = self.vehicle.status().await;
+        assert_eq!(last_code, ErrorCode::WrongEcu.as_u32());
+        assert_eq!(std::fs::read(&self.target).unwrap(), FACTORY);
+        let manifests = self.backend.manifests();
+        let last = manifests.last().expect("a manifest reporting the attack");
+        assert!(
+            attacks_detected(last)
+                .split(',')
+                .any(|a| a.trim() == "wrong-ecu"),
+            "{last:#}"
+        );
+    }
 }
