@@ -21,7 +21,9 @@
 //!
 //! One logged-in read-write session serves every operation, behind a mutex:
 //! the server signs only when metadata changes or nears expiry, never per
-//! check-in.
+//! check-in. Before each operation the session is checked: a session the
+//! token closed is reopened and a lost login renewed with the PIN read at
+//! start.
 
 use crate::config::Pkcs11Config;
 use crate::error::{Error, Result};
@@ -30,7 +32,7 @@ use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::types::AuthPin;
 use secureev_uptane::{PublicKey, SigningKey};
 use std::sync::{Arc, Mutex};
@@ -45,8 +47,11 @@ pub struct Token {
     session: Mutex<Session>,
     prefix: String,
     token_label: String,
-    // Keeps the module loaded for as long as the session lives.
-    _ctx: Pkcs11,
+    slot: cryptoki::slot::Slot,
+    // Kept to log in again when the token drops the login or the session
+    // (an HSM restart, an idle timeout of a network HSM).
+    pin: zeroize::Zeroizing<String>,
+    ctx: Pkcs11,
 }
 
 impl std::fmt::Debug for Token {
@@ -107,24 +112,41 @@ impl Token {
             .open_rw_session(slot)
             .map_err(p11("opening a session"))?;
         let pin = cfg.read_pin()?;
-        match session.login(UserType::User, Some(&AuthPin::from(pin.as_str()))) {
-            Ok(()) => {}
-            Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(e) => return Err(Error::hsm("logging in to the token", e)),
-        }
+        login(&session, &pin)?;
         Ok(Arc::new(Token {
             session: Mutex::new(session),
             prefix: cfg.label_prefix.clone(),
             token_label: cfg.token_label.clone(),
-            _ctx: ctx,
+            slot,
+            pin,
+            ctx,
         }))
     }
 
+    /// Run `f` on the session, logged in: a session the token dropped is
+    /// reopened and a lost login renewed first (one `C_GetSessionInfo` per
+    /// operation; the server signs rarely).
     fn with<T>(&self, f: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
-        let guard = match self.session.lock() {
+        let mut guard = match self.session.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
+        match guard.get_session_info() {
+            Ok(info) if info.session_state() == SessionState::RwUser => {}
+            Ok(info) => {
+                tracing::warn!(state = ?info.session_state(), "PKCS#11 login lost; logging in again");
+                login(&guard, &self.pin)?;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "PKCS#11 session lost; opening a new one");
+                let session = self
+                    .ctx
+                    .open_rw_session(self.slot)
+                    .map_err(p11("reopening a session"))?;
+                login(&session, &self.pin)?;
+                *guard = session;
+            }
+        }
         f(&guard)
     }
 
@@ -284,17 +306,33 @@ impl Token {
         })
     }
 
-    /// Sign `msg` with the private key `handle`: ECDSA P-256 over SHA-256,
-    /// returned as low-S DER.
-    pub fn sign_p256(&self, handle: ObjectHandle, what: &str, msg: &[u8]) -> Result<Vec<u8>> {
+    /// Sign `msg` with the private key whose `CKA_ID` is key id `keyid`:
+    /// ECDSA P-256 over SHA-256, returned as low-S DER. The key is looked up
+    /// by its id for every signature: object handles do not survive a lost
+    /// login (SoftHSM2 drops them) and may be reused for another object.
+    pub fn sign_p256(&self, keyid: &str, msg: &[u8]) -> Result<Vec<u8>> {
         use sha2::Digest;
+        let what = format!("signing with key {keyid}");
+        let id = hex::decode(keyid).map_err(|e| Error::Internal(e.to_string()))?;
         let digest = sha2::Sha256::digest(msg);
         let raw = self.with(|s| {
-            s.sign(&Mechanism::Ecdsa, handle, &digest)
-                .map_err(p11(format!("signing with {what}")))
+            let found = s
+                .find_objects(&[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::Id(id),
+                ])
+                .map_err(p11(what.clone()))?;
+            let [h] = found.as_slice() else {
+                return Err(Error::hsm(
+                    what.clone(),
+                    format!("{} private keys with this CKA_ID", found.len()),
+                ));
+            };
+            s.sign(&Mechanism::Ecdsa, *h, &digest)
+                .map_err(p11(what.clone()))
         })?;
-        let sig = p256::ecdsa::Signature::from_slice(&raw)
-            .map_err(|e| Error::hsm(format!("signing with {what}"), e))?;
+        let sig = p256::ecdsa::Signature::from_slice(&raw).map_err(|e| Error::hsm(&what, e))?;
         let sig = sig.normalize_s().unwrap_or(sig);
         Ok(sig.to_der().as_bytes().to_vec())
     }
@@ -302,19 +340,7 @@ impl Token {
     /// The KEK object, if the token holds one.
     pub fn kek(&self) -> Result<Option<ObjectHandle>> {
         let label = self.kek_label();
-        self.with(|s| {
-            let found = s
-                .find_objects(&secret_template(&label))
-                .map_err(p11("finding the KEK"))?;
-            match found.as_slice() {
-                [] => Ok(None),
-                [h] => Ok(Some(*h)),
-                _ => Err(Error::Config(format!(
-                    "the token holds {} keys labelled {label}; keep one",
-                    found.len()
-                ))),
-            }
-        })
+        self.with(|s| find_kek(s, &label))
     }
 
     /// Generate the AES-256 KEK inside the token (not extractable).
@@ -338,16 +364,14 @@ impl Token {
         self.with(|s| s.create_object(&t).map_err(p11("importing the KEK")))
     }
 
-    /// AES-256-GCM encryption inside the token; returns ciphertext ‖ tag.
-    pub fn gcm_encrypt(
-        &self,
-        key: ObjectHandle,
-        iv: &[u8; 12],
-        aad: &[u8],
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>> {
+    /// AES-256-GCM encryption with the KEK inside the token (looked up by
+    /// label each time, like signing keys); returns ciphertext ‖ tag.
+    pub fn gcm_encrypt(&self, iv: &[u8; 12], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let mut iv = *iv;
+        let label = self.kek_label();
         self.with(|s| {
+            let key = find_kek(s, &label)?
+                .ok_or_else(|| Error::hsm("sealing with the KEK", "the token has no KEK"))?;
             let params = GcmParams::new(&mut iv, aad, 128.into()).map_err(p11("GCM parameters"))?;
             s.encrypt(&Mechanism::AesGcm(params), key, plaintext)
                 .map_err(p11("sealing with the KEK"))
@@ -356,15 +380,12 @@ impl Token {
 
     /// AES-256-GCM decryption inside the token of ciphertext ‖ tag; a wrong
     /// key, IV, AAD or tag is an error.
-    pub fn gcm_decrypt(
-        &self,
-        key: ObjectHandle,
-        iv: &[u8; 12],
-        aad: &[u8],
-        ciphertext: &[u8],
-    ) -> Result<Vec<u8>> {
+    pub fn gcm_decrypt(&self, iv: &[u8; 12], aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>> {
         let mut iv = *iv;
+        let label = self.kek_label();
         self.with(|s| {
+            let key = find_kek(s, &label)?
+                .ok_or_else(|| Error::hsm("opening with the KEK", "the token has no KEK"))?;
             let params = GcmParams::new(&mut iv, aad, 128.into()).map_err(p11("GCM parameters"))?;
             s.decrypt(&Mechanism::AesGcm(params), key, ciphertext)
                 .map_err(p11("opening with the KEK"))
@@ -456,6 +477,28 @@ impl std::fmt::Display for TokenObject {
                 "not-extractable"
             }
         )
+    }
+}
+
+fn find_kek(s: &Session, label: &str) -> Result<Option<ObjectHandle>> {
+    let found = s
+        .find_objects(&secret_template(label))
+        .map_err(p11("finding the KEK"))?;
+    match found.as_slice() {
+        [] => Ok(None),
+        [h] => Ok(Some(*h)),
+        _ => Err(Error::Config(format!(
+            "the token holds {} keys labelled {label}; keep one",
+            found.len()
+        ))),
+    }
+}
+
+fn login(session: &Session, pin: &str) -> Result<()> {
+    match session.login(UserType::User, Some(&AuthPin::from(pin))) {
+        Ok(()) => Ok(()),
+        Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(e) => Err(Error::hsm("logging in to the token", e)),
     }
 }
 

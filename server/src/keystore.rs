@@ -34,7 +34,7 @@ pub struct OnlineKey {
 #[derive(Clone)]
 enum Signer {
     Pem(Box<SigningKey>),
-    Token(Arc<Token>, cryptoki::object::ObjectHandle),
+    Token(Arc<Token>),
 }
 
 impl std::fmt::Debug for OnlineKey {
@@ -76,7 +76,7 @@ impl OnlineKey {
             key,
             keyid,
             public: k.public,
-            signer: Signer::Token(token, k.handle),
+            signer: Signer::Token(token),
         })
     }
 
@@ -105,11 +105,7 @@ impl OnlineKey {
     pub fn sign_hex(&self, msg: &[u8]) -> Result<String> {
         match &self.signer {
             Signer::Pem(k) => Ok(k.sign_hex(msg)),
-            Signer::Token(t, h) => Ok(hex::encode(t.sign_p256(
-                *h,
-                &format!("key {}", self.keyid),
-                msg,
-            )?)),
+            Signer::Token(t) => Ok(hex::encode(t.sign_p256(&self.keyid, msg)?)),
         }
     }
 }
@@ -256,11 +252,10 @@ impl KeyStore {
         match self {
             KeyStore::Files(base) => Kek::load_or_create_file(base),
             KeyStore::Token(t) => {
-                let h = match t.kek()? {
-                    Some(h) => h,
-                    None => t.generate_kek()?,
-                };
-                Ok(Kek::in_token(t.clone(), h))
+                if t.kek()?.is_none() {
+                    t.generate_kek()?;
+                }
+                Ok(Kek::in_token(t.clone()))
             }
         }
     }
@@ -381,18 +376,15 @@ pub fn import_into_token(data_dir: &Path, token: &Arc<Token>) -> Result<ImportRe
     if kek_file.exists() {
         let local = Kek::load_or_create_file(&base)?;
         report.kek = "already in the token (checked equal to keys/kek)";
-        let h = match token.kek()? {
-            Some(h) => h,
-            None => {
-                report.kek = "imported";
-                token.import_kek(
-                    local
-                        .file_bytes()
-                        .ok_or_else(|| Error::Internal("a KEK file without bytes".into()))?,
-                )?
-            }
-        };
-        let in_token = Kek::in_token(token.clone(), h);
+        if token.kek()?.is_none() {
+            report.kek = "imported";
+            token.import_kek(
+                local
+                    .file_bytes()
+                    .ok_or_else(|| Error::Internal("a KEK file without bytes".into()))?,
+            )?;
+        }
+        let in_token = Kek::in_token(token.clone());
         let sealed = in_token.seal("hsm-import-probe", "cHJvYmU=")?;
         if local.unseal("hsm-import-probe", &sealed)? != "cHJvYmU=" {
             return Err(Error::hsm(

@@ -37,17 +37,14 @@ pub struct Kek(KekInner);
 #[derive(Clone)]
 enum KekInner {
     Bytes(zeroize::Zeroizing<[u8; 32]>),
-    Token(
-        std::sync::Arc<crate::hsm::Token>,
-        cryptoki::object::ObjectHandle,
-    ),
+    Token(std::sync::Arc<crate::hsm::Token>),
 }
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.0 {
             KekInner::Bytes(_) => "Kek(file)",
-            KekInner::Token(..) => "Kek(pkcs11)",
+            KekInner::Token(_) => "Kek(pkcs11)",
         })
     }
 }
@@ -60,19 +57,16 @@ impl Kek {
         Kek(KekInner::Bytes(k))
     }
 
-    /// The KEK object `handle` of `token`.
-    pub fn in_token(
-        token: std::sync::Arc<crate::hsm::Token>,
-        handle: cryptoki::object::ObjectHandle,
-    ) -> Self {
-        Kek(KekInner::Token(token, handle))
+    /// The KEK of `token` (`<prefix>/kek`, which must exist there).
+    pub fn in_token(token: std::sync::Arc<crate::hsm::Token>) -> Self {
+        Kek(KekInner::Token(token))
     }
 
     /// The key bytes of a file KEK (for `hsm import`); `None` in a token.
     pub fn file_bytes(&self) -> Option<&[u8; 32]> {
         match &self.0 {
             KekInner::Bytes(b) => Some(b),
-            KekInner::Token(..) => None,
+            KekInner::Token(_) => None,
         }
     }
 
@@ -119,7 +113,7 @@ impl Kek {
                 .map_err(|e| Error::Internal(e.to_string()))?
                 .encrypt(&Nonce::from(*nonce), Payload { msg, aad })
                 .map_err(|_| Error::Internal("sealing a content key failed".into())),
-            KekInner::Token(t, h) => t.gcm_encrypt(*h, nonce, aad, msg),
+            KekInner::Token(t) => t.gcm_encrypt(nonce, aad, msg),
         }
     }
 
@@ -129,7 +123,7 @@ impl Kek {
                 .ok()?
                 .decrypt(&Nonce::from(*nonce), Payload { msg, aad })
                 .ok(),
-            KekInner::Token(t, h) => t.gcm_decrypt(*h, nonce, aad, msg).ok(),
+            KekInner::Token(t) => t.gcm_decrypt(nonce, aad, msg).ok(),
         }
     }
 
