@@ -253,6 +253,9 @@ CTL=("$BIN/secureevctl" --bus "$BUS")
 for _ in $(seq 100); do "${CTL[@]}" status >/dev/null 2>&1 && break; sleep 0.1; done
 "${CTL[@]}" status >/dev/null || die "daemon did not start: $(tail -5 "$W/otad.log")"
 echo "  (its first check-in is refused: the backend does not know the vehicle yet)"
+# One operation at a time: Provision during that check-in would be refused
+# with Busy (3), so let it end first.
+wait_state error 30
 
 say "backend: a single-use enrollment credential for $VIN (expires in an hour, stored hashed)"
 ENROLL="$("$BIN/secureev-server" enroll create --vin "$VIN" --quiet "${S[@]}")"

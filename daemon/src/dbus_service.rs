@@ -3,6 +3,7 @@
 //! the service's start and stop ([`crate::run::ControlService`]).
 
 use crate::agent::Agent;
+use crate::phase::{Kind, Origin, Refusal, Ticket};
 use crate::error::{Error, Result};
 use crate::schedule::{Trigger, UpdateCycle};
 use crate::Daemon;
@@ -77,26 +78,57 @@ pub(crate) fn error_code(e: &Error) -> ErrorCode {
 #[derive(Debug, Clone)]
 pub struct AgentController(pub Arc<Agent>);
 
+/// A refusal of the operation model as the interface's typed error.
+fn refused(r: Refusal) -> OtaError {
+    match r {
+        Refusal::Busy { .. } => OtaError::Busy(r.to_string()),
+        Refusal::NothingToCancel | Refusal::NotCancellable { .. } => {
+            OtaError::NotCancellable(r.to_string())
+        }
+        _ => OtaError::Internal(r.to_string()),
+    }
+}
+
+impl AgentController {
+    /// Start the claimed install operation `op` on the worker.
+    fn spawn_install(&self, op: Ticket, update_id: String) {
+        let agent = self.0.clone();
+        agent.begin_operation(crate::agent::Plan::Install, State::Installing, "installing");
+        agent.status(State::Installing, "installing");
+        tokio::spawn(async move {
+            let result = agent.try_install(&op).await;
+            agent.finish(&op, &update_id, &result);
+        });
+    }
+}
+
 impl Controller for AgentController {
     fn check(&self, _options: CheckOptions) -> std::result::Result<(), OtaError> {
         let agent = &self.0;
-        if agent.lock().installing {
-            return Err(OtaError::Busy("an install is running".into()));
-        }
         let trigger = agent
             .trigger
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        match trigger {
-            Some(t) => {
-                if !t.check_now() {
-                    return Err(OtaError::Busy("a check is already requested".into()));
-                }
-                Ok(())
-            }
-            None => Err(OtaError::Internal("the scheduler is not running".into())),
-        }
+        let Some(trigger) = trigger else {
+            return Err(OtaError::Internal("the scheduler is not running".into()));
+        };
+        // Claimed here, under the agent's lock, so that an Install right
+        // after this call returns is refused; the scheduler's cycle adopts it.
+        agent
+            .lock()
+            .phase
+            .begin(Kind::Check, Origin::Bus)
+            .map_err(refused)?;
+        agent.begin_operation(
+            crate::agent::Plan::Check,
+            State::Checking,
+            "checking for updates",
+        );
+        agent.status(State::Checking, "checking for updates");
+        // `false`: a cycle is already requested; it adopts this check.
+        let _ = trigger.check_now();
+        Ok(())
     }
 
     fn install(
@@ -104,55 +136,54 @@ impl Controller for AgentController {
         update_id: &UpdateId,
         _options: InstallOptions,
     ) -> std::result::Result<(), OtaError> {
-        let agent = self.0.clone();
+        let agent = &self.0;
+        let no_such = || {
+            OtaError::NoSuchUpdate(format!("{} is not the pending update", update_id.as_str()))
+        };
         {
-            let mut inner = agent.lock();
-            if inner.installing {
-                return Err(OtaError::Busy("an install is running".into()));
+            let inner = agent.lock();
+            if let Some(r) = inner.phase.running() {
+                return Err(OtaError::Busy(
+                    Refusal::Busy {
+                        id: r.id,
+                        kind: r.kind,
+                        phase: r.phase,
+                    }
+                    .to_string(),
+                ));
             }
-            match &inner.pending {
-                Some(p) if p.plan.id() == update_id => {}
-                _ => {
-                    return Err(OtaError::NoSuchUpdate(format!(
-                        "{} is not the pending update",
-                        update_id.as_str()
-                    )))
-                }
+            if inner.pending.as_ref().map(|p| p.plan.id()) != Some(update_id) {
+                return Err(no_such());
             }
-            inner.consented = Some(update_id.clone());
-            inner.postponed_until = 0;
         }
         let unmet = agent.unmet_preconditions();
         if !unmet.is_empty() {
-            // The refusal ends the consent: no later SetPrecondition or
-            // check-in starts this install without a new Install call.
-            agent.lock().consented = None;
+            // The refusal is the end of this consent: no later
+            // SetPrecondition or check-in starts this install without a new
+            // Install call.
             return Err(OtaError::PreconditionFailed(unmet.join("; ")));
         }
-        let id = update_id.as_str().to_owned();
-        tokio::spawn(async move {
-            if let Some(result) = agent.try_install().await.transpose() {
-                agent.finish("install", &id, &result);
+        let op = {
+            let mut inner = agent.lock();
+            let op = inner
+                .phase
+                .begin(Kind::Install, Origin::Bus)
+                .map_err(refused)?;
+            if inner.pending.as_ref().map(|p| p.plan.id()) != Some(update_id) {
+                // Replaced between the two looks: nothing starts.
+                inner.phase.end(op.id);
+                return Err(no_such());
             }
-        });
+            inner.consented = Some(update_id.clone());
+            inner.postponed_until = 0;
+            op
+        };
+        self.spawn_install(op, update_id.as_str().to_owned());
         Ok(())
     }
 
     fn cancel(&self) -> std::result::Result<(), OtaError> {
-        let inner = self.0.lock();
-        if inner.installing {
-            return Err(OtaError::NotCancellable(
-                "the install has begun; it completes or leaves the running software as it was"
-                    .into(),
-            ));
-        }
-        match &inner.operation {
-            Some(op) => {
-                op.cancel();
-                Ok(())
-            }
-            None => Err(OtaError::NotCancellable("nothing to cancel".into())),
-        }
+        self.0.lock().phase.cancel().map(|_| ()).map_err(refused)
     }
 
     fn postpone(&self, delay: std::time::Duration) -> std::result::Result<(), OtaError> {
@@ -160,10 +191,12 @@ impl Controller for AgentController {
         let until = agent.now().unix() + delay.as_secs() as i64;
         {
             let mut inner = agent.lock();
-            if inner.installing {
-                return Err(OtaError::Busy(
-                    "the install has begun; it cannot be postponed".into(),
-                ));
+            if let Some(r) = inner.phase.running() {
+                if r.kind == Kind::Install || r.installed {
+                    return Err(OtaError::Busy(
+                        "the install has begun; it cannot be postponed".into(),
+                    ));
+                }
             }
             let Some(id) = inner.pending.as_ref().map(|p| p.plan.id().clone()) else {
                 return Err(OtaError::NoSuchUpdate("nothing is pending".into()));
@@ -210,23 +243,31 @@ impl Controller for AgentController {
             agent.save_preconditions(&inner);
         }
         agent.state.set_precondition(name, satisfied, reason);
-        // A held-back install proceeds as soon as nothing holds it back.
-        let ready = {
-            let inner = agent.lock();
-            inner.pending.is_some() && !inner.installing && inner.operation.is_none()
-        };
-        if satisfied && ready && agent.unmet_preconditions().is_empty() {
-            tokio::spawn(async move {
-                let id = agent
-                    .lock()
+        // A held-back install that policy allows (`auto`) proceeds as soon
+        // as nothing holds it back, as an operation of its own: claimed
+        // under the lock, so never beside a check-in or another install.
+        if !satisfied || !agent.unmet_preconditions().is_empty() {
+            return Ok(());
+        }
+        let start = {
+            let mut inner = agent.lock();
+            if inner.phase.running().is_none() && agent.may_install(&inner) {
+                let id = inner
                     .pending
                     .as_ref()
                     .map(|p| p.plan.id().as_str().to_owned())
                     .unwrap_or_default();
-                if let Some(result) = agent.try_install().await.transpose() {
-                    agent.finish("install", &id, &result);
-                }
-            });
+                inner
+                    .phase
+                    .begin(Kind::Install, Origin::Daemon)
+                    .ok()
+                    .map(|op| (op, id))
+            } else {
+                None
+            }
+        };
+        if let Some((op, id)) = start {
+            self.spawn_install(op, id);
         }
         Ok(())
     }
@@ -253,24 +294,25 @@ impl Controller for AgentController {
                 "VIN {vin} differs from the configured [vehicle] vin {configured}"
             )));
         }
-        {
-            let inner = agent.lock();
-            if inner.installing || inner.operation.is_some() {
-                return Err(OtaError::Busy("an update operation is running".into()));
-            }
-        }
+        // Never beside a check-in: a scheduled one is skipped meanwhile.
+        let op = agent
+            .lock()
+            .phase
+            .begin(Kind::Provision, Origin::Bus)
+            .map_err(refused)?;
         let url = backend_url.trim_end_matches('/').to_owned();
+        let what = "registering the vehicle with the backend";
+        agent.begin_operation(crate::agent::Plan::Provision, State::Checking, what);
+        agent.status(State::Checking, what);
         tokio::spawn(async move {
-            let what = "registering the vehicle with the backend";
-            agent.begin_operation(crate::agent::Plan::Provision, State::Checking, what);
-            agent.status(State::Checking, what);
             let result = agent
                 .register(&url, &token)
                 .await
                 .map(|()| format!("vehicle {vin} registered with {url}"));
-            agent.finish("provision", "", &result);
+            agent.finish(&op, "", &result);
             if result.is_ok() {
-                // Check in at once with the new registration.
+                // Check in at once with the new registration (after this
+                // operation ended: its own operation).
                 let trigger = agent
                     .trigger
                     .lock()

@@ -26,6 +26,8 @@
 //! - [`schedule`]: check-in interval, jitter, backoff, triggers.
 //! - [`agent`]: the Uptane cycle (check-in, verification, download, consent,
 //!   install, report, provisioning).
+//! - [`phase`]: the one operation model: which operation runs, its phase,
+//!   what a request may do meanwhile (held under the agent's mutex).
 //! - [`dbus_service`]: the D-Bus controller over the agent, error codes.
 //! - [`run`]: start-up, [`run()`], and the integration points for
 //!   check-in ([`schedule::UpdateCycle`]) and D-Bus ([`run::ControlService`]).
@@ -44,6 +46,7 @@ pub mod inhibit;
 pub mod install;
 pub mod keys;
 pub mod notify;
+pub mod phase;
 pub mod run;
 pub mod schedule;
 pub mod store;

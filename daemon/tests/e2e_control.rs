@@ -512,3 +512,288 @@ async fn progress_is_overall_monotonic_and_a_failure_says_so() {
     assert_eq!(last_code, code);
     assert_eq!(last_error, last.message);
 }
+
+/// A seeded xorshift: the timings of a run repeat with its seed.
+struct Seeded(u64);
+
+impl Seeded {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn timestamp_path() -> String {
+    format!("/director/{VIN}/timestamp.json")
+}
+
+/// Wait for the next `Completed` whose message passes `want`, skipping
+/// others (the check-ins the schedule runs meanwhile); bounded.
+async fn completed_where(
+    v: &Vehicle,
+    stream: &mut secureev_dbus::CompletedStream,
+    timeout: Duration,
+    want: impl Fn(&str) -> bool,
+) -> (u32, String) {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let signal = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no matching Completed:\n{}", v.log()))
+            .expect("signal stream ended");
+        let args = signal.args().unwrap();
+        if want(&args.message) {
+            return (args.code, args.message.clone());
+        }
+    }
+}
+
+/// The demo's sequence, provision then check-in, 50 times against a daemon
+/// whose schedule checks in every second, with seeded random timing of the
+/// registration and of when it is asked for. A `Provision` that meets a
+/// running check-in is refused with `Busy` (and asked again, as a client
+/// does); a scheduled check-in that meets a running provisioning is
+/// skipped. The backend sees no request arrive while it answers a
+/// registration, and every provisioning completes with 0. Regression test
+/// for the start-up check-in that overlapped `Provision` (issue 13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_in_never_overlaps_a_provisioning() {
+    const ROUNDS: usize = 50;
+    let seed = std::env::var("SECUREEV_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5ec0_2e7a_u64);
+    eprintln!("seed {seed} (SECUREEV_TEST_SEED)");
+    let mut rng = Seeded(seed | 1);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start().await;
+    let mut repos = Repos::new();
+    backend.set_files(repos.publish(&[]));
+    let installed = dir.path().join("installed");
+    std::fs::create_dir_all(&installed).unwrap();
+    std::fs::write(installed.join("image.bin"), FACTORY).unwrap();
+    let mut vehicle = Vehicle::with_policy(
+        &dir.path().join("vehicle"),
+        &backend,
+        &repos,
+        &InstallMode::File(installed.join("image.bin")),
+        "",
+        "auto",
+        1,
+    );
+    vehicle.start().await;
+    let proxy = vehicle.proxy().await;
+    let mut completed = proxy.receive_completed().await.unwrap();
+    let mut busy = 0;
+    for round in 0..ROUNDS {
+        backend.set_enroll_latency(Duration::from_millis(rng.below(200)));
+        // When the request comes, anywhere in the schedule's one-second
+        // interval (random timing, not a synchronisation).
+        tokio::time::sleep(Duration::from_millis(rng.below(1100))).await;
+        let deadline = tokio::time::Instant::now() + CHECK_TIMEOUT;
+        loop {
+            let options = HashMap::from([("token", zbus::zvariant::Value::from("enroll-1"))]);
+            match proxy.provision(&backend.base, options).await {
+                Ok(()) => break,
+                Err(e) if e.code() == ErrorCode::Busy => {
+                    busy += 1;
+                    assert!(
+                        e.to_string().contains("check (operation"),
+                        "Busy names what runs: {e}"
+                    );
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "round {round}: still busy: {e}\n{}",
+                        vehicle.log()
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("round {round}: {e}\n{}", vehicle.log()),
+            }
+        }
+        let (code, message) =
+            completed_where(&vehicle, &mut completed, CHECK_TIMEOUT, |m| {
+                m.contains("registered")
+            })
+            .await;
+        assert_eq!(code, 0, "round {round}: {message}\n{}", vehicle.log());
+        // The check-in it asks for follows; never beside it.
+        let (code, message) = completed_where(&vehicle, &mut completed, CHECK_TIMEOUT, |m| {
+            !m.contains("registered")
+        })
+        .await;
+        assert_eq!(code, 0, "round {round}: {message}\n{}", vehicle.log());
+    }
+    let overlaps = backend.overlaps_with_enroll();
+    assert!(overlaps.is_empty(), "{overlaps:#?}");
+    assert_eq!(backend.enrollments(), ROUNDS);
+    let checkins = backend.manifests().len();
+    eprintln!("{ROUNDS} provisionings, {checkins} check-ins, {busy} Busy refusals");
+    assert!(checkins >= ROUNDS, "{checkins}");
+}
+
+/// `Install` right after `CheckForUpdates` returned, and during every
+/// busy phase, is refused with `Busy` naming the running check; so are
+/// `Provision` and a second `CheckForUpdates`. `Cancel` in each phase:
+/// checking and downloading are cancelled (`Completed(10)`, state `idle`);
+/// an install is not (`NotCancellable`) and completes; a reporting check
+/// that installed nothing is cancelled; a provisioning is not cancellable;
+/// with nothing running there is nothing to cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_and_cancel_in_every_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start().await;
+    backend.set_open(false);
+    let mut repos = Repos::new();
+    let installed = dir.path().join("installed");
+    std::fs::create_dir_all(&installed).unwrap();
+    // The installer waits (bounded) until the test lets it go.
+    let go = dir.path().join("go");
+    let script = dir.path().join("install.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nfor i in $(seq 600); do [ -e {go} ] && exec cp \"$1\" {out}; sleep 0.05; done\nexit 1\n",
+            go = go.display(),
+            out = installed.join("image.bin").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &script,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut v = Vehicle::with_policy(
+        &dir.path().join("vehicle"),
+        &backend,
+        &repos,
+        &InstallMode::Command(script.clone()),
+        "[network]\nconnect_timeout_secs = 1\nresponse_timeout_secs = 2\nmetadata_timeout_secs = 3\nmanifest_timeout_secs = 2\n",
+        "consent",
+        3600,
+    );
+    let image = image_bytes(256 << 10, 31);
+    repos.release(NAME, &image, 2);
+    backend.set_files(repos.publish(&[(NAME, &image)]));
+    v.start().await;
+    v.settle_closed().await;
+    backend.set_open(true);
+    let proxy = v.proxy().await;
+    let mut completed = proxy.receive_completed().await.unwrap();
+    // Any outcome but the start-up check-in's against the closed backend
+    // (its Completed may come after the subscription).
+    let any = |m: &str| !m.contains("HTTP status 503");
+
+    // Nothing runs: nothing to cancel.
+    let e = proxy.cancel().await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotCancellable, "{e}");
+
+    // A check finds the update (policy consent: it waits).
+    proxy.check_for_updates(HashMap::new()).await.unwrap();
+    let (code, message) = completed_where(&v, &mut completed, CHECK_TIMEOUT, any).await;
+    assert_eq!(code, 0, "{message}");
+    let id = proxy.pending_update_id().await.unwrap();
+    assert!(!id.is_empty());
+
+    // checking: the Director's timestamp withheld.
+    backend.set_stall(Stall::Headers(timestamp_path()), true);
+    proxy.check_for_updates(HashMap::new()).await.unwrap();
+    // At once, before the scheduler's cycle has even started.
+    let e = proxy.install(&id, HashMap::new()).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Busy, "{e}");
+    assert!(e.to_string().contains("check (operation"), "{e}");
+    v.wait_for("checking", CHECK_TIMEOUT, |s, _| s == "checking").await;
+    for e in [
+        proxy.install(&id, HashMap::new()).await.unwrap_err(),
+        proxy.check_for_updates(HashMap::new()).await.unwrap_err(),
+        proxy
+            .provision(
+                &backend.base,
+                HashMap::from([("token", zbus::zvariant::Value::from("t"))]),
+            )
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(e.code(), ErrorCode::Busy, "{e}");
+    }
+    proxy.cancel().await.unwrap();
+    let (code, message) = completed_where(&v, &mut completed, CHECK_TIMEOUT, any).await;
+    assert_eq!(code, ErrorCode::Cancelled.as_u32(), "{message}");
+    v.wait_for("idle", CHECK_TIMEOUT, |s, _| s == "idle").await;
+    backend.set_stall(Stall::Headers(timestamp_path()), false);
+
+    // downloading: a new release whose image is withheld.
+    let image3 = image_bytes(256 << 10, 32);
+    repos.release("hu/rootfs-3.img", &image3, 3);
+    backend.set_files(repos.publish(&[("hu/rootfs-3.img", &image3)]));
+    let image3_path = repos.path_of("hu/rootfs-3.img");
+    backend.set_stall(Stall::Headers(image3_path.clone()), true);
+    proxy.check_for_updates(HashMap::new()).await.unwrap();
+    v.wait_for("downloading", CHECK_TIMEOUT, |s, _| s == "downloading")
+        .await;
+    let e = proxy.install(&id, HashMap::new()).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Busy, "{e}");
+    proxy.cancel().await.unwrap();
+    let (code, message) = completed_where(&v, &mut completed, CHECK_TIMEOUT, any).await;
+    assert_eq!(code, ErrorCode::Cancelled.as_u32(), "{message}");
+    backend.set_stall(Stall::Headers(image3_path), false);
+
+    // installing: the consented install waits in its installer.
+    proxy.check_for_updates(HashMap::new()).await.unwrap();
+    let (code, message) = completed_where(&v, &mut completed, CHECK_TIMEOUT, any).await;
+    assert_eq!(code, 0, "{message}");
+    let id3 = proxy.pending_update_id().await.unwrap();
+    proxy.install(&id3, HashMap::new()).await.unwrap();
+    v.wait_for("installing", CHECK_TIMEOUT, |s, _| s == "installing")
+        .await;
+    for e in [
+        proxy.install(&id3, HashMap::new()).await.unwrap_err(),
+        proxy.check_for_updates(HashMap::new()).await.unwrap_err(),
+    ] {
+        assert_eq!(e.code(), ErrorCode::Busy, "{e}");
+    }
+    let e = proxy.cancel().await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotCancellable, "{e}");
+    // reporting after the install: not cancellable either.
+    backend.set_stall(Stall::Manifest, true);
+    std::fs::write(&go, b"").unwrap();
+    v.wait_for("reporting", CHECK_TIMEOUT, |s, _| s == "reporting")
+        .await;
+    let e = proxy.cancel().await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotCancellable, "{e}");
+    let (code, message) = completed_where(&v, &mut completed, CHECK_TIMEOUT, any).await;
+    assert_eq!(code, 0, "{message}\n{}", v.log());
+    assert!(message.contains("installed on"), "{message}");
+    assert_eq!(std::fs::read(installed.join("image.bin")).unwrap(), image3);
+
+    // reporting in a check that installed nothing: cancellable.
+    proxy.check_for_updates(HashMap::new()).await.unwrap();
+    v.wait_for("reporting", CHECK_TIMEOUT, |s, _| s == "reporting")
+        .await;
+    proxy.cancel().await.unwrap();
+    let (code, message) = completed_where(&v, &mut completed, CHECK_TIMEOUT, any).await;
+    assert_eq!(code, ErrorCode::Cancelled.as_u32(), "{message}");
+    backend.set_stall(Stall::Manifest, false);
+
+    // provisioning: one bounded exchange, not cancellable.
+    backend.set_stall(Stall::Enroll, true);
+    proxy
+        .provision(
+            &backend.base,
+            HashMap::from([("token", zbus::zvariant::Value::from("t"))]),
+        )
+        .await
+        .unwrap();
+    v.wait_for("checking", CHECK_TIMEOUT, |s, _| s == "checking").await;
+    let e = proxy.cancel().await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotCancellable, "{e}");
+    let e = proxy.check_for_updates(HashMap::new()).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Busy, "{e}");
+    assert!(e.to_string().contains("provision (operation"), "{e}");
+    let (code, message) = completed_where(&v, &mut completed, CHECK_TIMEOUT, any).await;
+    assert_eq!(code, ErrorCode::Network.as_u32(), "{message}");
+}

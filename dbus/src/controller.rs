@@ -14,11 +14,12 @@ use crate::{
 /// [`crate::StateHandle`]; every operation started here ends with exactly one
 /// `Completed` signal ([`crate::StateHandle::emit_completed`]).
 ///
-/// [`crate::Ota1Interface`] has already parsed the options, rejected unknown keys,
-/// refused work while the published `State` is busy and checked `Install`'s id
-/// against the published plan. Those checks read published state, which may lag
-/// the worker; the implementation stays authoritative and must re-check atomically
-/// (returning [`OtaError::Busy`] or [`OtaError::NoSuchUpdate`]).
+/// [`crate::Ota1Interface`] has already authorized the caller, parsed the options,
+/// rejected unknown keys and checked `Install`'s id against the published plan.
+/// Whether another operation runs is the implementation's decision alone (the
+/// published `State` may lag its worker): it refuses with [`OtaError::Busy`],
+/// naming what runs, deciding and claiming in one critical section, and re-checks
+/// `Install`'s id atomically ([`OtaError::NoSuchUpdate`]).
 pub trait Controller: Send + Sync + 'static {
     /// `CheckForUpdates`: start a check-in (then download and verify what it finds).
     fn check(&self, options: CheckOptions) -> Result<(), OtaError>;

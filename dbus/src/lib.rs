@@ -7,8 +7,8 @@
 //!
 //! * [`Ota1Interface`] is the server-side object served at [`OBJECT_PATH`]. Its methods
 //!   validate their arguments (unknown option keys are rejected with
-//!   [`OtaError::UnknownOption`]), refuse work while the published [`State`] is busy,
-//!   then hand the request to the daemon's [`Controller`] and return at once. The
+//!   [`OtaError::UnknownOption`]), then hand the request to the daemon's
+//!   [`Controller`], which refuses it while another operation runs, and return at once. The
 //!   outcome of the work arrives later as property changes and the `Completed` signal.
 //! * [`StateHandle`] is what the daemon's worker uses to publish state: every setter is
 //!   synchronous and cheap; a single background task coalesces changes into at most

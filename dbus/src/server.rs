@@ -504,15 +504,6 @@ impl Ota1Interface {
         Ok(caller)
     }
 
-    fn refuse_if_busy(&self) -> Result<(), OtaError> {
-        let state = self.state.lock().snap.state;
-        if state.is_busy() {
-            return Err(OtaError::Busy(format!(
-                "another operation is running (state {state})"
-            )));
-        }
-        Ok(())
-    }
 }
 
 /// Over-the-air software updates for the vehicle (SecureEV-OTA, Uptane 2.1).
@@ -533,7 +524,6 @@ impl Ota1Interface {
         self.authorize(conn, &header, Role::Consent, "CheckForUpdates")
             .await?;
         let options = CheckOptions::parse(&options)?;
-        self.refuse_if_busy()?;
         self.controller.check(options)
     }
 
@@ -550,7 +540,6 @@ impl Ota1Interface {
         self.authorize(conn, &header, Role::Consent, "Install")
             .await?;
         let options = InstallOptions::parse(&options)?;
-        self.refuse_if_busy()?;
         let pending = self.state.lock().snap.pending_update_id.clone();
         if pending.is_empty() {
             return Err(OtaError::NoSuchUpdate("no update is pending".into()));
@@ -656,7 +645,6 @@ impl Ota1Interface {
                 "backend_url must be an https:// URL, got {backend_url:?}"
             )));
         }
-        self.refuse_if_busy()?;
         self.controller.provision(backend_url, options)
     }
 

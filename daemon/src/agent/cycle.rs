@@ -1,10 +1,11 @@
 //! The cycle itself: check, download, consent and preconditions, install,
 //! report, and how an operation's outcome is published.
 
-use crate::agent::{attack_of, Agent, Pending, Plan, INHIBIT_PREFIX};
+use crate::agent::{attack_of, Agent, Inner, Pending, Plan, INHIBIT_PREFIX};
 use crate::dbus_service::error_code;
 use crate::error::Result;
 use crate::fetch::download::{ImageRequest, Progress as DlProgress};
+use crate::phase::Ticket;
 use crate::schedule::{CycleOutcome, UpdateCycle};
 use futures_util::future::BoxFuture;
 use secureev_dbus::{ErrorCode, PendingUpdate, State, UpdatePlan as DbusPlan};
@@ -134,8 +135,13 @@ impl Agent {
         }
     }
 
-    pub(crate) fn finish(&self, action: &str, update_id: &str, result: &Result<String>) {
-        match result {
+    /// Operation `op` ended with `result`: `Progress`, `LastError`, history
+    /// and `State` first, then, in one critical section, the phase is freed
+    /// and `Completed` queued, so a client that acts on `Completed` finds
+    /// the daemon idle.
+    pub(crate) fn finish(&self, op: &Ticket, update_id: &str, result: &Result<String>) {
+        let action = op.kind.as_str();
+        let (code, message) = match result {
             Ok(message) => {
                 let waiting = self.lock().pending.is_some();
                 let state = if waiting {
@@ -145,9 +151,9 @@ impl Agent {
                 };
                 self.end_progress(true, state, message);
                 self.state.clear_last_error();
-                self.state.emit_completed(ErrorCode::Ok, message.clone());
                 self.history(action, update_id, ErrorCode::Ok, message);
                 self.status(state, message);
+                (ErrorCode::Ok, message.clone())
             }
             Err(e) => {
                 let code = error_code(e);
@@ -159,14 +165,20 @@ impl Agent {
                 };
                 self.end_progress(false, state, &message);
                 self.state.set_last_error(code, message.clone());
-                self.state.emit_completed(code, message.clone());
                 self.history(action, update_id, code, &message);
                 self.status(state, &message);
+                (code, message)
             }
+        };
+        let mut inner = self.lock();
+        if inner.phase.end(op.id).is_none() {
+            tracing::error!(op = %op.id, "operation model: ended an operation that was not running");
         }
+        self.state.emit_completed(code, message);
+        drop(inner);
     }
 
-    pub(crate) async fn cycle(&self, cancel: CancellationToken) -> Result<String> {
+    pub(crate) async fn cycle(&self, op: &Ticket, cancel: CancellationToken) -> Result<String> {
         let now = self.now();
         self.status(State::Checking, "checking for updates");
         self.progress(State::Checking, 0, 0, "", "checking for updates");
@@ -200,6 +212,7 @@ impl Agent {
             self.report(&attacks, None).await?;
             return Ok("up to date".into());
         }
+        self.enter(op.id, State::Downloading)?;
         self.status(State::Downloading, "downloading");
         let targets = match self.download(&plan, &cancel).await {
             Ok(t) => t,
@@ -214,6 +227,7 @@ impl Agent {
                 return Err(e);
             }
         };
+        self.enter(op.id, State::Verifying)?;
         self.status(State::Verifying, "images verified");
         let dbus_plan = DbusPlan::new(
             targets
@@ -264,49 +278,57 @@ impl Agent {
         if is_new {
             self.state.emit_update_available(&dbus_plan);
         }
-        Ok(self
-            .try_install()
-            .await?
-            .unwrap_or_else(|| "an install is already running".into()))
+        self.try_install(op).await
     }
 
-    /// Install the pending update if policy, consent, postponement and
-    /// preconditions allow; otherwise leave it waiting. `Ok(None)`: another
-    /// install holds the phase (it was decided and claimed in one critical
-    /// section, so `Install` and `SetPrecondition` can never start two);
-    /// the caller reports nothing.
-    pub(crate) async fn try_install(&self) -> Result<Option<String>> {
+    /// Whether policy, consent and postponement let the pending update
+    /// install now (preconditions are checked apart: they touch the inhibit
+    /// scan).
+    pub(crate) fn may_install(&self, inner: &Inner) -> bool {
+        let Some(p) = &inner.pending else {
+            return false;
+        };
+        let consented = inner.consented.as_ref() == Some(p.plan.id());
+        let auto = self.daemon.config.install.policy == crate::config::InstallPolicy::Auto;
+        // A postponement binds to the update it was given for.
+        let postponed = inner.postponed_until > self.now().unix()
+            && inner.postponed_id.as_ref() == Some(p.plan.id());
+        consented || (auto && !postponed)
+    }
+
+    /// Within operation `op`: install the pending update if policy,
+    /// consent, postponement and preconditions allow; otherwise leave it
+    /// waiting. Entering `installing` is decided under the agent's lock
+    /// together with the phase model, so a `Cancel` accepted before it
+    /// stops the install from starting.
+    pub(crate) async fn try_install(&self, op: &Ticket) -> Result<String> {
         // Scanned first (blocking pool), then decided under one lock.
         self.refresh_inhibits().await;
+        let unmet = self.unmet_preconditions();
         let decision = {
             let mut inner = self.lock();
             match inner.pending.clone() {
-                None => return Ok(Some("nothing to install".to_owned())),
-                Some(_) if inner.installing => return Ok(None),
+                None => return Ok("nothing to install".to_owned()),
                 Some(p) => {
-                    let consented = inner.consented.as_ref() == Some(p.plan.id());
-                    let auto =
-                        self.daemon.config.install.policy == crate::config::InstallPolicy::Auto;
-                    // A postponement binds to the update it was given for.
-                    let postponed = inner.postponed_until > self.now().unix()
-                        && inner.postponed_id.as_ref() == Some(p.plan.id());
                     let id = p.plan.id().as_str().to_owned();
-                    if !(consented || (auto && !postponed)) {
+                    if !self.may_install(&inner) {
                         Err(format!("update {id} verified and waiting for consent"))
+                    } else if !unmet.is_empty() {
+                        // Uptane consent is for "now": a refused start
+                        // ends it (issue 13); Install again when ready.
+                        inner.consented = None;
+                        Err(format!("install held back: {}", unmet.join("; ")))
                     } else {
-                        drop(inner);
-                        let unmet = self.unmet_preconditions();
-                        inner = self.lock();
-                        if !unmet.is_empty() {
-                            // Uptane consent is for "now": a refused start
-                            // ends it (issue 13); Install again when ready.
-                            inner.consented = None;
-                            Err(format!("install held back: {}", unmet.join("; ")))
-                        } else if inner.installing {
-                            return Ok(None);
-                        } else {
-                            inner.installing = true;
-                            Ok(p)
+                        match inner.phase.enter(op.id, State::Installing) {
+                            Ok(()) => Ok(p),
+                            Err(crate::phase::Refusal::Cancelled(_)) => {
+                                return Err(crate::error::Error::Cancelled("install".into()))
+                            }
+                            Err(e) => {
+                                tracing::error!("operation model: {e}");
+                                debug_assert!(false, "operation model: {e}");
+                                Ok(p)
+                            }
                         }
                     }
                 }
@@ -319,15 +341,13 @@ impl Agent {
                 if message.starts_with("install held back") {
                     self.progress(State::AwaitingConsent, 0, 0, "", &message);
                 }
-                return Ok(Some(message));
+                return Ok(message);
             }
         };
-        self.begin_unless_running(Plan::Install, State::Installing, "installing");
         self.status(State::Installing, "installing");
         let result = self.install(&pending).await;
         {
             let mut inner = self.lock();
-            inner.installing = false;
             inner.pending = None;
             inner.consented = None;
         }
@@ -376,19 +396,30 @@ impl Agent {
         if result.is_ok() {
             self.prune_cache(&[]);
         }
-        result.map(|_| Some(outcome.2))
+        result.map(|_| outcome.2)
     }
 }
 
 impl UpdateCycle for Agent {
-    fn run_cycle(&self, cancel: CancellationToken) -> BoxFuture<'_, CycleOutcome> {
+    fn run_cycle(&self, shutdown: CancellationToken) -> BoxFuture<'_, CycleOutcome> {
         Box::pin(async move {
-            let op = cancel.child_token();
-            let may_install = {
+            // Adopt the check-in a CheckForUpdates asked for, or begin the
+            // schedule's own; skipped while anything else runs (a
+            // provisioning, an install): never two operations at once.
+            let (op, may_install) = {
                 let mut inner = self.lock();
-                inner.operation = Some(op.clone());
-                self.daemon.config.install.policy == crate::config::InstallPolicy::Auto
-                    || inner.consented.is_some()
+                match inner.phase.begin_cycle() {
+                    Ok(op) => {
+                        let may = self.daemon.config.install.policy
+                            == crate::config::InstallPolicy::Auto
+                            || inner.consented.is_some();
+                        (op, may)
+                    }
+                    Err(busy) => {
+                        tracing::info!("scheduled check-in skipped: {busy}");
+                        return CycleOutcome::Done;
+                    }
+                }
             };
             let plan = if may_install {
                 Plan::CheckAndInstall
@@ -396,15 +427,21 @@ impl UpdateCycle for Agent {
                 Plan::Check
             };
             self.begin_operation(plan, State::Checking, "checking for updates");
-            let result = self.cycle(op).await;
-            self.lock().operation = None;
+            // Shutdown cancels the cycle like Cancel does, at every long await.
+            let cancel = op.cancel.clone();
+            let watch = tokio::spawn(async move {
+                shutdown.cancelled().await;
+                cancel.cancel();
+            });
+            let result = self.cycle(&op, op.cancel.clone()).await;
+            watch.abort();
             let id = self
                 .lock()
                 .pending
                 .as_ref()
                 .map(|p| p.plan.id().as_str().to_owned())
                 .unwrap_or_default();
-            self.finish("check", &id, &result);
+            self.finish(&op, &id, &result);
             match result {
                 Ok(_) => CycleOutcome::Done,
                 Err(e) if attack_of(&e).is_some() => CycleOutcome::Done,

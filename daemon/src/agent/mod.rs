@@ -36,11 +36,18 @@
 //!    something that is not its own report, is left out with a warning and
 //!    never holds the manifest back.
 //!
+//! ## One operation at a time
+//! A cycle, an `Install` and a `Provision` are operations of the one model in
+//! [`crate::phase`], held in [`Inner`] under the agent's mutex: each is
+//! claimed there (or refused `Busy`), moves forward through its phases there,
+//! and frees it in [`Agent::finish`] together with queuing its `Completed`.
+//!
 //! ## Cancel
 //! `Cancel` stops checking and downloading at once (partial downloads are kept
-//! for resuming). Once *installing* has begun it is refused with
-//! `NotCancellable`: an installer either completes or leaves the running
-//! software as it was, and the install journal settles a kill.
+//! for resuming), and a check-in's reporting when it installed nothing. Once
+//! *installing* has begun it is refused with `NotCancellable`: an installer
+//! either completes or leaves the running software as it was, and the install
+//! journal settles a kill. A provisioning is not cancellable either.
 
 use crate::error::{Error, Result};
 use crate::fetch::backend::Backend;
@@ -56,6 +63,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use crate::phase::{OpId, Phases, Refusal};
 use tokio_util::sync::CancellationToken;
 
 mod apply;
@@ -119,9 +127,9 @@ pub(crate) struct Inner {
     pub(crate) precondition_owners: BTreeMap<String, u32>,
     /// When each precondition was last reported (daemon clock, Unix s).
     pub(crate) precondition_times: BTreeMap<String, i64>,
-    /// Cancels the running check or download.
-    pub(crate) operation: Option<CancellationToken>,
-    pub(crate) installing: bool,
+    /// The one operation model: what runs, in which phase (see
+    /// [`crate::phase`]). Claimed and released only under this mutex.
+    pub(crate) phase: Phases,
     pub(crate) attacks: Vec<Attack>,
     /// How start-up settled an install that a shutdown or kill interrupted:
     /// reported in the next manifest as the installation result.
@@ -274,6 +282,27 @@ impl Agent {
             .status(&format!("{}: {message}", state.as_str()));
     }
 
+    /// Operation `op` moves to `phase` (forward only, see [`crate::phase`]).
+    /// A cancelled operation enters nothing more: `Err(Cancelled)`.
+    pub(crate) fn enter(&self, op: OpId, phase: State) -> Result<()> {
+        match self.lock().phase.enter(op, phase) {
+            Ok(()) => Ok(()),
+            Err(Refusal::Cancelled(_)) => Err(Error::Cancelled(phase.as_str().to_owned())),
+            Err(e) => {
+                // A bug in the agent's order of steps, never the caller's:
+                // loud in tests, logged in a vehicle, and the step goes on.
+                tracing::error!("operation model: {e}");
+                debug_assert!(false, "operation model: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    /// The running operation's id and cancellation token.
+    pub(crate) fn running_op(&self) -> Option<(OpId, CancellationToken)> {
+        self.lock().phase.running().map(|r| (r.id, r.token()))
+    }
+
     fn meter(&self) -> std::sync::MutexGuard<'_, Meter> {
         self.meter.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -284,14 +313,6 @@ impl Agent {
         let p = self.meter().begin(plan, phase, message);
         self.state.clear_last_error();
         self.state.set_progress(p);
-    }
-
-    /// [`Self::begin_operation`] unless one is running (an install that a
-    /// check-in goes on to is part of the check's operation).
-    pub(crate) fn begin_unless_running(&self, plan: Plan, phase: State, message: &str) {
-        if !self.meter().active() {
-            self.begin_operation(plan, phase, message);
-        }
     }
 
     /// `done` of `total` bytes of `phase` (total 0: unknown); `percent` is

@@ -66,6 +66,7 @@ impl Meter {
     }
 
     /// Whether an operation is running.
+    #[cfg(test)]
     pub(crate) fn active(&self) -> bool {
         self.plan.is_some()
     }

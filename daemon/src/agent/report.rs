@@ -104,13 +104,20 @@ impl Agent {
         attacks: &[Attack],
         result: Option<(bool, &str, &str)>,
     ) -> Result<()> {
+        // Cancel (where the phase model allows it: nothing was installed) and
+        // SIGTERM (a check-in's token) reach the reporting phase too; an
+        // install's report is still bounded by the secondaries' and the
+        // manifest's timeouts.
+        let cancel = match self.running_op() {
+            Some((op, cancel)) => {
+                self.enter(op, State::Reporting)?;
+                cancel
+            }
+            None => tokio_util::sync::CancellationToken::new(),
+        };
         self.status(State::Reporting, "sending the vehicle version manifest");
         // First, so that the time the Primary reports and signs the request
         // with is taken after the (up to SECONDARY_REPORT_TIMEOUT) wait.
-        // Cancel and SIGTERM reach the reporting phase too: the running
-        // operation's token (none for an install started over D-Bus, which
-        // is still bounded by the secondaries' and the manifest's timeouts).
-        let cancel = self.lock().operation.clone().unwrap_or_default();
         let secondary_reports = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(Error::Cancelled("report".into())),

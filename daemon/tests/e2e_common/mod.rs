@@ -125,6 +125,8 @@ pub enum Stall {
     Headers(String),
     /// Read the manifest PUT and never answer it.
     Manifest,
+    /// Read the registration `POST /enroll` and never answer it.
+    Enroll,
 }
 
 #[derive(Default)]
@@ -137,6 +139,13 @@ struct Shared {
     auth_failures: Mutex<Vec<String>>,
     nonces: Mutex<HashSet<String>>,
     vehicle_key: Mutex<Option<PublicKey>>,
+    /// When each request arrived, and its method and path.
+    arrivals: Mutex<Vec<(Instant, String)>>,
+    /// Each answered `POST /enroll`: from its arrival until its answer was
+    /// written (before that the vehicle cannot know the outcome).
+    enroll_windows: Mutex<Vec<(Instant, Instant)>>,
+    /// How long the next `POST /enroll` takes to answer.
+    enroll_latency: Mutex<Duration>,
 }
 
 /// The in-test backend (see the module documentation).
@@ -262,6 +271,34 @@ impl Backend {
             .collect()
     }
 
+    /// How long each `POST /enroll` takes to answer from now on (the
+    /// backend's registry at work: widens the window a check-in would have
+    /// to overlap it).
+    pub fn set_enroll_latency(&self, d: Duration) {
+        *self.shared.enroll_latency.lock().unwrap() = d;
+    }
+
+    /// Answered registrations so far.
+    pub fn enrollments(&self) -> usize {
+        self.shared.enroll_windows.lock().unwrap().len()
+    }
+
+    /// Requests that arrived while a registration was being answered: each
+    /// one is a check-in (or anything else) overlapping a provisioning.
+    pub fn overlaps_with_enroll(&self) -> Vec<String> {
+        let windows = self.shared.enroll_windows.lock().unwrap().clone();
+        let arrivals = self.shared.arrivals.lock().unwrap().clone();
+        let mut out = Vec::new();
+        for (from, to) in windows {
+            for (at, what) in &arrivals {
+                if *at > from && *at < to && !what.ends_with(" /enroll") {
+                    out.push(format!("{what} arrived {:?} into a registration", *at - from));
+                }
+            }
+        }
+        out
+    }
+
     /// Every manifest PUT so far (the signed envelopes).
     pub fn manifests(&self) -> Vec<Value> {
         self.shared.manifests.lock().unwrap().clone()
@@ -354,6 +391,44 @@ where
         });
     };
 
+    shared
+        .arrivals
+        .lock()
+        .unwrap()
+        .push((Instant::now(), format!("{method} {path}")));
+    // Registration: authorised by the enrollment credential (a bearer
+    // token), not by a vehicle signature: the backend does not know the
+    // vehicle's key yet.
+    if method == "POST" && path == "/enroll" {
+        let arrived = Instant::now();
+        if shared.stalls.lock().unwrap().contains(&Stall::Enroll) {
+            log(0);
+            hold(sock).await;
+            return Ok(());
+        }
+        let latency = *shared.enroll_latency.lock().unwrap();
+        // The registry's work, not a synchronisation: the vehicle's
+        // behaviour must not depend on it.
+        tokio::time::sleep(latency).await;
+        let status = if header("authorization").starts_with("Bearer ") {
+            200
+        } else {
+            401
+        };
+        log(status);
+        sock.write_all(
+            format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}")
+                .as_bytes(),
+        )
+        .await?;
+        sock.flush().await?;
+        shared
+            .enroll_windows
+            .lock()
+            .unwrap()
+            .push((arrived, Instant::now()));
+        return sock.shutdown().await;
+    }
     // Authenticate as the real backend does (request_auth), nonce replay included.
     let key = shared.vehicle_key.lock().unwrap().clone();
     if let Some(key) = key {
@@ -670,6 +745,20 @@ impl Vehicle {
         install: &InstallMode,
         extra: &str,
     ) -> Vehicle {
+        Self::with_policy(dir, backend, repos, install, extra, "auto", 3600)
+    }
+
+    /// [`Self::new`] with `[install] policy` = `policy` (`auto`, `consent`)
+    /// and `[checkin] interval_secs` = `interval_secs`.
+    pub fn with_policy(
+        dir: &Path,
+        backend: &Backend,
+        repos: &Repos,
+        install: &InstallMode,
+        extra: &str,
+        policy: &str,
+        interval_secs: u64,
+    ) -> Vehicle {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("ca.pem"), &backend.ca_pem).unwrap();
         std::fs::write(dir.join("director-root.json"), &repos.director_root).unwrap();
@@ -718,7 +807,7 @@ dir = "{d}/state"
 cache_dir = "{d}/cache"
 
 [checkin]
-interval_secs = 3600
+interval_secs = {interval_secs}
 jitter_secs = 0
 
 [dbus]
@@ -727,7 +816,7 @@ bus = "{bus}"
 {extra}
 
 [install]
-policy = "auto"
+policy = "{policy}"
 inhibit_dir = "{d}/inhibit"
 {installer}"#,
             base = backend.base,
