@@ -3,8 +3,8 @@
 //! the service's start and stop ([`crate::run::ControlService`]).
 
 use crate::agent::Agent;
-use crate::phase::{Kind, Origin, Refusal, Ticket};
 use crate::error::{Error, Result};
+use crate::phase::{Kind, Origin, Refusal, Ticket};
 use crate::schedule::{Trigger, UpdateCycle};
 use crate::Daemon;
 use futures_util::future::BoxFuture;
@@ -137,9 +137,8 @@ impl Controller for AgentController {
         _options: InstallOptions,
     ) -> std::result::Result<(), OtaError> {
         let agent = &self.0;
-        let no_such = || {
-            OtaError::NoSuchUpdate(format!("{} is not the pending update", update_id.as_str()))
-        };
+        let no_such =
+            || OtaError::NoSuchUpdate(format!("{} is not the pending update", update_id.as_str()));
         {
             let inner = agent.lock();
             if let Some(r) = inner.phase.running() {

@@ -200,7 +200,10 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::Busy { id, kind, phase } => {
-                write!(f, "another operation is running: {kind} (operation {id}), {phase}")
+                write!(
+                    f,
+                    "another operation is running: {kind} (operation {id}), {phase}"
+                )
             }
             Refusal::NothingToCancel => f.write_str("nothing to cancel"),
             Refusal::NotCancellable {
@@ -208,7 +211,10 @@ impl fmt::Display for Refusal {
                 kind,
                 phase,
                 why,
-            } => write!(f, "{kind} (operation {id}) cannot be cancelled while {phase}: {why}"),
+            } => write!(
+                f,
+                "{kind} (operation {id}) cannot be cancelled while {phase}: {why}"
+            ),
             Refusal::Cancelled(id) => write!(f, "operation {id} was cancelled"),
             Refusal::Transition { id, kind, from, to } => {
                 write!(f, "{kind} (operation {id}) cannot go from {from} to {to}")
@@ -531,7 +537,10 @@ mod tests {
                         };
                         let order = r.kind.phases();
                         let from = order.iter().position(|s| *s == r.phase).unwrap();
-                        let forward = order.iter().position(|s| *s == to).is_some_and(|t| t >= from);
+                        let forward = order
+                            .iter()
+                            .position(|s| *s == to)
+                            .is_some_and(|t| t >= from);
                         if r.cancelled {
                             assert_eq!(got, Err(Refusal::Cancelled(r.id)), "{what}");
                         } else if forward {

@@ -614,11 +614,10 @@ async fn a_check_in_never_overlaps_a_provisioning() {
                 Err(e) => panic!("round {round}: {e}\n{}", vehicle.log()),
             }
         }
-        let (code, message) =
-            completed_where(&vehicle, &mut completed, CHECK_TIMEOUT, |m| {
-                m.contains("registered")
-            })
-            .await;
+        let (code, message) = completed_where(&vehicle, &mut completed, CHECK_TIMEOUT, |m| {
+            m.contains("registered")
+        })
+        .await;
         assert_eq!(code, 0, "round {round}: {message}\n{}", vehicle.log());
         // The check-in it asks for follows; never beside it.
         let (code, message) = completed_where(&vehicle, &mut completed, CHECK_TIMEOUT, |m| {
@@ -662,11 +661,7 @@ async fn busy_and_cancel_in_every_phase() {
         ),
     )
     .unwrap();
-    std::fs::set_permissions(
-        &script,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut v = Vehicle::with_policy(
         &dir.path().join("vehicle"),
         &backend,
@@ -706,7 +701,8 @@ async fn busy_and_cancel_in_every_phase() {
     let e = proxy.install(&id, HashMap::new()).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Busy, "{e}");
     assert!(e.to_string().contains("check (operation"), "{e}");
-    v.wait_for("checking", CHECK_TIMEOUT, |s, _| s == "checking").await;
+    v.wait_for("checking", CHECK_TIMEOUT, |s, _| s == "checking")
+        .await;
     for e in [
         proxy.install(&id, HashMap::new()).await.unwrap_err(),
         proxy.check_for_updates(HashMap::new()).await.unwrap_err(),
@@ -788,7 +784,8 @@ async fn busy_and_cancel_in_every_phase() {
         )
         .await
         .unwrap();
-    v.wait_for("checking", CHECK_TIMEOUT, |s, _| s == "checking").await;
+    v.wait_for("checking", CHECK_TIMEOUT, |s, _| s == "checking")
+        .await;
     let e = proxy.cancel().await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotCancellable, "{e}");
     let e = proxy.check_for_updates(HashMap::new()).await.unwrap_err();

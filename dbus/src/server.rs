@@ -503,7 +503,6 @@ impl Ota1Interface {
         self.access.check(&caller, role, method)?;
         Ok(caller)
     }
-
 }
 
 /// Over-the-air software updates for the vehicle (SecureEV-OTA, Uptane 2.1).

@@ -51,6 +51,7 @@
 
 use crate::error::{Error, Result};
 use crate::fetch::backend::Backend;
+use crate::phase::{OpId, Phases, Refusal};
 use crate::schedule::Trigger;
 use crate::store::InstalledRecord;
 use crate::Daemon;
@@ -63,7 +64,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use crate::phase::{OpId, Phases, Refusal};
 use tokio_util::sync::CancellationToken;
 
 mod apply;

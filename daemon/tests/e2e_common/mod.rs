@@ -292,7 +292,10 @@ impl Backend {
         for (from, to) in windows {
             for (at, what) in &arrivals {
                 if *at > from && *at < to && !what.ends_with(" /enroll") {
-                    out.push(format!("{what} arrived {:?} into a registration", *at - from));
+                    out.push(format!(
+                        "{what} arrived {:?} into a registration",
+                        *at - from
+                    ));
                 }
             }
         }
