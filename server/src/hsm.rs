@@ -52,6 +52,10 @@ pub struct Token {
     // (an HSM restart, an idle timeout of a network HSM).
     pin: zeroize::Zeroizing<String>,
     ctx: Pkcs11,
+    // Handles of keys by CKA_ID (the KEK by its label), valid while the
+    // login lasts: cleared whenever it is renewed (a handle may then name
+    // another object), refound when the token calls one invalid.
+    handles: Mutex<std::collections::HashMap<Vec<u8>, ObjectHandle>>,
 }
 
 impl std::fmt::Debug for Token {
@@ -120,6 +124,7 @@ impl Token {
             slot,
             pin,
             ctx,
+            handles: Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -135,6 +140,7 @@ impl Token {
             Ok(info) if info.session_state() == SessionState::RwUser => {}
             Ok(info) => {
                 tracing::warn!(state = ?info.session_state(), "PKCS#11 login lost; logging in again");
+                self.forget_handles();
                 login(&guard, &self.pin)?;
             }
             Err(e) => {
@@ -144,10 +150,54 @@ impl Token {
                     .open_rw_session(self.slot)
                     .map_err(p11("reopening a session"))?;
                 login(&session, &self.pin)?;
+                self.forget_handles();
                 *guard = session;
             }
         }
         f(&guard)
+    }
+
+    fn forget_handles(&self) {
+        match self.handles.lock() {
+            Ok(mut h) => h.clear(),
+            Err(poisoned) => poisoned.into_inner().clear(),
+        }
+    }
+
+    /// Run `op` on the object cached under `key` (found by `find` when not
+    /// cached); when the token calls the handle invalid, find it again and
+    /// run `op` once more.
+    fn on_object<T>(
+        &self,
+        s: &Session,
+        key: &[u8],
+        find: impl Fn(&Session) -> Result<ObjectHandle>,
+        op: impl Fn(ObjectHandle) -> cryptoki::error::Result<T>,
+        what: &str,
+    ) -> Result<T> {
+        let lookup = |s: &Session| -> Result<ObjectHandle> {
+            let mut cache = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(h) = cache.get(key) {
+                return Ok(*h);
+            }
+            let h = find(s)?;
+            cache.insert(key.to_vec(), h);
+            Ok(h)
+        };
+        match op(lookup(s)?) {
+            Ok(v) => Ok(v),
+            Err(cryptoki::error::Error::Pkcs11(
+                RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid,
+                _,
+            )) => {
+                self.handles
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(key);
+                op(lookup(s)?).map_err(p11(what))
+            }
+            Err(e) => Err(Error::hsm(what, e)),
+        }
     }
 
     /// The label of a role's keys: `<prefix>/<repo>/<role>`.
@@ -316,21 +366,29 @@ impl Token {
         let id = hex::decode(keyid).map_err(|e| Error::Internal(e.to_string()))?;
         let digest = sha2::Sha256::digest(msg);
         let raw = self.with(|s| {
-            let found = s
-                .find_objects(&[
-                    Attribute::Class(ObjectClass::PRIVATE_KEY),
-                    Attribute::KeyType(KeyType::EC),
-                    Attribute::Id(id),
-                ])
-                .map_err(p11(what.clone()))?;
-            let [h] = found.as_slice() else {
-                return Err(Error::hsm(
-                    what.clone(),
-                    format!("{} private keys with this CKA_ID", found.len()),
-                ));
+            let find = |s: &Session| -> Result<ObjectHandle> {
+                let found = s
+                    .find_objects(&[
+                        Attribute::Class(ObjectClass::PRIVATE_KEY),
+                        Attribute::KeyType(KeyType::EC),
+                        Attribute::Id(id.clone()),
+                    ])
+                    .map_err(p11(what.clone()))?;
+                match found.as_slice() {
+                    [h] => Ok(*h),
+                    _ => Err(Error::hsm(
+                        what.clone(),
+                        format!("{} private keys with this CKA_ID", found.len()),
+                    )),
+                }
             };
-            s.sign(&Mechanism::Ecdsa, *h, &digest)
-                .map_err(p11(what.clone()))
+            self.on_object(
+                s,
+                &id,
+                find,
+                |h| s.sign(&Mechanism::Ecdsa, h, &digest),
+                &what,
+            )
         })?;
         let sig = p256::ecdsa::Signature::from_slice(&raw).map_err(|e| Error::hsm(&what, e))?;
         let sig = sig.normalize_s().unwrap_or(sig);
@@ -367,28 +425,40 @@ impl Token {
     /// AES-256-GCM encryption with the KEK inside the token (looked up by
     /// label each time, like signing keys); returns ciphertext ‖ tag.
     pub fn gcm_encrypt(&self, iv: &[u8; 12], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-        let mut iv = *iv;
+        let iv = *iv;
         let label = self.kek_label();
         self.with(|s| {
-            let key = find_kek(s, &label)?
-                .ok_or_else(|| Error::hsm("sealing with the KEK", "the token has no KEK"))?;
-            let params = GcmParams::new(&mut iv, aad, 128.into()).map_err(p11("GCM parameters"))?;
-            s.encrypt(&Mechanism::AesGcm(params), key, plaintext)
-                .map_err(p11("sealing with the KEK"))
+            let find = |s: &Session| {
+                find_kek(s, &label)?
+                    .ok_or_else(|| Error::hsm("sealing with the KEK", "the token has no KEK"))
+            };
+            let cache_key = format!("label:{label}").into_bytes();
+            let run = |key| {
+                let mut iv = iv;
+                let params = GcmParams::new(&mut iv, aad, 128.into())?;
+                s.encrypt(&Mechanism::AesGcm(params), key, plaintext)
+            };
+            self.on_object(s, &cache_key, find, run, "sealing with the KEK")
         })
     }
 
     /// AES-256-GCM decryption inside the token of ciphertext ‖ tag; a wrong
     /// key, IV, AAD or tag is an error.
     pub fn gcm_decrypt(&self, iv: &[u8; 12], aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>> {
-        let mut iv = *iv;
+        let iv = *iv;
         let label = self.kek_label();
         self.with(|s| {
-            let key = find_kek(s, &label)?
-                .ok_or_else(|| Error::hsm("opening with the KEK", "the token has no KEK"))?;
-            let params = GcmParams::new(&mut iv, aad, 128.into()).map_err(p11("GCM parameters"))?;
-            s.decrypt(&Mechanism::AesGcm(params), key, ciphertext)
-                .map_err(p11("opening with the KEK"))
+            let find = |s: &Session| {
+                find_kek(s, &label)?
+                    .ok_or_else(|| Error::hsm("opening with the KEK", "the token has no KEK"))
+            };
+            let cache_key = format!("label:{label}").into_bytes();
+            let run = |key| {
+                let mut iv = iv;
+                let params = GcmParams::new(&mut iv, aad, 128.into())?;
+                s.decrypt(&Mechanism::AesGcm(params), key, ciphertext)
+            };
+            self.on_object(s, &cache_key, find, run, "opening with the KEK")
         })
     }
 
