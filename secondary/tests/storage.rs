@@ -9,7 +9,10 @@
 //! result `0x21 missing-metadata`. No attack is recorded, and the same update
 //! installs once there is room again.
 //!
-//! Mounting tmpfs needs root; without it each test says SKIPPED (and fails
+//! A stored trusted root that cannot be read is NRC 0x26, not "none stored"
+//! (no tmpfs: the file is replaced by a directory).
+//!
+//! Mounting tmpfs needs root; without it those tests say SKIPPED (and fail
 //! when `SECUREEV_REQUIRE_ROOT` is set, as in CI).
 
 // allow-unwrap-in-tests only covers the test functions themselves.
@@ -284,17 +287,23 @@ fn image(len: usize, seed: u32) -> Vec<u8> {
 
 /// `e` is the ECU's own failure with NRC 0x72, on service `sid`.
 fn assert_programming_failure(e: &Error, sid: u8, log: &str) {
+    assert_fault(e, sid, 0x72, "generalProgrammingFailure", log);
+}
+
+/// `e` is the ECU's own failure with NRC `code` (`name`), on service `sid`.
+fn assert_fault(e: &Error, sid: u8, code: u8, name: &str, log: &str) {
     match e {
         Error::SecondaryFault { ecu, nrc, reason } => {
             assert_eq!(ecu, SERIAL);
-            assert_eq!(*nrc, 0x72, "{reason}");
+            assert_eq!(*nrc, code, "{reason}");
             assert!(
-                reason.contains(&format!("service 0x{sid:02X}"))
-                    && reason.contains("generalProgrammingFailure"),
+                reason.contains(&format!("service 0x{sid:02X}")) && reason.contains(name),
                 "{reason}"
             );
         }
-        other => panic!("expected SecondaryFault 0x72 on 0x{sid:02X}, got {other:?}\n{log}"),
+        other => {
+            panic!("expected SecondaryFault 0x{code:02X} on 0x{sid:02X}, got {other:?}\n{log}")
+        }
     }
 }
 
@@ -406,5 +415,54 @@ async fn no_room_to_decrypt_fails_verify_image_with_0x72_not_missing_metadata() 
     t.activate(&f).await.unwrap();
     let (installed, attacks, _) = rig.report(&t).await;
     assert_eq!(installed.as_deref(), Some("bms-enc.bin"));
+    assert_eq!(attacks, "");
+}
+
+/// A stored trusted root that cannot be read is a storage failure (NRC 0x26
+/// failurePreventsExecutionOfRequestedAction), never "no root stored": read
+/// as absent it used to fall back to the shipped root, forgetting a
+/// rotation. No tmpfs needed: the stored file is replaced by a directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_stored_root_fails_verify_metadata_with_0x26() {
+    let mut rig = rig(Layout {
+        state: None,
+        slots: None,
+    })
+    .await
+    .expect("no mounts needed");
+    let t = rig.transport();
+    t.info().await.unwrap();
+    let fw = image(10_000, 5);
+    let (bundle, _) = rig.publish("bms-5.bin", &fw, custom(5));
+    t.send_metadata(&bundle).await.unwrap();
+    let stored = rig.dir.path().join("state/metadata/director/root.json");
+    let good = std::fs::read(&stored).unwrap();
+    std::fs::remove_file(&stored).unwrap();
+    std::fs::create_dir(&stored).unwrap();
+
+    let fw = image(10_000, 6);
+    let (bundle, path) = rig.publish("bms-6.bin", &fw, custom(6));
+    let e = t.send_metadata(&bundle).await.unwrap_err();
+    assert_fault(
+        &e,
+        0x31,
+        0x26,
+        "failurePreventsExecutionOfRequestedAction",
+        &rig.ecu.log(),
+    );
+    assert!(
+        rig.ecu.log().contains("reading the state"),
+        "{}",
+        rig.ecu.log()
+    );
+
+    std::fs::remove_dir(&stored).unwrap();
+    std::fs::write(&stored, good).unwrap();
+    t.send_metadata(&bundle).await.unwrap();
+    let f = facts("bms-6.bin", &fw, 6);
+    t.send_image(&path, &f, &|_| {}).await.unwrap();
+    t.activate(&f).await.unwrap();
+    let (installed, attacks, _) = rig.report(&t).await;
+    assert_eq!(installed.as_deref(), Some("bms-6.bin"));
     assert_eq!(attacks, "");
 }
