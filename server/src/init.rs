@@ -101,7 +101,16 @@ fn init_with(opts: &InitOptions, pkcs11: Option<&Pkcs11Config>) -> Result<InitRe
         pki.ca_key.as_bytes(),
     )?;
     write_public(&data.join(layout::SERVER_CERT), pki.server_cert.as_bytes())?;
-    write_private(&data.join(layout::SERVER_KEY), pki.server_key.as_bytes())?;
+    match &store {
+        // With a token, the TLS key goes into it from memory, never to disk.
+        KeyStore::Token(t) => {
+            let key = secureev_uptane::SigningKey::from_pkcs8_pem(&pki.server_key)?;
+            t.import_p256(crate::keystore::TLS_REPO, crate::keystore::TLS_ROLE, &key)?;
+        }
+        KeyStore::Files(_) => {
+            write_private(&data.join(layout::SERVER_KEY), pki.server_key.as_bytes())?
+        }
+    }
 
     std::fs::create_dir_all(data.join(layout::BLOBS))
         .map_err(|e| Error::io("creating blob directory", e))?;

@@ -100,13 +100,18 @@ impl OnlineKey {
         matches!(self.signer, Signer::Token(..))
     }
 
-    /// Sign `msg` (ECDSA P-256 over SHA-256, DER; Ed25519 for PEM Ed25519
-    /// keys) and return the hex TUF metadata carries.
-    pub fn sign_hex(&self, msg: &[u8]) -> Result<String> {
+    /// Sign `msg`: ECDSA P-256 over SHA-256 as DER (Ed25519 for PEM
+    /// Ed25519 keys).
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>> {
         match &self.signer {
-            Signer::Pem(k) => Ok(k.sign_hex(msg)),
-            Signer::Token(t) => Ok(hex::encode(t.sign_p256(&self.keyid, msg)?)),
+            Signer::Pem(k) => Ok(k.sign_raw(msg)),
+            Signer::Token(t) => t.sign_p256(&self.keyid, msg),
         }
+    }
+
+    /// [`OnlineKey::sign`] as the hex TUF metadata carries.
+    pub fn sign_hex(&self, msg: &[u8]) -> Result<String> {
+        Ok(hex::encode(self.sign(msg)?))
     }
 }
 
@@ -246,6 +251,15 @@ impl KeyStore {
         }
     }
 
+    /// The TLS server key in the token (`<prefix>/tls/server`), if it holds
+    /// one; always `None` for the PEM store (the key is `tls_key`'s file).
+    pub fn tls_key(&self) -> Result<Option<OnlineKey>> {
+        match self {
+            KeyStore::Files(_) => Ok(None),
+            KeyStore::Token(_) => Ok(self.load_optional(TLS_REPO, TLS_ROLE)?.pop()),
+        }
+    }
+
     /// The key-encryption key, made on first use (a 0600 file, or an AES
     /// key generated inside the token).
     pub fn kek(&self) -> Result<Kek> {
@@ -260,6 +274,11 @@ impl KeyStore {
         }
     }
 }
+
+/// Key-store "repository" and role of the TLS server key in a token.
+pub const TLS_REPO: &str = "tls";
+/// See [`TLS_REPO`].
+pub const TLS_ROLE: &str = "server";
 
 /// Roles whose keys `hsm import` moves into the token, with their pending
 /// and retired sets.
@@ -313,6 +332,8 @@ pub struct ImportReport {
     pub kek: &'static str,
     /// Files removed from the data directory.
     pub removed: Vec<PathBuf>,
+    /// The TLS key file is not a P-256 PKCS#8 key and stays a file.
+    pub tls_left: bool,
 }
 
 /// Move the PEM online keys and the KEK file of `data_dir` into `token`:
@@ -370,6 +391,36 @@ pub fn import_into_token(data_dir: &Path, token: &Arc<Token>) -> Result<ImportRe
                     .push((token.role_label(repo, &set), online.keyid().to_owned()));
                 files.push(p);
             }
+        }
+    }
+    // The TLS server key, when it is a P-256 PKCS#8 key at its default place
+    // (`init` makes one); another kind stays a file.
+    let tls_file = data_dir.join(layout::SERVER_KEY);
+    if tls_file.exists() {
+        let pem = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&tls_file)
+                .map_err(|e| Error::io(format!("reading {}", tls_file.display()), e))?,
+        );
+        match SigningKey::from_pkcs8_pem(&pem) {
+            Ok(k) if k.as_p256().is_some() => {
+                let tk = token.import_p256(TLS_REPO, TLS_ROLE, &k)?;
+                let online = OnlineKey::token(token.clone(), tk)?;
+                let probe = b"secureev hsm import probe";
+                if online.keyid() != k.keyid()
+                    || !k.verifying_key().verify(probe, &online.sign(probe)?)
+                {
+                    return Err(Error::hsm(
+                        format!("importing {}", tls_file.display()),
+                        "the token's key does not sign as the file's",
+                    ));
+                }
+                report.keys.push((
+                    token.role_label(TLS_REPO, TLS_ROLE),
+                    online.keyid().to_owned(),
+                ));
+                files.push(tls_file);
+            }
+            _ => report.tls_left = true,
         }
     }
     let kek_file = data_dir.join(crate::secrets::KEK_FILE);

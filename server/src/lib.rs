@@ -481,10 +481,16 @@ pub async fn bind(config: Config) -> Result<Server> {
 pub async fn bind_with_state(state: AppState) -> Result<Server> {
     let config = state.config().clone();
     let tls = match config.transport {
-        Transport::Tls => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
-            &config.cert_path(),
-            &config.key_path(),
-        )?)),
+        // A TLS key in the token is used unless `tls_key` names a file.
+        Transport::Tls => Some(tokio_rustls::TlsAcceptor::from(
+            match (&config.tls_key, state.key_store().tls_key()?) {
+                (None, Some(key)) => {
+                    tracing::info!(keyid = key.keyid(), "TLS key in the PKCS#11 token");
+                    tls::server_config_with_key(&config.cert_path(), key)?
+                }
+                _ => tls::server_config(&config.cert_path(), &config.key_path())?,
+            },
+        )),
         Transport::InsecureHttp => {
             tracing::warn!("serving plain HTTP: for loopback tests only");
             None

@@ -585,6 +585,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     for f in &r.removed {
                         println!("removed {}", f.display());
                     }
+                    if r.tls_left {
+                        println!("tls key: not a P-256 PKCS#8 key, left as a file");
+                    }
                 }
                 HsmCmd::List => {
                     for o in token.list()? {

@@ -80,3 +80,91 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// A TLS server key that signs through the key store (a PKCS#11 token):
+/// ECDSA P-256 with SHA-256, DER, as TLS 1.3 `ecdsa_secp256r1_sha256` needs.
+#[derive(Debug)]
+struct StoreKey(crate::keystore::OnlineKey);
+
+impl rustls::sign::SigningKey for StoreKey {
+    fn choose_scheme(
+        &self,
+        offered: &[rustls::SignatureScheme],
+    ) -> Option<Box<dyn rustls::sign::Signer>> {
+        offered
+            .contains(&rustls::SignatureScheme::ECDSA_NISTP256_SHA256)
+            .then(|| Box::new(StoreSigner(self.0.clone())) as Box<dyn rustls::sign::Signer>)
+    }
+
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        rustls::SignatureAlgorithm::ECDSA
+    }
+}
+
+#[derive(Debug)]
+struct StoreSigner(crate::keystore::OnlineKey);
+
+impl rustls::sign::Signer for StoreSigner {
+    fn sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, rustls::Error> {
+        self.0.sign(message).map_err(|e| {
+            tracing::error!(error = %e, "TLS signature in the token failed");
+            rustls::Error::General(format!("TLS key: {e}"))
+        })
+    }
+
+    fn scheme(&self) -> rustls::SignatureScheme {
+        rustls::SignatureScheme::ECDSA_NISTP256_SHA256
+    }
+}
+
+#[derive(Debug)]
+struct OneCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for OneCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// As [`server_config`], with the private key in the key store (a token's
+/// `<prefix>/tls/server`); refused when it is not the certificate's key.
+pub fn server_config_with_key(
+    cert: &Path,
+    key: crate::keystore::OnlineKey,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| Error::Tls(format!("{}: {e}", cert.display())))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Tls(format!("{}: {e}", cert.display())))?;
+    let Some(leaf) = certs.first() else {
+        return Err(Error::Tls(format!("{}: no certificate", cert.display())));
+    };
+    // The leaf's public key must be the token's: compare the SEC1 points.
+    let secureev_uptane::PublicKey::P256(vk) = key.verifying_key() else {
+        return Err(Error::Tls("the TLS key in the token is not P-256".into()));
+    };
+    let point = vk.to_encoded_point(false);
+    if !leaf
+        .as_ref()
+        .windows(point.as_bytes().len())
+        .any(|w| w == point.as_bytes())
+    {
+        return Err(Error::Tls(format!(
+            "{} is not the certificate of the token's TLS key {}",
+            cert.display(),
+            key.keyid()
+        )));
+    }
+    let certified = rustls::sign::CertifiedKey::new(certs, Arc::new(StoreKey(key)));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(OneCert(Arc::new(certified))));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

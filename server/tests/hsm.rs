@@ -281,6 +281,8 @@ async fn online_keys_and_kek_in_a_softhsm_token_serve_an_encrypted_update() {
     let left = pem_files(&keys_dir);
     assert!(left.is_empty(), "files left under keys/: {left:?}");
     assert!(secureev_server::keystore::files_left(&data).is_empty());
+    // The TLS key too: every handshake below signs in the token.
+    assert!(!data.join("tls/server-key.pem").exists());
     let objects = token_objects(&conf, &data);
     for label in LABELS {
         assert_eq!(
@@ -420,7 +422,7 @@ async fn online_keys_and_kek_in_a_softhsm_token_serve_an_encrypted_update() {
 }
 
 /// The labels of a data directory's objects in the token, with one key each.
-const LABELS: [&str; 8] = [
+const LABELS: [&str; 9] = [
     "secureev/director/root",
     "secureev/director/targets",
     "secureev/director/snapshot",
@@ -428,6 +430,7 @@ const LABELS: [&str; 8] = [
     "secureev/image/snapshot",
     "secureev/image/timestamp",
     "secureev/audit/log",
+    "secureev/tls/server",
     "secureev/kek",
 ];
 
@@ -476,6 +479,8 @@ async fn init_generates_every_online_key_and_the_kek_inside_the_token() {
         pem_files(&keys_dir)
     );
     assert!(secureev_server::keystore::files_left(&data).is_empty());
+    // The TLS key too: every handshake below signs in the token.
+    assert!(!data.join("tls/server-key.pem").exists());
     let objects = token_objects(&conf, &data);
     for label in LABELS {
         assert_eq!(
