@@ -152,7 +152,11 @@ impl AppState {
             "online keys loaded"
         );
         if matches!(store, keystore::KeyStore::Token(_)) {
-            let left = keystore::files_left(data);
+            let mut left = keystore::files_left(data);
+            let tls_file = data.join(layout::SERVER_KEY);
+            if config.tls_key.is_none() && tls_file.exists() && store.tls_key()?.is_some() {
+                left.push(tls_file);
+            }
             if !left.is_empty() {
                 tracing::warn!(
                     files = ?left,
