@@ -6,7 +6,8 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::Context as _;
 use futures_util::StreamExt;
 use secureev_dbus::{
-    CompletedStream, Ota1Proxy, Progress, State, BUS_NAME, INTERFACE, OBJECT_PATH,
+    CompletedStream, OperationCompletedStream, Ota1Proxy, Progress, State, BUS_NAME, INTERFACE,
+    OBJECT_PATH,
 };
 use serde_json::json;
 use zbus::fdo::{DBusProxy, PropertiesChangedStream, PropertiesProxy};
@@ -28,6 +29,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         .build()
         .await?;
     let json = cli.json;
+    let timeout = std::time::Duration::from_secs(cli.timeout);
     match cli.command {
         Command::Status => status(&proxy, json).await,
         Command::Check { force, wait } => {
@@ -40,14 +42,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 None
             };
-            proxy.check_for_updates(options).await?;
-            done(json, "check started");
+            let op = proxy.check_for_updates(options).await?;
+            started(json, op, "check started");
             match follow {
-                Some(f) => f.run(&proxy, json).await,
+                Some(f) => f.run(&proxy, json, Some(op), timeout).await,
                 None => Ok(exit::OK),
             }
         }
-        Command::Install { yes, id, wait } => install(&conn, &proxy, json, yes, id, wait).await,
+        Command::Install { yes, id, wait } => {
+            install(&conn, &proxy, json, yes, id, wait.then_some(timeout)).await
+        }
         Command::Cancel => {
             proxy.cancel().await?;
             done(json, "cancel requested");
@@ -58,7 +62,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             done(json, &format!("pending update postponed by {secs} s"));
             Ok(exit::OK)
         }
-        Command::Watch => Follow::new(&conn, &proxy).await?.run(&proxy, json).await,
+        Command::Watch => {
+            Follow::new(&conn, &proxy)
+                .await?
+                .run(&proxy, json, None, timeout)
+                .await
+        }
         Command::History => history(&proxy, json).await,
         Command::Ecus => ecus(&proxy, json).await,
         Command::Provision {
@@ -79,10 +88,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 None
             };
-            proxy.provision(&url, options).await?;
-            done(json, "provisioning started");
+            let op = proxy.provision(&url, options).await?;
+            started(json, op, "provisioning started");
             match follow {
-                Some(f) => f.run(&proxy, json).await,
+                Some(f) => f.run(&proxy, json, Some(op), timeout).await,
                 None => Ok(exit::OK),
             }
         }
@@ -124,6 +133,18 @@ async fn ensure_daemon(conn: &Connection, custom_bus: bool) -> anyhow::Result<()
             "the SecureEV-OTA daemon is not running ({BUS_NAME} has no owner on the bus){hint}"
         ),
     ))
+}
+
+/// An operation was accepted: its id, for `--wait` and scripts.
+fn started(json: bool, op: u64, message: &str) {
+    if json {
+        println!(
+            "{}",
+            json!({ "ok": true, "operation-id": op, "message": message })
+        );
+    } else {
+        println!("{message} (operation {op})");
+    }
 }
 
 fn done(json: bool, message: &str) {
@@ -196,7 +217,7 @@ async fn install(
     json: bool,
     yes: bool,
     id: Option<String>,
-    wait: bool,
+    wait: Option<std::time::Duration>,
 ) -> anyhow::Result<u8> {
     let pending_id = proxy.pending_update_id().await?;
     let pending = proxy.pending_updates().await?;
@@ -237,18 +258,17 @@ async fn install(
             return Err(fail(exit::DECLINED, "not confirmed; nothing installed"));
         }
     }
-    let follow = if wait {
-        Some(Follow::new(conn, proxy).await?)
-    } else {
-        None
+    let follow = match wait {
+        Some(t) => Some((Follow::new(conn, proxy).await?, t)),
+        None => None,
     };
-    proxy
+    let op = proxy
         .install(&update_id, HashMap::new())
         .await
         .with_context(|| format!("install of update {update_id} refused"))?;
-    done(json, &format!("install of update {update_id} started"));
+    started(json, op, &format!("install of update {update_id} started"));
     match follow {
-        Some(f) => f.run(proxy, json).await,
+        Some((f, timeout)) => f.run(proxy, json, Some(op), timeout).await,
         None => Ok(exit::OK),
     }
 }
@@ -307,6 +327,7 @@ async fn ecus(proxy: &Ota1Proxy<'_>, json: bool) -> anyhow::Result<u8> {
 struct Follow {
     changes: PropertiesChangedStream,
     completed: CompletedStream,
+    operations: OperationCompletedStream,
     owner: zbus::fdo::NameOwnerChangedStream,
 }
 
@@ -324,12 +345,23 @@ impl Follow {
         Ok(Follow {
             changes: props.receive_properties_changed().await?,
             completed: proxy.receive_completed().await?,
+            operations: proxy.receive_operation_completed().await?,
             owner,
         })
     }
 
-    /// Shows progress until `Completed`; returns its code as exit status.
-    async fn run(mut self, proxy: &Ota1Proxy<'_>, json: bool) -> anyhow::Result<u8> {
+    /// Shows progress until operation `op` ends (its `OperationCompleted`;
+    /// other operations' outcomes are not its own), or without `op` until the
+    /// next `Completed`; returns its code as exit status. Gives up after
+    /// `timeout` with [`exit::TIMED_OUT`].
+    async fn run(
+        mut self,
+        proxy: &Ota1Proxy<'_>,
+        json: bool,
+        op: Option<u64>,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<u8> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut state = proxy.state().await?;
         let mut progress = proxy.progress().await?;
         let mut view = ProgressView::new();
@@ -375,21 +407,31 @@ impl Follow {
                         view.show(&state, &progress);
                     }
                 }
-                completed = self.completed.next() => {
+                completed = self.completed.next(), if op.is_none() => {
                     let Some(completed) = completed else { break };
                     let args = completed.args()?;
                     view.finish();
-                    if json {
-                        println!(
-                            "{}",
-                            json!({ "event": "completed", "code": args.code, "message": args.message })
-                        );
-                    } else if args.code == 0 {
-                        println!("Completed: {}", args.message);
-                    } else {
-                        println!("Failed {}: {}", output::code(args.code), args.message);
+                    return Ok(outcome(json, None, args.code, &args.message));
+                }
+                ended = self.operations.next(), if op.is_some() => {
+                    let Some(ended) = ended else { break };
+                    let args = ended.args()?;
+                    if Some(args.id) != op {
+                        continue;
                     }
-                    return Ok(exit::completed_code(args.code));
+                    view.finish();
+                    return Ok(outcome(json, Some((args.id, &args.kind)), args.code, &args.message));
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    view.finish();
+                    let what = match op {
+                        Some(id) => format!("operation {id}"),
+                        None => "the operation".to_owned(),
+                    };
+                    return Err(fail(
+                        exit::TIMED_OUT,
+                        format!("{what} did not end within {} s (--timeout)", timeout.as_secs()),
+                    ));
                 }
                 owner = self.owner.next() => {
                     let Some(owner) = owner else { break };
@@ -406,4 +448,21 @@ impl Follow {
         view.finish();
         Err(fail(exit::NOT_RUNNING, "lost the connection to the bus"))
     }
+}
+
+/// Print an operation's outcome; its code as exit status.
+fn outcome(json: bool, op: Option<(u64, &str)>, code: u32, message: &str) -> u8 {
+    if json {
+        let mut v = json!({ "event": "completed", "code": code, "message": message });
+        if let Some((id, kind)) = op {
+            v["operation-id"] = json!(id);
+            v["kind"] = json!(kind);
+        }
+        println!("{v}");
+    } else if code == 0 {
+        println!("Completed: {message}");
+    } else {
+        println!("Failed {}: {message}", output::code(code));
+    }
+    exit::completed_code(code)
 }

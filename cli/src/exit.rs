@@ -12,6 +12,8 @@ pub const DECLINED: u8 = 64;
 pub const NOT_RUNNING: u8 = 69;
 /// The bus could not be reached.
 pub const NO_BUS: u8 = 74;
+/// `--wait` or `watch` gave up after `--timeout` seconds (EX_TEMPFAIL).
+pub const TIMED_OUT: u8 = 75;
 
 /// `--help` text listing the exit statuses.
 pub const HELP: &str = "\
@@ -22,11 +24,12 @@ Exit status:
   3-63   the daemon's error code: a refused call (3 busy, 4 invalid argument,
          5 unknown option, 6 no such update, 7 precondition failed, 8 not
          permitted, 9 not provisioned, 11 not cancellable), or for watch and
-         --wait the code of the Completed signal (10 cancelled, 20-33 update
+         --wait the code of its operation's OperationCompleted signal (10 cancelled, 20-33 update
          failures); see docs/dbus-api.md
   64     install not confirmed
   69     daemon not running (io.secureev.Ota1 has no owner) or it went away
-  74     cannot connect to the bus";
+  74     cannot connect to the bus
+  75     --wait or watch: the operation did not end within --timeout seconds";
 
 /// An error that carries its exit status.
 #[derive(Debug)]

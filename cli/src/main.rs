@@ -24,6 +24,9 @@ mod output;
 
 use clap::{Parser, Subcommand};
 
+/// Default of `--timeout`: an hour (a large head-unit install takes minutes).
+const DEFAULT_WAIT_SECS: u64 = 3600;
+
 /// Control and watch over-the-air updates of this vehicle.
 #[derive(Debug, Parser)]
 #[command(name = "secureevctl", version, after_help = exit::HELP)]
@@ -35,6 +38,11 @@ struct Cli {
     /// Print machine-readable JSON (JSON lines for `watch` and `--wait`).
     #[arg(long, global = true)]
     json: bool,
+
+    /// Longest wait of `--wait` and `watch` for the operation to end, in
+    /// seconds; then exit 75.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = DEFAULT_WAIT_SECS)]
+    timeout: u64,
 
     #[command(subcommand)]
     command: Command,

@@ -103,7 +103,7 @@ impl AgentController {
 }
 
 impl Controller for AgentController {
-    fn check(&self, _options: CheckOptions) -> std::result::Result<(), OtaError> {
+    fn check(&self, _options: CheckOptions) -> std::result::Result<u64, OtaError> {
         let agent = &self.0;
         let trigger = agent
             .trigger
@@ -115,7 +115,7 @@ impl Controller for AgentController {
         };
         // Claimed here, under the agent's lock, so that an Install right
         // after this call returns is refused; the scheduler's cycle adopts it.
-        agent
+        let op = agent
             .lock()
             .phase
             .begin(Kind::Check, Origin::Bus)
@@ -128,14 +128,14 @@ impl Controller for AgentController {
         agent.status(State::Checking, "checking for updates");
         // `false`: a cycle is already requested; it adopts this check.
         let _ = trigger.check_now();
-        Ok(())
+        Ok(op.id.get())
     }
 
     fn install(
         &self,
         update_id: &UpdateId,
         _options: InstallOptions,
-    ) -> std::result::Result<(), OtaError> {
+    ) -> std::result::Result<u64, OtaError> {
         let agent = &self.0;
         let no_such =
             || OtaError::NoSuchUpdate(format!("{} is not the pending update", update_id.as_str()));
@@ -177,8 +177,9 @@ impl Controller for AgentController {
             inner.postponed_until = 0;
             op
         };
+        let id = op.id.get();
         self.spawn_install(op, update_id.as_str().to_owned());
-        Ok(())
+        Ok(id)
     }
 
     fn cancel(&self) -> std::result::Result<(), OtaError> {
@@ -279,7 +280,7 @@ impl Controller for AgentController {
         &self,
         backend_url: &str,
         options: ProvisionOptions,
-    ) -> std::result::Result<(), OtaError> {
+    ) -> std::result::Result<u64, OtaError> {
         let agent = self.0.clone();
         let token = options.token.clone().ok_or_else(|| {
             OtaError::InvalidArgument(
@@ -299,6 +300,7 @@ impl Controller for AgentController {
             .phase
             .begin(Kind::Provision, Origin::Bus)
             .map_err(refused)?;
+        let id = op.id.get();
         let url = backend_url.trim_end_matches('/').to_owned();
         let what = "registering the vehicle with the backend";
         agent.begin_operation(crate::agent::Plan::Provision, State::Checking, what);
@@ -322,7 +324,7 @@ impl Controller for AgentController {
                 }
             }
         });
-        Ok(())
+        Ok(id)
     }
 }
 

@@ -551,6 +551,26 @@ async fn completed_where(
     }
 }
 
+/// The next `OperationCompleted` of operation `id`: `(kind, code)`; bounded.
+async fn op_ended(
+    v: &Vehicle,
+    stream: &mut secureev_dbus::OperationCompletedStream,
+    id: u64,
+) -> (String, u32) {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + CHECK_TIMEOUT;
+    loop {
+        let signal = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("operation {id} did not end:\n{}", v.log()))
+            .expect("signal stream ended");
+        let a = signal.args().unwrap();
+        if a.id == id {
+            return (a.kind.clone(), a.code);
+        }
+    }
+}
+
 /// The demo's sequence, provision then check-in, 50 times against a daemon
 /// whose schedule checks in every second, with seeded random timing of the
 /// registration and of when it is asked for. A `Provision` that meets a
@@ -586,7 +606,9 @@ async fn a_check_in_never_overlaps_a_provisioning() {
     );
     vehicle.start().await;
     let proxy = vehicle.proxy().await;
-    let mut completed = proxy.receive_completed().await.unwrap();
+    let mut ended = proxy.receive_operation_completed().await.unwrap();
+    let bus = vehicle.bus.address().to_owned();
+    let ctl = ctl_bin();
     let mut busy = 0;
     for round in 0..ROUNDS {
         backend.set_enroll_latency(Duration::from_millis(rng.below(200)));
@@ -594,37 +616,87 @@ async fn a_check_in_never_overlaps_a_provisioning() {
         // interval (random timing, not a synchronisation).
         tokio::time::sleep(Duration::from_millis(rng.below(1100))).await;
         let deadline = tokio::time::Instant::now() + CHECK_TIMEOUT;
-        loop {
-            let options = HashMap::from([("token", zbus::zvariant::Value::from("enroll-1"))]);
-            match proxy.provision(&backend.base, options).await {
-                Ok(()) => break,
-                Err(e) if e.code() == ErrorCode::Busy => {
+        // The demo's step: the real secureevctl, following its own
+        // operation; exit status = that operation's code.
+        let (provision_id, lines) = loop {
+            let out = tokio::process::Command::new(&ctl)
+                .args(["--bus", &bus, "--json", "--timeout", "30", "provision"])
+                .arg(&backend.base)
+                .args(["--token", "enroll-1", "--wait"])
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            match out.status.code() {
+                Some(0) => {
+                    let lines: Vec<serde_json::Value> = stdout
+                        .lines()
+                        .map(|l| serde_json::from_str(l).unwrap())
+                        .collect();
+                    let id = lines[0]["operation-id"].as_u64().unwrap();
+                    break (id, lines);
+                }
+                Some(3) => {
                     busy += 1;
                     assert!(
-                        e.to_string().contains("check (operation"),
-                        "Busy names what runs: {e}"
+                        stderr.contains("check (operation"),
+                        "Busy names what runs: {stderr}"
                     );
                     assert!(
                         tokio::time::Instant::now() < deadline,
-                        "round {round}: still busy: {e}\n{}",
+                        "round {round}: still busy: {stderr}\n{}",
                         vehicle.log()
                     );
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err(e) => panic!("round {round}: {e}\n{}", vehicle.log()),
+                other => panic!(
+                    "round {round}: secureevctl exited {other:?}: {stdout}{stderr}\n{}",
+                    vehicle.log()
+                ),
+            }
+        };
+        let last = lines.last().unwrap();
+        assert_eq!(last["event"], "completed", "{lines:?}");
+        assert_eq!(
+            last["operation-id"].as_u64(),
+            Some(provision_id),
+            "{lines:?}"
+        );
+        assert_eq!(last["kind"], "provision", "{lines:?}");
+        assert!(
+            last["message"].as_str().unwrap().contains("registered"),
+            "{lines:?}"
+        );
+        // Over the bus: that id ended as a provisioning, then the check-in
+        // it asks for, a later operation of its own, never beside it.
+        let deadline = tokio::time::Instant::now() + CHECK_TIMEOUT;
+        let mut seen_provision = false;
+        loop {
+            use futures_util::StreamExt;
+            let signal = tokio::time::timeout_at(deadline, ended.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "round {round}: no check-in after provisioning:\n{}",
+                        vehicle.log()
+                    )
+                })
+                .unwrap();
+            let a = signal.args().unwrap();
+            if a.id == provision_id {
+                assert_eq!((a.kind.as_str(), a.code), ("provision", 0), "{}", a.message);
+                seen_provision = true;
+            } else if a.id > provision_id {
+                assert!(
+                    seen_provision,
+                    "round {round}: {} before the provisioning ended",
+                    a.id
+                );
+                assert_eq!((a.kind.as_str(), a.code), ("check", 0), "{}", a.message);
+                break;
             }
         }
-        let (code, message) = completed_where(&vehicle, &mut completed, CHECK_TIMEOUT, |m| {
-            m.contains("registered")
-        })
-        .await;
-        assert_eq!(code, 0, "round {round}: {message}\n{}", vehicle.log());
-        // The check-in it asks for follows; never beside it.
-        let (code, message) = completed_where(&vehicle, &mut completed, CHECK_TIMEOUT, |m| {
-            !m.contains("registered")
-        })
-        .await;
-        assert_eq!(code, 0, "round {round}: {message}\n{}", vehicle.log());
     }
     let overlaps = backend.overlaps_with_enroll();
     assert!(overlaps.is_empty(), "{overlaps:#?}");
@@ -696,7 +768,8 @@ async fn busy_and_cancel_in_every_phase() {
 
     // checking: the Director's timestamp withheld.
     backend.set_stall(Stall::Headers(timestamp_path()), true);
-    proxy.check_for_updates(HashMap::new()).await.unwrap();
+    let mut ended = proxy.receive_operation_completed().await.unwrap();
+    let check_op = proxy.check_for_updates(HashMap::new()).await.unwrap();
     // At once, before the scheduler's cycle has even started.
     let e = proxy.install(&id, HashMap::new()).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Busy, "{e}");
@@ -719,7 +792,52 @@ async fn busy_and_cancel_in_every_phase() {
     proxy.cancel().await.unwrap();
     let (code, message) = completed_where(&v, &mut completed, CHECK_TIMEOUT, any).await;
     assert_eq!(code, ErrorCode::Cancelled.as_u32(), "{message}");
+    // The same outcome, with the id CheckForUpdates returned.
+    let (kind, code) = op_ended(&v, &mut ended, check_op).await;
+    assert_eq!(
+        (kind.as_str(), code),
+        ("check", ErrorCode::Cancelled.as_u32())
+    );
     v.wait_for("idle", CHECK_TIMEOUT, |s, _| s == "idle").await;
+
+    // The real secureevctl: `check --wait` follows its own operation, and
+    // gives up after --timeout with 75; `cancel` ends it, and a `--wait`
+    // after that reports the cancellation (10) as its exit status.
+    let bus = v.bus.address().to_owned();
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(ctl_bin())
+            .args(["--bus", &bus])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (status, out) = ctl(&["check", "--wait", "--timeout", "1"]);
+    assert_eq!(status, Some(75), "{out}");
+    assert!(out.contains("did not end within 1 s"), "{out}");
+    let ctl_op: u64 = out
+        .split("(operation ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no operation id in {out:?}"));
+    assert!(ctl_op > check_op, "{out}");
+    let (status, out) = ctl(&["cancel"]);
+    assert_eq!(status, Some(0), "{out}");
+    let (kind, code) = op_ended(&v, &mut ended, ctl_op).await;
+    assert_eq!(
+        (kind.as_str(), code),
+        ("check", ErrorCode::Cancelled.as_u32())
+    );
+    let (code, message) = completed_where(&v, &mut completed, CHECK_TIMEOUT, any).await;
+    assert_eq!(code, ErrorCode::Cancelled.as_u32(), "{message}");
     backend.set_stall(Stall::Headers(timestamp_path()), false);
 
     // downloading: a new release whose image is withheld.

@@ -12,7 +12,8 @@ use crate::{
 /// validate against the worker's own state, hand the work to the worker (e.g. with
 /// `try_send` on a channel) and return. Progress and outcome are published through
 /// [`crate::StateHandle`]; every operation started here ends with exactly one
-/// `Completed` signal ([`crate::StateHandle::emit_completed`]).
+/// `Completed` and one `OperationCompleted` signal
+/// ([`crate::StateHandle::emit_operation_completed`]).
 ///
 /// [`crate::Ota1Interface`] has already authorized the caller, parsed the options,
 /// rejected unknown keys and checked `Install`'s id against the published plan.
@@ -22,12 +23,15 @@ use crate::{
 /// `Install`'s id atomically ([`OtaError::NoSuchUpdate`]).
 pub trait Controller: Send + Sync + 'static {
     /// `CheckForUpdates`: start a check-in (then download and verify what it finds).
-    fn check(&self, options: CheckOptions) -> Result<(), OtaError>;
+    /// Returns the operation's id (never 0), the `id` of its `OperationCompleted`
+    /// ([`crate::StateHandle::emit_operation_completed`]).
+    fn check(&self, options: CheckOptions) -> Result<u64, OtaError>;
 
     /// `Install`: the driver consented to exactly the plan `update_id`. Start it, or
     /// hold it until the preconditions allow (or refuse with
     /// [`OtaError::PreconditionFailed`]; document which).
-    fn install(&self, update_id: &UpdateId, options: InstallOptions) -> Result<(), OtaError>;
+    /// Returns the operation's id, as [`Controller::check`].
+    fn install(&self, update_id: &UpdateId, options: InstallOptions) -> Result<u64, OtaError>;
 
     /// `Cancel`: stop the running operation. Cancelling a download must work; what
     /// it does during an install is the daemon's documented policy (refuse with
@@ -57,6 +61,7 @@ pub trait Controller: Send + Sync + 'static {
     fn history(&self) -> Result<Vec<HistoryEntry>, OtaError>;
 
     /// `Provision`: register the vehicle with the backend at `backend_url` (an
-    /// `https://` URL, already checked). Ends with `Completed`.
-    fn provision(&self, backend_url: &str, options: ProvisionOptions) -> Result<(), OtaError>;
+    /// `https://` URL, already checked). Ends with `Completed`. Returns the
+    /// operation's id, as [`Controller::check`].
+    fn provision(&self, backend_url: &str, options: ProvisionOptions) -> Result<u64, OtaError>;
 }

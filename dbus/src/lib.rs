@@ -59,7 +59,8 @@ pub use controller::Controller;
 pub use error::{ErrorCode, OtaError};
 pub use options::{CheckOptions, InstallOptions, ProvisionOptions};
 pub use proxy::{
-    Completed, CompletedArgs, CompletedStream, Ota1Proxy, UpdateAvailable, UpdateAvailableArgs,
+    Completed, CompletedArgs, CompletedStream, OperationCompleted, OperationCompletedArgs,
+    OperationCompletedStream, Ota1Proxy, UpdateAvailable, UpdateAvailableArgs,
     UpdateAvailableStream,
 };
 pub use server::{Ota1Interface, Snapshot, StateHandle, DEFAULT_THROTTLE};

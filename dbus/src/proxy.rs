@@ -29,11 +29,11 @@ use crate::{Ecu, HistoryEntry, OtaError, PendingUpdate, Precondition, Progress};
     gen_blocking = false
 )]
 pub trait Ota1 {
-    /// `CheckForUpdates(a{sv} options)`.
-    fn check_for_updates(&self, options: HashMap<&str, Value<'_>>) -> Result<(), OtaError>;
+    /// `CheckForUpdates(a{sv} options) → t operation_id`.
+    fn check_for_updates(&self, options: HashMap<&str, Value<'_>>) -> Result<u64, OtaError>;
 
-    /// `Install(s update_id, a{sv} options)`.
-    fn install(&self, update_id: &str, options: HashMap<&str, Value<'_>>) -> Result<(), OtaError>;
+    /// `Install(s update_id, a{sv} options) → t operation_id`.
+    fn install(&self, update_id: &str, options: HashMap<&str, Value<'_>>) -> Result<u64, OtaError>;
 
     /// `Cancel()`.
     fn cancel(&self) -> Result<(), OtaError>;
@@ -47,12 +47,12 @@ pub trait Ota1 {
     /// `GetHistory() → aa{sv}`.
     fn get_history(&self) -> Result<Vec<HistoryEntry>, OtaError>;
 
-    /// `Provision(s backend_url, a{sv} options)`.
+    /// `Provision(s backend_url, a{sv} options) → t operation_id`.
     fn provision(
         &self,
         backend_url: &str,
         options: HashMap<&str, Value<'_>>,
-    ) -> Result<(), OtaError>;
+    ) -> Result<u64, OtaError>;
 
     /// `State` property.
     #[zbus(property)]
@@ -101,4 +101,14 @@ pub trait Ota1 {
     /// `Completed(u code, s message)` signal.
     #[zbus(signal)]
     fn completed(&self, code: u32, message: String) -> zbus::Result<()>;
+
+    /// `OperationCompleted(t id, s kind, u code, s message)` signal.
+    #[zbus(signal)]
+    fn operation_completed(
+        &self,
+        id: u64,
+        kind: String,
+        code: u32,
+        message: String,
+    ) -> zbus::Result<()>;
 }

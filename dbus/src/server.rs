@@ -97,6 +97,7 @@ impl Prop {
 enum Signal {
     UpdateAvailable(String, Vec<PendingUpdate>),
     Completed(u32, String),
+    OperationCompleted(u64, String, u32, String),
 }
 
 #[derive(Default)]
@@ -332,9 +333,36 @@ impl StateHandle {
         ));
     }
 
-    /// Queues the `Completed` signal that ends an operation.
+    /// Queues a `Completed` signal alone, without the `OperationCompleted` that
+    /// names the operation; a daemon ends its operations with
+    /// [`StateHandle::emit_operation_completed`].
     pub fn emit_completed(&self, code: ErrorCode, message: impl Into<String>) {
         self.queue(Signal::Completed(code.as_u32(), message.into()));
+    }
+
+    /// Queues the end of operation `id` (of `kind`: `check`, `install`,
+    /// `provision`): `Completed(code, message)` and, right after it,
+    /// `OperationCompleted(id, kind, code, message)`.
+    pub fn emit_operation_completed(
+        &self,
+        id: u64,
+        kind: &str,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) {
+        let message = message.into();
+        let mut inner = self.lock();
+        inner
+            .signals
+            .push_back(Signal::Completed(code.as_u32(), message.clone()));
+        inner.signals.push_back(Signal::OperationCompleted(
+            id,
+            kind.to_owned(),
+            code.as_u32(),
+            message,
+        ));
+        drop(inner);
+        self.shared.wake.notify_one();
     }
 
     /// Waits until everything set or queued so far has been sent (for shutdown and
@@ -408,6 +436,9 @@ async fn run_emitter(shared: Arc<Shared>) {
                 }
                 Signal::Completed(code, message) => {
                     Ota1Interface::completed(&emitter, *code, message).await
+                }
+                Signal::OperationCompleted(id, kind, code, message) => {
+                    Ota1Interface::operation_completed(&emitter, *id, kind, *code, message).await
                 }
             };
             if let Err(e) = res {
@@ -512,14 +543,16 @@ impl Ota1Interface {
 #[interface(name = "io.secureev.Ota1")]
 impl Ota1Interface {
     /// Start a check-in with the backend; a verified update found is downloaded and
-    /// published in PendingUpdates. Options: force (b), transaction-id (s).
+    /// published in PendingUpdates. Returns the operation's id, which its
+    /// OperationCompleted carries. Options: force (b), transaction-id (s).
     /// Errors: Busy, UnknownOption, InvalidArgument, NotProvisioned.
+    #[zbus(out_args("operation_id"))]
     async fn check_for_updates(
         &self,
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         options: HashMap<String, OwnedValue>,
-    ) -> Result<(), OtaError> {
+    ) -> Result<u64, OtaError> {
         self.authorize(conn, &header, Role::Consent, "CheckForUpdates")
             .await?;
         let options = CheckOptions::parse(&options)?;
@@ -527,15 +560,17 @@ impl Ota1Interface {
     }
 
     /// Install the pending update whose PendingUpdateId is update_id (the consent is
-    /// bound to exactly what was shown). Options: transaction-id (s).
+    /// bound to exactly what was shown). Returns the operation's id.
+    /// Options: transaction-id (s).
     /// Errors: NoSuchUpdate, Busy, PreconditionFailed, UnknownOption.
+    #[zbus(out_args("operation_id"))]
     async fn install(
         &self,
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         update_id: &str,
         options: HashMap<String, OwnedValue>,
-    ) -> Result<(), OtaError> {
+    ) -> Result<u64, OtaError> {
         self.authorize(conn, &header, Role::Consent, "Install")
             .await?;
         let options = InstallOptions::parse(&options)?;
@@ -627,14 +662,16 @@ impl Ota1Interface {
     }
 
     /// Register the vehicle with the backend at backend_url (https only).
-    /// Options: vin (s), token (s), transaction-id (s). Ends with Completed.
+    /// Returns the operation's id. Options: vin (s), token (s),
+    /// transaction-id (s). Ends with Completed and OperationCompleted.
+    #[zbus(out_args("operation_id"))]
     async fn provision(
         &self,
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         backend_url: &str,
         options: HashMap<String, OwnedValue>,
-    ) -> Result<(), OtaError> {
+    ) -> Result<u64, OtaError> {
         self.authorize(conn, &header, Role::Provision, "Provision")
             .await?;
         let options = ProvisionOptions::parse(&options)?;
@@ -718,9 +755,23 @@ impl Ota1Interface {
     ) -> zbus::Result<()>;
 
     /// An operation ended: code 0 is success, otherwise a stable error code.
+    /// Always followed by OperationCompleted for the same operation.
     #[zbus(signal)]
     pub(crate) async fn completed(
         emitter: &SignalEmitter<'_>,
+        code: u32,
+        message: &str,
+    ) -> zbus::Result<()>;
+
+    /// Operation id ended: kind is check, install or provision; code and
+    /// message as in Completed, which is sent right before it. Ids are those
+    /// returned by CheckForUpdates, Install and Provision (scheduled check-ins
+    /// and held-back installs get ids too), increasing, never 0.
+    #[zbus(signal)]
+    pub(crate) async fn operation_completed(
+        emitter: &SignalEmitter<'_>,
+        id: u64,
+        kind: &str,
         code: u32,
         message: &str,
     ) -> zbus::Result<()>;

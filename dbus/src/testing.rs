@@ -181,6 +181,8 @@ struct FakeInner {
     task: Option<JoinHandle<()>>,
     history: Vec<HistoryEntry>,
     calls: Vec<String>,
+    /// The last operation id given out (the running one, if any).
+    op: u64,
 }
 
 /// A [`Controller`] that simulates the daemon: `check` walks checking → downloading
@@ -248,7 +250,14 @@ impl FakeController {
             message: message.into(),
             ..Default::default()
         });
-        self.state.emit_completed(code, message);
+        let id = self.lock().op;
+        self.state
+            .emit_operation_completed(id, action, code, message);
+    }
+
+    fn next_op(inner: &mut FakeInner) -> u64 {
+        inner.op += 1;
+        inner.op
     }
 
     async fn run_check(self) {
@@ -315,7 +324,7 @@ impl FakeController {
 }
 
 impl Controller for FakeController {
-    fn check(&self, options: CheckOptions) -> Result<(), OtaError> {
+    fn check(&self, options: CheckOptions) -> Result<u64, OtaError> {
         self.record(format!("check force={}", options.force));
         let mut inner = self.lock();
         if Self::running(&inner) {
@@ -323,11 +332,12 @@ impl Controller for FakeController {
         }
         self.state.clear_last_error();
         self.state.set_state(State::Checking);
+        let id = Self::next_op(&mut inner);
         inner.task = Some(tokio::spawn(self.clone().run_check()));
-        Ok(())
+        Ok(id)
     }
 
-    fn install(&self, update_id: &UpdateId, _options: InstallOptions) -> Result<(), OtaError> {
+    fn install(&self, update_id: &UpdateId, _options: InstallOptions) -> Result<u64, OtaError> {
         self.record(format!("install {update_id}"));
         let mut inner = self.lock();
         if Self::running(&inner) {
@@ -353,8 +363,9 @@ impl Controller for FakeController {
             return Err(OtaError::PreconditionFailed(blocked.join("; ")));
         }
         self.state.set_state(State::Installing);
+        let id = Self::next_op(&mut inner);
         inner.task = Some(tokio::spawn(self.clone().run_install(plan)));
-        Ok(())
+        Ok(id)
     }
 
     fn cancel(&self) -> Result<(), OtaError> {
@@ -407,7 +418,7 @@ impl Controller for FakeController {
         Ok(self.lock().history.clone())
     }
 
-    fn provision(&self, backend_url: &str, options: ProvisionOptions) -> Result<(), OtaError> {
+    fn provision(&self, backend_url: &str, options: ProvisionOptions) -> Result<u64, OtaError> {
         self.record(format!(
             "provision {backend_url} vin={}",
             options.vin.as_deref().unwrap_or("")
@@ -418,6 +429,7 @@ impl Controller for FakeController {
         }
         let this = self.clone();
         let url = backend_url.to_owned();
+        let id = Self::next_op(&mut inner);
         inner.task = Some(tokio::spawn(async move {
             tokio::time::sleep(this.step).await;
             this.finish(
@@ -427,6 +439,6 @@ impl Controller for FakeController {
                 &format!("provisioned with {url}"),
             );
         }));
-        Ok(())
+        Ok(id)
     }
 }

@@ -174,7 +174,8 @@ impl Agent {
         if inner.phase.end(op.id).is_none() {
             tracing::error!(op = %op.id, "operation model: ended an operation that was not running");
         }
-        self.state.emit_completed(code, message);
+        self.state
+            .emit_operation_completed(op.id.get(), op.kind.as_str(), code, message);
         drop(inner);
     }
 

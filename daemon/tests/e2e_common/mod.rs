@@ -1055,6 +1055,27 @@ pub fn otad_bin() -> PathBuf {
     bin
 }
 
+/// The `secureevctl` binary, next to `secureev-otad` (cargo puts every
+/// workspace binary there). A run of only this package's tests may not have
+/// built it yet: then it is built with the cargo running the tests.
+pub fn ctl_bin() -> PathBuf {
+    let bin = otad_bin().with_file_name("secureevctl");
+    if !bin.is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--locked", "-p", "secureev-cli"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build -p secureev-cli failed");
+    }
+    assert!(
+        bin.is_file(),
+        "{} is missing: cargo build -p secureev-cli",
+        bin.display()
+    );
+    bin
+}
+
 /// `d` times `SECUREEV_TEST_TIME_SCALE` (default 1): the vcan rigs run this
 /// harness inside an emulated VM, several times slower than a host.
 pub fn scaled(d: Duration) -> Duration {
