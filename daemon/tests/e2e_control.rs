@@ -912,3 +912,51 @@ async fn busy_and_cancel_in_every_phase() {
     let (code, message) = completed_where(&v, &mut completed, CHECK_TIMEOUT, any).await;
     assert_eq!(code, ErrorCode::Network.as_u32(), "{message}");
 }
+
+/// `GetHistory` survives a restart and has an entry per ECU: after an
+/// install, the head unit's entry (its serial, the release counter, code 0)
+/// beside the operation's own; the daemon restarted (SIGTERM, start) serves
+/// the same entries, read from `history.json` in the state directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_persisted_with_an_entry_per_ecu() {
+    let mut s = scenario().await;
+    let image = image_bytes(64 * 1024, 41);
+    s.repos.release(NAME, &image, 2);
+    let files = s.repos.publish(&[(NAME, &image)]);
+    let (code, message) = s
+        .vehicle
+        .start_then_check(&s.backend, files, CHECK_TIMEOUT)
+        .await;
+    assert_eq!(code, 0, "{message}\n{}", s.vehicle.log());
+    let before = s.vehicle.proxy().await.get_history().await.unwrap();
+    let hu = before
+        .iter()
+        .find(|e| e.ecu_serial == HU)
+        .unwrap_or_else(|| panic!("no entry for {HU}: {before:#?}"));
+    assert_eq!(
+        (hu.action.as_str(), hu.version.as_str(), hu.code),
+        ("install", "2", 0),
+        "{hu:?}"
+    );
+    assert!(hu.message.contains(NAME), "{hu:?}");
+    assert!(!hu.update_id.is_empty(), "{hu:?}");
+    assert!(
+        before
+            .iter()
+            .any(|e| e.action == "check" && e.ecu_serial.is_empty() && e.code == 0),
+        "{before:#?}"
+    );
+    assert!(s.vehicle.dir.join("state").join("history.json").is_file());
+
+    s.vehicle.terminate(Duration::from_secs(10));
+    s.backend.set_open(false);
+    s.vehicle.start().await;
+    s.vehicle.settle_closed().await;
+    let after = s.vehicle.proxy().await.get_history().await.unwrap();
+    assert!(after.len() > before.len(), "{after:#?}");
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "kept across the restart"
+    );
+}

@@ -39,6 +39,23 @@ impl Agent {
                 self.note_link(target.ecu_serial(), &r);
                 r
             };
+            // One history entry per ECU: what it got (or did not), and why.
+            let (code, message) = match &result {
+                Ok(()) => (
+                    secureev_dbus::ErrorCode::Ok,
+                    format!("{} installed", target.name()),
+                ),
+                Err(e) => (crate::dbus_service::error_code(e), e.to_string()),
+            };
+            self.record(secureev_dbus::HistoryEntry {
+                time: self.now().unix(),
+                action: "install".to_owned(),
+                update_id: pending.plan.id().as_str().to_owned(),
+                ecu_serial: target.ecu_serial().to_owned(),
+                version: target.release_counter().to_string(),
+                code: code.as_u32(),
+                message,
+            });
             match result {
                 Ok(()) => installed.push(target.ecu_serial().to_owned()),
                 Err(e) => {

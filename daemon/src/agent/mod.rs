@@ -80,8 +80,53 @@ pub(crate) use progress::Plan;
 use report::ReportTask;
 pub use report::SECONDARY_REPORT_TIMEOUT;
 
-/// Most history entries kept in memory (and served by `GetHistory`).
+/// Most history entries kept (in memory, in [`HISTORY_FILE`], served by
+/// `GetHistory`); the oldest go first.
 pub const HISTORY_LIMIT: usize = 200;
+
+/// The history, in the state directory, written atomically after each entry:
+/// a restart keeps what was installed, where, and how it ended.
+pub const HISTORY_FILE: &str = "history.json";
+
+/// One persisted history entry (the `GetHistory` keys).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct SavedHistory {
+    time: i64,
+    action: String,
+    update_id: String,
+    ecu_serial: String,
+    version: String,
+    code: u32,
+    message: String,
+}
+
+impl From<&HistoryEntry> for SavedHistory {
+    fn from(e: &HistoryEntry) -> Self {
+        SavedHistory {
+            time: e.time,
+            action: e.action.clone(),
+            update_id: e.update_id.clone(),
+            ecu_serial: e.ecu_serial.clone(),
+            version: e.version.clone(),
+            code: e.code,
+            message: e.message.clone(),
+        }
+    }
+}
+
+impl From<SavedHistory> for HistoryEntry {
+    fn from(e: SavedHistory) -> Self {
+        HistoryEntry {
+            time: e.time,
+            action: e.action,
+            update_id: e.update_id,
+            ecu_serial: e.ecu_serial,
+            version: e.version,
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
 
 /// Directory whose files hold installs back: each file is a precondition that
 /// is not met, named by the file, with its content as the reason.
@@ -208,6 +253,7 @@ impl Agent {
             inhibit_dir,
         });
         agent.publish_ecus();
+        agent.load_history();
         agent.note_recovery();
         agent.load_preconditions();
         agent
@@ -329,8 +375,9 @@ impl Agent {
         }
     }
 
+    /// A history entry for the whole vehicle (an operation's outcome).
     pub(crate) fn history(&self, action: &str, update_id: &str, code: ErrorCode, message: &str) {
-        let entry = HistoryEntry {
+        self.record(HistoryEntry {
             time: self.now().unix(),
             action: action.to_owned(),
             update_id: update_id.to_owned(),
@@ -338,11 +385,39 @@ impl Agent {
             version: String::new(),
             code: code as u32,
             message: message.to_owned(),
-        };
+        });
+    }
+
+    /// Append `entry`, keep the last [`HISTORY_LIMIT`], and persist them
+    /// atomically under the lock (two entries never write out of order). A
+    /// failed write is logged: the entry is still served from memory.
+    pub(crate) fn record(&self, entry: HistoryEntry) {
         let mut inner = self.lock();
         inner.history.push(entry);
         let excess = inner.history.len().saturating_sub(HISTORY_LIMIT);
         inner.history.drain(..excess);
+        let saved: Vec<SavedHistory> = inner.history.iter().map(SavedHistory::from).collect();
+        if let Err(e) = self.daemon.store.save_json(HISTORY_FILE, &saved) {
+            tracing::error!("cannot persist the history: {e}");
+        }
+    }
+
+    /// Restore [`HISTORY_FILE`]; an unreadable one is set aside (logged)
+    /// and the history starts empty rather than the daemon not starting.
+    pub(crate) fn load_history(&self) {
+        match self
+            .daemon
+            .store
+            .load_json::<Vec<SavedHistory>>(HISTORY_FILE)
+        {
+            Ok(saved) => {
+                let mut saved = saved.unwrap_or_default();
+                let excess = saved.len().saturating_sub(HISTORY_LIMIT);
+                saved.drain(..excess);
+                self.lock().history = saved.into_iter().map(HistoryEntry::from).collect();
+            }
+            Err(e) => tracing::error!("{HISTORY_FILE}: {e}; starting with an empty history"),
+        }
     }
 
     pub(crate) fn vehicle(&self) -> Result<Vehicle> {
