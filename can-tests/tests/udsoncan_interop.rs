@@ -437,43 +437,107 @@ fn canutils_isotpsend_talks_uds_to_the_ecu() {
     drop(rig);
 }
 
-/// Sends `request` with `isotpsend` and returns what `isotprecv` printed (the
-/// response, upper-case hex). `isotprecv` binds asynchronously, so a lost
-/// answer is retried.
+/// Sends `request` with `isotpsend` and returns the ECU's final answer as
+/// `isotprecv` printed it (upper-case hex).
+///
+/// `isotprecv -l` prints every PDU it receives (line-buffered through
+/// `stdbuf`), so a `7F <sid> 78` responsePending — which the ECU sends when
+/// the answer takes longer than P2, as it can on an emulated CPU under load —
+/// is skipped and the final answer read after it. The request is sent only
+/// once `isotprecv`'s ISO-TP socket is bound (its receive filter shows in
+/// `/proc/net/can`), so the answer cannot go out before anyone listens.
 fn canutils_request(iface: &str, tx: u32, rx: u32, request: &str) -> String {
-    for _ in 0..5 {
-        let mut recv = Command::new("isotprecv")
-            .args(["-s", &format!("{tx:03X}"), "-d", &format!("{rx:03X}")])
-            .arg(iface)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn isotprecv");
-        std::thread::sleep(Duration::from_millis(500));
-        let mut send = Command::new("isotpsend")
-            .args(["-s", &format!("{tx:03X}"), "-d", &format!("{rx:03X}")])
-            .args(["-p", "CC:"])
-            .arg(iface)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("spawn isotpsend");
-        send.stdin
-            .take()
-            .unwrap()
-            .write_all(request.as_bytes())
-            .unwrap();
-        assert!(send.wait().unwrap().success(), "isotpsend failed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if recv.try_wait().unwrap().is_some() {
-                let mut s = String::new();
-                recv.stdout.take().unwrap().read_to_string(&mut s).unwrap();
-                return s.trim().to_uppercase();
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    let before = isotp_filters(iface, rx);
+    let mut recv = Command::new("stdbuf")
+        .args(["-oL", "isotprecv", "-l"])
+        .args(["-s", &format!("{tx:03X}"), "-d", &format!("{rx:03X}")])
+        .arg(iface)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stdbuf isotprecv");
+    let bound_by = Instant::now() + Duration::from_secs(10);
+    while isotp_filters(iface, rx) <= before {
+        if let Some(status) = recv.try_wait().unwrap() {
+            let mut err = String::new();
+            let _ = recv.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("isotprecv exited before it bound ({status}): {err}");
         }
-        let _ = recv.kill();
-        let _ = recv.wait();
+        assert!(
+            Instant::now() < bound_by,
+            "isotprecv's receive filter for {rx:03X} on {iface} did not appear in /proc/net/can"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("no answer to {request:?} through can-utils");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = recv.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line.trim().to_uppercase()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut send = Command::new("isotpsend")
+        .args(["-s", &format!("{tx:03X}"), "-d", &format!("{rx:03X}")])
+        .args(["-p", "CC:"])
+        .arg(iface)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn isotpsend");
+    send.stdin
+        .take()
+        .unwrap()
+        .write_all(request.as_bytes())
+        .unwrap();
+    assert!(send.wait().unwrap().success(), "isotpsend failed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let answer = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if is_response_pending(&line) => seen.push(line),
+            Ok(line) => break Some(line),
+            Err(_) => break None,
+        }
+    };
+    let _ = recv.kill();
+    let _ = recv.wait();
+    let _ = reader.join();
+    answer.unwrap_or_else(|| {
+        panic!("no final answer to {request:?} through can-utils within 20 s (saw {seen:?})")
+    })
+}
+
+/// Whether an answer is a negative response `7F <sid> 78` (responsePending).
+fn is_response_pending(line: &str) -> bool {
+    let bytes: Vec<&str> = line.split_whitespace().collect();
+    bytes.len() == 3 && bytes[0] == "7F" && bytes[2] == "78"
+}
+
+/// How many ISO-TP receive filters for `can_id` on `iface` the kernel lists
+/// in `/proc/net/can/rcvlist_*` (the `ident` column names the protocol).
+fn isotp_filters(iface: &str, can_id: u32) -> usize {
+    let dir = std::fs::read_dir("/proc/net/can").expect("/proc/net/can (the can module is loaded)");
+    let mut n = 0;
+    for entry in dir.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("rcvlist_") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        n += text
+            .lines()
+            .filter(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                f.len() >= 7
+                    && f[0] == iface
+                    && u32::from_str_radix(f[1], 16).ok() == Some(can_id)
+                    && f[f.len() - 1] == "isotp"
+            })
+            .count();
+    }
+    n
 }
