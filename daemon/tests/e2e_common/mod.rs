@@ -978,8 +978,21 @@ inhibit_dir = "{d}/inhibit"
     pub async fn check_skipping(&self, timeout: Duration, stale: &[&str]) -> (u32, String) {
         let proxy = self.proxy().await;
         let mut completed = proxy.receive_completed().await.unwrap();
-        proxy.check_for_updates(HashMap::new()).await.unwrap();
         let deadline = tokio::time::Instant::now() + timeout;
+        // Another operation (the start-up check-in, say) may still run: as a
+        // client would, wait for it to complete and ask again.
+        loop {
+            match proxy.check_for_updates(HashMap::new()).await {
+                Ok(_) => break,
+                Err(secureev_dbus::OtaError::Busy(why)) => {
+                    tokio::time::timeout_at(deadline, completed.next())
+                        .await
+                        .unwrap_or_else(|_| panic!("still busy ({why}):\n{}", self.log()))
+                        .expect("signal stream ended");
+                }
+                Err(e) => panic!("CheckForUpdates: {e}"),
+            }
+        }
         loop {
             let signal = tokio::time::timeout_at(deadline, completed.next())
                 .await
