@@ -258,6 +258,21 @@ pub async fn vehicle_history(
     Ok(Json(json!({ "events": events })))
 }
 
+/// The most rows one list request returns (the OpenAPI `maximum` of `limit`).
+pub const MAX_LIST_LIMIT: u32 = 1000;
+
+/// A list request's `limit`: 100 when absent; above [`MAX_LIST_LIMIT`] is
+/// refused (400), as the OpenAPI document says, never silently clamped.
+pub fn list_limit(limit: Option<u32>) -> Result<u32> {
+    match limit {
+        None => Ok(100),
+        Some(n) if n <= MAX_LIST_LIMIT => Ok(n),
+        Some(n) => Err(Error::BadRequest(format!(
+            "limit: {n} is above the maximum of {MAX_LIST_LIMIT}"
+        ))),
+    }
+}
+
 /// Audit query.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -275,10 +290,14 @@ pub async fn audit_records(
     State(st): State<AppState>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Value>> {
-    let limit = q.limit.unwrap_or(100).min(1000);
-    let rows = st
-        .db()
-        .read(|tx| tx.audit_records(q.after.unwrap_or(0), limit))?;
+    let limit = list_limit(q.limit)?;
+    let after = q.after.unwrap_or(0);
+    if after < 0 {
+        return Err(Error::BadRequest(format!(
+            "after: {after} is below the minimum of 0"
+        )));
+    }
+    let rows = st.db().read(|tx| tx.audit_records(after, limit))?;
     Ok(Json(json!({ "records": rows })))
 }
 
@@ -287,7 +306,7 @@ pub async fn events(
     State(st): State<AppState>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<Value>> {
-    let limit = q.limit.unwrap_or(100).min(1000);
+    let limit = list_limit(q.limit)?;
     let events = st.db().read(|tx| tx.events(q.vin.as_deref(), limit))?;
     Ok(Json(json!({ "events": events })))
 }
@@ -867,4 +886,20 @@ pub async fn replace_ecu(
     Ok(Json(
         json!({ "vin": vin, "ecu_serial": serial, "did": did }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_limit_above_the_maximum_is_refused_not_clamped() {
+        assert_eq!(list_limit(None).ok(), Some(100));
+        assert_eq!(list_limit(Some(0)).ok(), Some(0));
+        assert_eq!(list_limit(Some(MAX_LIST_LIMIT)).ok(), Some(MAX_LIST_LIMIT));
+        assert!(matches!(
+            list_limit(Some(MAX_LIST_LIMIT + 1)),
+            Err(Error::BadRequest(m)) if m.contains("maximum")
+        ));
+    }
 }

@@ -105,7 +105,7 @@ pub async fn list(
     State(st): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<serde_json::Value>> {
-    let limit = q.limit.unwrap_or(100).min(1000);
+    let limit = crate::admin::list_limit(q.limit)?;
     let rows = st.db().read(|tx| tx.enrollments(limit))?;
     Ok(Json(json!({ "enrollments": rows })))
 }

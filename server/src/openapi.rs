@@ -124,13 +124,13 @@ pub fn document() -> Value {
             "/admin/vehicles/{vin}/ecus/{serial}": { "put": with_body(op("Replace an ECU (new key; pending assignment cancelled, counters reset)", "admin:fleet-admin", "200", vec![vin(), serial()]), "EcuReplacement", "application/json") },
             "/admin/vehicles/{vin}/history": { "get": op("History events of a vehicle", "admin:viewer", "200", vec![vin()]) },
             "/admin/enrollments": {
-                "get": op("Enrollment credentials (never their secrets)", "admin:viewer", "200", vec![limit(1000)]),
+                "get": op("Enrollment credentials (never their secrets)", "admin:viewer", "200", vec![limit(crate::admin::MAX_LIST_LIMIT)]),
                 "post": with_body(op("Make a single-use enrollment credential for one VIN; shown once", "admin:fleet-admin", "201", vec![]), "NewEnrollment", "application/json")
             },
             "/admin/events": { "get": op("History events", "admin:viewer", "200", vec![
-                query_param("vin", "Only this vehicle", json!({ "type": "string" })), limit(1000)]) },
+                query_param("vin", "Only this vehicle", json!({ "type": "string" })), limit(crate::admin::MAX_LIST_LIMIT)]) },
             "/admin/audit": { "get": op("Audit records, oldest first", "admin:viewer", "200", vec![
-                query_param("after", "Records after this sequence number", json!({ "type": "integer", "minimum": 0 })), limit(1000)]) },
+                query_param("after", "Records after this sequence number", json!({ "type": "integer", "minimum": 0 })), limit(crate::admin::MAX_LIST_LIMIT)]) },
             "/admin/blobs": { "put": with_body(op("Upload an image blob; stored by SHA-256", "admin:release-manager", "201", vec![]), "Blob", "application/octet-stream") },
             "/admin/image/root": { "get": op("Current Image root", "admin:viewer", "200", vec![]) },
             "/admin/director/root": { "get": op("Current Director root", "admin:viewer", "200", vec![]) },
@@ -225,7 +225,7 @@ pub fn document() -> Value {
                     "properties": {
                         "role": { "enum": ["root", "targets", "snapshot", "timestamp"] },
                         "mode": { "enum": ["replace", "add"], "default": "replace" },
-                        "threshold": { "type": "integer", "minimum": 1 }
+                        "threshold": { "type": ["integer", "null"], "minimum": 1, "description": "absent or null: the role keeps its threshold (at most its number of keys)" }
                     }
                 },
                 "NewOnlineKey": {

@@ -354,6 +354,11 @@ async fn malformed_path_query_and_method_get_json_errors() {
     for r in [
         h.admin.delete("/admin/assignments/junk").await.unwrap(),
         h.admin.get("/admin/events?limit=-1").await.unwrap(),
+        // Above the documented maximum: refused, never clamped.
+        h.admin.get("/admin/events?limit=1001").await.unwrap(),
+        h.admin.get("/admin/audit?limit=1001").await.unwrap(),
+        h.admin.get("/admin/audit?after=-1").await.unwrap(),
+        h.admin.get("/admin/enrollments?limit=1001").await.unwrap(),
         h.admin.get("/admin/assignments?color=red").await.unwrap(),
         h.admin.delete("/admin/status").await.unwrap(),
     ] {
