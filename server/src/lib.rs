@@ -625,10 +625,16 @@ async fn accept_loop(
             let result = match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            builder
-                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                                .await
+                        Ok(Ok(mut stream)) => {
+                            let r = builder
+                                .serve_connection(
+                                    hyper_util::rt::TokioIo::new(&mut stream),
+                                    service,
+                                )
+                                .await;
+                            close_gracefully(&mut stream).await;
+                            linger(stream.get_mut().0).await;
+                            r
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -641,9 +647,13 @@ async fn accept_loop(
                     }
                 }
                 None => {
-                    builder
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                        .await
+                    let mut tcp = tcp;
+                    let r = builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(&mut tcp), service)
+                        .await;
+                    close_gracefully(&mut tcp).await;
+                    linger(&mut tcp).await;
+                    r
                 }
             };
             if let Err(e) = result {
@@ -651,6 +661,45 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// Time the server takes to send its TLS close_notify and FIN.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the server keeps reading, and dropping, what a client still
+/// sends after the connection's last answer ([`linger`]).
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+/// How many bytes it reads so at most.
+pub const LINGER_BYTES: u64 = 4 << 20;
+
+/// End a connection the way TLS asks: a close_notify, then the TCP FIN. hyper
+/// sends them itself when a connection ends normally; after an error (a
+/// header read timeout on an idle keep-alive connection, say) it does not,
+/// and the client would see an EOF "in violation of protocol". A second
+/// shutdown only repeats the TCP one.
+async fn close_gracefully<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
+}
+
+/// A lingering close (as Apache's): after the answer and the FIN, read and
+/// drop what the client still sends, up to [`LINGER_BYTES`] within
+/// [`LINGER_TIME`], or until its FIN. A request refused on its headers
+/// leaves its body unread; closing a socket with unread bytes, or with more
+/// still coming, makes the kernel answer with a reset, which may destroy the
+/// answer before the client has read it.
+async fn linger(tcp: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        while left > 0 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n as u64),
+            }
+        }
+    })
+    .await;
 }
 
 /// Load, bind and serve until `shutdown` resolves.
