@@ -223,6 +223,54 @@ async fn command_failure_carries_the_stderr_tail() {
     assert!(err.to_string().contains("cannot run"), "{err}");
 }
 
+/// The `command` installer's progress protocol: lines on
+/// `$SECUREEV_PROGRESS_FD` reach the progress callback in order, malformed
+/// ones are ignored, lines written just before the exit are not lost, and a
+/// program that closes its stdout early still finishes.
+#[tokio::test]
+async fn command_installer_reports_the_progress_lines_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let prog = script(
+        dir.path(),
+        r#"[ -n "$SECUREEV_PROGRESS_FD" ] || exit 9
+# dash takes single-digit fds only: the pipe by its /proc name.
+p=/proc/self/fd/$SECUREEV_PROGRESS_FD
+echo "percent 10" > "$p"
+echo "garbage here" > "$p"
+echo "bytes 3 4" > "$p"
+echo "percent 250" > "$p"
+printf 'percent 100\n' > "$p"
+exec >&-"#,
+    );
+    let seen = Mutex::new(Vec::new());
+    CommandInstaller::new(&prog, vec![])
+        .install_with_progress(
+            &image(dir.path(), "cache", b"abc"),
+            &facts(b"abc", "fw"),
+            &|p| seen.lock().unwrap().push((p.percent, p.bytes)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        seen.into_inner().unwrap(),
+        [(10, None), (75, Some((3, 4))), (100, None)]
+    );
+    // The pipe's write end is not left open in the daemon: a second install
+    // sees only its own lines.
+    let seen = Mutex::new(Vec::new());
+    let prog = script(dir.path(), r#"echo "percent 42" > /proc/self/fd/$SECUREEV_PROGRESS_FD; exit 3"#);
+    let err = CommandInstaller::new(&prog, vec![])
+        .install_with_progress(
+            &image(dir.path(), "cache", b"abc"),
+            &facts(b"abc", "fw"),
+            &|p| seen.lock().unwrap().push(p.percent),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("exit status: 3"), "{err}");
+    assert_eq!(seen.into_inner().unwrap(), [42]);
+}
+
 /// Counts installs; can be told to fail.
 struct Counting {
     runs: AtomicU32,

@@ -55,7 +55,10 @@ mod file;
 mod journal;
 pub mod rauc;
 
-pub use command::{CommandInstaller, COMMAND_EXIT_NO_SPACE, STDERR_TAIL_BYTES};
+pub use command::{
+    parse_progress_line, CommandInstaller, ProgressLines, COMMAND_EXIT_NO_SPACE, PROGRESS_FD_ENV,
+    PROGRESS_LINES_MAX, PROGRESS_LINE_MAX, STDERR_TAIL_BYTES,
+};
 pub use file::{FileInstaller, FileTarget};
 pub use journal::{
     install_image, install_image_with_progress, recover, InstallOutcome, JournalRecord, Recovery,
@@ -141,7 +144,8 @@ pub enum InstallCheck {
     Failed(String),
 }
 
-/// An installer's progress (RAUC's `Progress` property, mapped).
+/// An installer's progress (bytes written, a command's progress lines,
+/// RAUC's `Progress` property, mapped).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstallProgress {
     /// 0..=100 of this install.
@@ -151,8 +155,8 @@ pub struct InstallProgress {
     /// Nesting depth of the step (RAUC: 1 is the whole install).
     pub depth: u32,
     /// `(done, total)` bytes, when the installer counts them (the `file`
-    /// installer: bytes written); `percent` is then derived from them. The
-    /// `command` installer reports no progress yet.
+    /// installer: bytes written; the `command` installer: its `bytes` lines);
+    /// `percent` is then derived from them.
     pub bytes: Option<(u64, u64)>,
 }
 
