@@ -258,7 +258,10 @@ exec >&-"#,
     // The pipe's write end is not left open in the daemon: a second install
     // sees only its own lines.
     let seen = Mutex::new(Vec::new());
-    let prog = script(dir.path(), r#"echo "percent 42" > /proc/self/fd/$SECUREEV_PROGRESS_FD; exit 3"#);
+    let prog = script(
+        dir.path(),
+        r#"echo "percent 42" > /proc/self/fd/$SECUREEV_PROGRESS_FD; exit 3"#,
+    );
     let err = CommandInstaller::new(&prog, vec![])
         .install_with_progress(
             &image(dir.path(), "cache", b"abc"),

@@ -193,10 +193,10 @@ impl CommandInstaller {
             .kill_on_drop(false)
             .spawn();
         drop(writer);
-        let child =
-            child.map_err(|e| facts.error(format!("cannot run {}: {e}", self.program.display())))?;
-        let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
-            .map_err(pipe_error)?;
+        let child = child
+            .map_err(|e| facts.error(format!("cannot run {}: {e}", self.program.display())))?;
+        let mut pipe =
+            tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(pipe_error)?;
         let output = child.wait_with_output();
         tokio::pin!(output);
         let mut lines = ProgressLines::default();
