@@ -12,6 +12,8 @@
 //! report-counter.json   the next ECU version report counter
 //! time-floor.json       the persisted time floor (see `clock`)
 //! install-journal.json  the install in progress, if any (see `install`)
+//! unreported-result.json  the last installation result, until a manifest
+//!                       carrying it was accepted by the Director
 //! ```
 //!
 //! Every file is replaced with [`crate::fs::atomic_write`]: a temporary file in the same
@@ -107,6 +109,19 @@ impl InstalledRecord {
     }
 }
 
+/// The Primary's installation result (Uptane 2.1 §5.4.2.1.2), kept in
+/// [`Store::unreported_result`] from the moment the install ended until the
+/// Director accepted a manifest carrying it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreportedResult {
+    /// Whether the install succeeded.
+    pub success: bool,
+    /// Its result code (`installed`, `install-failed`, ...).
+    pub code: String,
+    /// Detail.
+    pub message: String,
+}
+
 /// Installed images by ECU serial.
 pub type InstalledVersions = BTreeMap<String, InstalledRecord>;
 
@@ -129,6 +144,7 @@ pub struct Store {
 const INSTALLED: &str = "installed.json";
 const REPORT_COUNTER: &str = "report-counter.json";
 const TIME_FLOOR: &str = "time-floor.json";
+const UNREPORTED_RESULT: &str = "unreported-result.json";
 
 /// Whether the state directory `dir` holds a trusted root of either
 /// repository, i.e. the vehicle has started with it before. Nothing is
@@ -322,6 +338,22 @@ impl Store {
         Ok(current)
     }
 
+    /// The installation result no accepted manifest has carried yet.
+    pub fn unreported_result(&self) -> Result<Option<UnreportedResult>> {
+        self.load_json(UNREPORTED_RESULT)
+    }
+
+    /// Keep `result` until a manifest carrying it is accepted (replacing an
+    /// older one: a manifest carries one installation result).
+    pub fn save_unreported_result(&self, result: &UnreportedResult) -> Result<()> {
+        self.save_json(UNREPORTED_RESULT, result)
+    }
+
+    /// The Director accepted a manifest carrying the result.
+    pub fn clear_unreported_result(&self) -> Result<()> {
+        self.remove(UNREPORTED_RESULT)
+    }
+
     /// The persisted time floor (Unix seconds), if any.
     pub fn time_floor(&self) -> Result<Option<i64>> {
         self.load_json(TIME_FLOOR)
@@ -404,6 +436,24 @@ mod tests {
         assert_eq!(s.next_report_counter().unwrap(), 1);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.next_report_counter().unwrap(), 2);
+    }
+
+    #[test]
+    fn an_unreported_result_survives_a_restart_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.unreported_result().unwrap(), None);
+        let r = UnreportedResult {
+            success: false,
+            code: "install-failed".into(),
+            message: "no".into(),
+        };
+        s.save_unreported_result(&r).unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.unreported_result().unwrap(), Some(r));
+        s.clear_unreported_result().unwrap();
+        s.clear_unreported_result().unwrap();
+        assert_eq!(s.unreported_result().unwrap(), None);
     }
 
     #[test]

@@ -11,6 +11,13 @@
 //! own signed report shows the assigned image, so the install is done. The
 //! image is not sent again, and the manifest carries the ECU's report naming
 //! the image, with no attack.
+//!
+//! The ECU's own installation result survives the kill: it keeps it (in
+//! `state.json`) in every report it signs until the Primary says a manifest
+//! carrying one was accepted (`REPORT_DELIVERED`, 0xD004), so the reports
+//! the restarted Primary reads (and the one it reads to check the ECU's
+//! image) lose nothing. Exactly one manifest after the restart carries it,
+//! and the ECU has forgotten it afterwards.
 #![allow(clippy::unwrap_used)]
 
 mod e2e_common;
@@ -340,4 +347,43 @@ async fn kill_right_after_the_secondary_activated_then_the_next_cycle_succeeds()
             && r["message"].as_str().is_some_and(|m| m.contains(ECU))),
         "{results:#?}"
     );
+    // The ECU's own result of the activation the kill cut off: in exactly
+    // one manifest after the restart, as the ECU signed it.
+    let ecu_results = |ms: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        ms.iter()
+            .map(|m| {
+                m["signed"]["ecu_version_reports"][ECU]["signed"]["installation_result"].clone()
+            })
+            .filter(|r| !r.is_null())
+            .collect()
+    };
+    let theirs = ecu_results(&manifests[before.len()..]);
+    assert_eq!(theirs.len(), 1, "{theirs:#?}\n{}", vehicle.log());
+    assert_eq!(theirs[0]["success"], true, "{theirs:#?}");
+    assert_eq!(theirs[0]["code"], "OK", "{theirs:#?}");
+    assert!(
+        theirs[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(NAME)),
+        "{theirs:#?}"
+    );
+    // Delivered, so forgotten on the ECU; the next check-in's manifest
+    // carries the ECU's report without it.
+    poll(
+        "the ECU to hear its report was delivered",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || {
+            ecu.try_lock()
+                .ok()
+                .filter(|s| s.backend().state().last_install.is_none())
+                .map(drop)
+        },
+    )
+    .await;
+    let (code, message) = vehicle.check(CHECK_TIMEOUT).await;
+    assert_eq!(code, ErrorCode::Ok.as_u32(), "{message}");
+    let manifests = backend.manifests();
+    assert_eq!(ecu_results(&manifests[before.len()..]), theirs);
+    assert!(!manifests.last().unwrap()["signed"]["ecu_version_reports"][ECU].is_null());
 }

@@ -275,6 +275,7 @@ impl Ecu {
             success: false,
             code: code.name().to_owned(),
             message: message.clone(),
+            reported_in: None,
         });
         let _ = self.save_state();
     }
@@ -679,6 +680,7 @@ impl Ecu {
             success: true,
             code: "OK".into(),
             message: format!("{} installed in slot {:?}", t.name, self.state.active_slot),
+            reported_in: None,
         });
         self.save_state()?;
         self.accepted = None;
@@ -721,16 +723,65 @@ impl Ecu {
             .unwrap_or(u16::MAX)
             .min(protocol::CLASSIC_REPORT_CHUNK);
         let info = ReportInfo::for_report(&bytes, chunk).map_err(|_| Nrc::ResponseTooLong)?;
-        // The counter is spent and the attacks reported before the report
-        // leaves (a counter is never used twice).
-        self.state.report_counter = counter + 1;
-        self.state.attacks.clear();
-        self.state.last_install = None;
-        self.save_state()?;
+        // The counter is spent before the report leaves (a counter is never
+        // used twice). The attacks and the installation result stay until a
+        // report that carried them is delivered (REPORT_DELIVERED): a report
+        // the Primary loses (a kill, a manifest the Director never got) must
+        // not lose them.
+        let mut state = self.state.clone();
+        state.report_counter = counter + 1;
+        for a in &state.attacks {
+            state.attacks_reported.entry(a.clone()).or_insert(counter);
+        }
+        if let Some(l) = &mut state.last_install {
+            l.reported_in.get_or_insert(counter);
+        }
+        self.dir.save(&state).map_err(|e| {
+            let e = write_state(e);
+            tracing::error!("{e}");
+            e.nrc()
+        })?;
+        self.state = state;
         self.report = bytes;
         let mut status = vec![ResultCode::Ok.as_byte()];
         status.extend(info.encode());
         Ok(status)
+    }
+
+    /// REPORT_DELIVERED: the Director accepted a manifest with this ECU's
+    /// report `counter`, so what that report (or an earlier one) carried is
+    /// delivered: those attacks and that installation result are cleared.
+    /// What came after it stays for the next report.
+    fn report_delivered(&mut self, data: &[u8]) -> std::result::Result<Vec<u8>, Nrc> {
+        let counter = <[u8; 8]>::try_from(data)
+            .map(u64::from_be_bytes)
+            .map_err(|_| Nrc::IncorrectMessageLengthOrInvalidFormat)?;
+        // A report this ECU never signed cannot have been delivered.
+        if counter >= self.state.report_counter {
+            return Err(Nrc::RequestOutOfRange);
+        }
+        let mut state = self.state.clone();
+        let delivered = |first: Option<&u64>| first.is_some_and(|&c| c <= counter);
+        let reported = state.attacks_reported.clone();
+        state.attacks.retain(|a| !delivered(reported.get(a)));
+        state.attacks_reported.retain(|_, c| *c > counter);
+        if state
+            .last_install
+            .as_ref()
+            .is_some_and(|l| delivered(l.reported_in.as_ref()))
+        {
+            state.last_install = None;
+        }
+        if state != self.state {
+            self.dir.save(&state).map_err(|e| {
+                let e = write_state(e);
+                tracing::error!("{e}");
+                e.nrc()
+            })?;
+            tracing::info!(counter, "version report delivered");
+            self.state = state;
+        }
+        Ok(vec![ResultCode::Ok.as_byte()])
     }
 
     fn report_chunk(&self, index: u16) -> std::result::Result<Vec<u8>, Nrc> {
@@ -1015,6 +1066,7 @@ impl EcuBackend for Ecu {
                 protocol::routine_status(self.last_result.0, &self.last_result.1)
             }
             routine::GENERATE_REPORT => self.generate_report(data)?,
+            routine::REPORT_DELIVERED => self.report_delivered(data)?,
             _ => return Err(Nrc::RequestOutOfRange),
         };
         Ok(Progress::Ready(status))

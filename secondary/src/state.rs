@@ -1,5 +1,6 @@
 //! Persistent state: `state.json` (active slot, installed image, counters,
-//! time floor, pending attacks) and the trusted metadata under `metadata/`.
+//! time floor, the attacks and installation result not yet delivered) and
+//! the trusted metadata under `metadata/`.
 //! Every write is atomic; the A/B switch is one atomic write of `state.json`.
 
 use crate::error::{Error, Result};
@@ -54,6 +55,12 @@ pub struct LastInstall {
     pub code: String,
     /// Detail.
     pub message: String,
+    /// The `report_counter` of the first version report that carried it;
+    /// `None` until one did. It is kept (and reported again) until the
+    /// Primary says a report at or after that counter was delivered
+    /// (`REPORT_DELIVERED`, `docs/secondary-protocol.md` §5.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_in: Option<u64>,
 }
 
 /// `state.json`.
@@ -71,10 +78,17 @@ pub struct State {
     pub time_floor: Option<i64>,
     /// Version of the trusted Director targets (rollback reference).
     pub director_targets_version: Option<u64>,
-    /// Attack names detected since the last report.
+    /// Attack names detected and not yet delivered to the Director.
     #[serde(default)]
     pub attacks: Vec<String>,
-    /// The last installation's outcome, until it is reported.
+    /// Attack name → the `report_counter` of the first version report that
+    /// carried it (an attack of `attacks` not listed here is in no report
+    /// yet). Cleared with the attack once a report at or after that counter
+    /// was delivered.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attacks_reported: BTreeMap<String, u64>,
+    /// The last installation's outcome, until a report carrying it was
+    /// delivered.
     #[serde(default)]
     pub last_install: Option<LastInstall>,
 }

@@ -6,7 +6,9 @@
 
 use secureev_secondary::config::{self, Config};
 use secureev_secondary::serve::{self, SharedServer};
-use secureev_uds::client::{Action, ClientConfig, FlashClient, FlashPlan, Outcome};
+use secureev_uds::client::{
+    Action, ClientConfig, FlashClient, FlashPlan, Outcome, RoutineCheck, Step,
+};
 use secureev_uds::doip::{DoipFramer, Message, RoutingActivationCode, VERSION_2012};
 use secureev_uds::protocol::{self, did, routine, MetadataRole, ResultCode};
 use secureev_uds::security::HmacSha256Algorithm;
@@ -405,6 +407,107 @@ async fn wrong_hardware_id_is_result_0x15_and_reported_as_an_attack() {
     let public_did = String::from_utf8(id.read(did::PUBLIC_KEY).unwrap().to_vec()).unwrap();
     let r = report(&mut t, &public_did).await;
     assert_eq!(r.attacks(), vec!["wrong-hardware-id"]);
+}
+
+fn nrc_of(e: &UdsError) -> Option<Nrc> {
+    match e {
+        UdsError::NegativeResponse { nrc, .. } => Some(*nrc),
+        _ => None,
+    }
+}
+
+/// Issue 11: a report the Primary loses (a kill, a manifest the Director
+/// never got) must not lose the ECU's attacks or installation result. They
+/// are in every report until REPORT_DELIVERED names one that carried them;
+/// what came after that report stays.
+#[tokio::test]
+async fn attacks_and_results_stay_until_a_report_carrying_them_is_delivered() {
+    let mut rig = rig().await;
+    expect_refused(
+        &mut rig,
+        ecu_custom(SERIAL, "other-hw", 1),
+        ResultCode::WrongHardwareId,
+    )
+    .await;
+    let mut t = Tester::connect(rig.addr).await;
+    let id = identify(&mut t).await;
+    let public_did = String::from_utf8(id.read(did::PUBLIC_KEY).unwrap().to_vec()).unwrap();
+    let r1 = report(&mut t, &public_did).await;
+    assert_eq!(r1.attacks(), vec!["wrong-hardware-id"]);
+    let failed = r1.installation_result.clone().expect("the refusal");
+    assert!(!failed.success);
+    // Not delivered yet: the next report carries them again.
+    let r2 = report(&mut t, &public_did).await;
+    assert!(r2.report_counter > r1.report_counter);
+    assert_eq!(r2.attacks(), vec!["wrong-hardware-id"]);
+    assert_eq!(r2.installation_result, Some(failed.clone()));
+
+    // Only a tester with security access may say so.
+    let unlocked = FlashPlan::report_delivered(r1.report_counter);
+    let locked = FlashPlan::new()
+        .step(Step::Session(secureev_uds::codec::Session::Extended))
+        .step(Step::Routine {
+            routine: routine::REPORT_DELIVERED,
+            data: r1.report_counter.to_be_bytes().to_vec(),
+            check: RoutineCheck::Ok,
+        });
+    let e = t.run(locked).await.unwrap_err();
+    assert_eq!(nrc_of(&e), Some(Nrc::SecurityAccessDenied), "{e}");
+    // A report this ECU never signed cannot have been delivered.
+    let e = t
+        .run(FlashPlan::report_delivered(r2.report_counter + 1))
+        .await
+        .unwrap_err();
+    assert_eq!(nrc_of(&e), Some(Nrc::RequestOutOfRange), "{e}");
+    let e = t
+        .run(
+            FlashPlan::new()
+                .step(Step::Session(secureev_uds::codec::Session::Extended))
+                .step(Step::Unlock {
+                    level: protocol::SECURITY_LEVEL,
+                })
+                .step(Step::Routine {
+                    routine: routine::REPORT_DELIVERED,
+                    data: vec![0; 4],
+                    check: RoutineCheck::Ok,
+                }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        nrc_of(&e),
+        Some(Nrc::IncorrectMessageLengthOrInvalidFormat),
+        "{e}"
+    );
+    {
+        let s = rig.server.lock().await;
+        assert!(s.backend().state().last_install.is_some());
+    }
+
+    // A new refusal after r2: in no report yet.
+    drop(t);
+    expect_refused(
+        &mut rig,
+        ecu_custom(SERIAL, "third-hw", 2),
+        ResultCode::WrongHardwareId,
+    )
+    .await;
+    let mut t = Tester::connect(rig.addr).await;
+    // The manifest with r1 was accepted: what r1 carried is delivered, the
+    // newer result is not.
+    t.run(unlocked).await.unwrap();
+    let r3 = report(&mut t, &public_did).await;
+    let newer = r3.installation_result.clone().expect("the newer refusal");
+    assert!(!newer.success, "{newer:?}");
+    t.run(FlashPlan::report_delivered(r3.report_counter))
+        .await
+        .unwrap();
+    let r4 = report(&mut t, &public_did).await;
+    assert_eq!(r4.installation_result, None);
+    assert_eq!(r4.attacks_detected, "");
+    let s = rig.server.lock().await;
+    assert!(s.backend().state().attacks.is_empty());
+    assert!(s.backend().state().attacks_reported.is_empty());
 }
 
 #[tokio::test]

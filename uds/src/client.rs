@@ -312,6 +312,22 @@ impl FlashPlan {
             .step(Step::Session(Session::Extended))
             .step(Step::ReadReport { nonce })
     }
+
+    /// Uptane over UDS: extended session, security access, then
+    /// [`protocol::routine::REPORT_DELIVERED`] for the report with this
+    /// `report_counter` (the Director accepted the manifest carrying it).
+    pub fn report_delivered(report_counter: u64) -> Self {
+        FlashPlan::new()
+            .step(Step::Session(Session::Extended))
+            .step(Step::Unlock {
+                level: protocol::SECURITY_LEVEL,
+            })
+            .step(Step::Routine {
+                routine: protocol::routine::REPORT_DELIVERED,
+                data: report_counter.to_be_bytes().to_vec(),
+                check: RoutineCheck::Ok,
+            })
+    }
 }
 
 /// Where P2/P2* come from.

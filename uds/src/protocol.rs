@@ -79,6 +79,12 @@ pub mod routine {
     /// Sign a fresh ECU version report; option record = 16-byte nonce; status
     /// `[result]` + [`super::ReportInfo`].
     pub const GENERATE_REPORT: u16 = 0xD003;
+    /// The Director accepted a manifest carrying this ECU's version report:
+    /// option record = its `report_counter`, u64 big-endian; status
+    /// `[result]`. The ECU keeps the attacks and the installation result it
+    /// reported until this routine names a report that carried them
+    /// (`docs/secondary-protocol.md` §5.3).
+    pub const REPORT_DELIVERED: u16 = 0xD004;
 }
 
 /// RequestDownload memory addresses (ALFID 0x44: 4-byte address, 4-byte size).

@@ -206,6 +206,7 @@ impl AccessPolicy {
             routines: vec![
                 (routine::VERIFY_METADATA, Requirement::NON_DEFAULT),
                 (routine::GENERATE_REPORT, Requirement::NON_DEFAULT),
+                (routine::REPORT_DELIVERED, Requirement::NON_DEFAULT_UNLOCKED),
                 (routine::ERASE_MEMORY, Requirement::PROGRAMMING),
                 (
                     routine::CHECK_PROGRAMMING_DEPENDENCIES,

@@ -197,7 +197,7 @@ impl Agent {
                 if let Some(a) = attack_of(&e) {
                     self.lock().attacks.push(a);
                     let attacks = self.lock().attacks.clone();
-                    if let Err(r) = self.report(&attacks, None).await {
+                    if let Err(r) = self.report(&attacks).await {
                         tracing::warn!("reporting the attack failed: {r}");
                     }
                 }
@@ -210,7 +210,7 @@ impl Agent {
             self.state.clear_pending();
             self.prune_cache(&[]);
             let attacks = std::mem::take(&mut self.lock().attacks);
-            self.report(&attacks, None).await?;
+            self.report(&attacks).await?;
             return Ok("up to date".into());
         }
         self.enter(op.id, State::Downloading)?;
@@ -221,7 +221,7 @@ impl Agent {
                 if let Some(a) = attack_of(&e) {
                     self.lock().attacks.push(a);
                     let attacks = self.lock().attacks.clone();
-                    if let Err(r) = self.report(&attacks, None).await {
+                    if let Err(r) = self.report(&attacks).await {
                         tracing::warn!("reporting the attack failed: {r}");
                     }
                 }
@@ -380,17 +380,18 @@ impl Agent {
             ),
             Err(e) => (false, "install-failed", e.to_string()),
         };
-        let report_result = (!pending_reboot || result.is_err()).then_some((
-            outcome.0,
-            outcome.1,
-            outcome.2.as_str(),
-        ));
-        if let Err(e) = self.report(&attacks, report_result).await {
+        // Kept (on disk) before the report step, which SIGTERM or Cancel may
+        // cut: the next manifest carries it, after a restart too, until the
+        // Director accepted one that did.
+        if !pending_reboot || result.is_err() {
+            self.keep_result(crate::store::UnreportedResult {
+                success: outcome.0,
+                code: outcome.1.to_owned(),
+                message: outcome.2.clone(),
+            });
+        }
+        if let Err(e) = self.report(&attacks).await {
             tracing::warn!("reporting the install failed: {e}");
-            // The result goes into the next manifest instead.
-            if report_result.is_some() {
-                self.lock().recovered = Some((outcome.0, outcome.1.to_owned(), outcome.2.clone()));
-            }
         }
         // A failed install keeps its verified images for the retry; the next
         // cycle prunes whatever is no longer assigned.

@@ -53,7 +53,7 @@ use crate::error::{Error, Result};
 use crate::fetch::backend::Backend;
 use crate::phase::{OpId, Phases, Refusal};
 use crate::schedule::Trigger;
-use crate::store::InstalledRecord;
+use crate::store::{InstalledRecord, UnreportedResult};
 use crate::Daemon;
 use secureev_dbus::{
     ErrorCode, HistoryEntry, State, StateHandle, UpdateId, UpdatePlan as DbusPlan,
@@ -176,9 +176,12 @@ pub(crate) struct Inner {
     /// [`crate::phase`]). Claimed and released only under this mutex.
     pub(crate) phase: Phases,
     pub(crate) attacks: Vec<Attack>,
-    /// How start-up settled an install that a shutdown or kill interrupted:
-    /// reported in the next manifest as the installation result.
-    pub(crate) recovered: Option<(bool, String, String)>,
+    /// The installation result the next manifest carries: the last
+    /// install's, or how start-up settled one that a shutdown or kill
+    /// interrupted. Kept on disk too ([`crate::store::Store::unreported_result`])
+    /// until the Director accepted a manifest carrying it; here it survives
+    /// a state directory that could not take it.
+    pub(crate) recovered: Option<UnreportedResult>,
     /// Report requests that outlived [`SECONDARY_REPORT_TIMEOUT`], by ECU
     /// serial (see [`Agent::secondary_report`]).
     pub(crate) late_reports: BTreeMap<String, ReportTask>,
@@ -259,10 +262,31 @@ impl Agent {
         agent
     }
 
+    /// Keep `result` as the installation result of the next manifest: on
+    /// disk (atomically) and in memory, until a manifest carrying it is
+    /// accepted ([`Agent::report`]).
+    pub(crate) fn keep_result(&self, result: UnreportedResult) {
+        if let Err(e) = self.daemon.store.save_unreported_result(&result) {
+            tracing::error!("cannot keep the installation result for the next manifest: {e}");
+        }
+        self.lock().recovered = Some(result);
+    }
+
     /// Turn the start-up recovery of an interrupted install into a history
-    /// entry and the next manifest's installation result.
+    /// entry and the next manifest's installation result, after restoring
+    /// the result that no accepted manifest has carried yet (an install that
+    /// ended after SIGTERM, a manifest that did not go out before a kill).
     pub(crate) fn note_recovery(&self) {
         use crate::install::Recovery;
+        match self.daemon.store.unreported_result() {
+            Ok(r) => self.lock().recovered = r,
+            Err(e) => tracing::error!("the unreported installation result: {e}"),
+        }
+        if let Some(r) = self.daemon.recovery.installation_result() {
+            // recover() kept it on disk already; kept here again should
+            // that have failed.
+            self.keep_result(r);
+        }
         let (ok, code, facts) = match &self.daemon.recovery {
             Recovery::Clean => return,
             Recovery::Completed(f) => (true, "completed-after-restart", f),
@@ -288,7 +312,6 @@ impl Agent {
                 );
                 tracing::warn!("{message}");
                 self.history("install", "", ErrorCode::InstallFailed, &message);
-                self.lock().recovered = Some((false, "activation-failed".to_owned(), message));
                 return;
             }
         };
@@ -303,7 +326,6 @@ impl Agent {
             ErrorCode::InstallFailed
         };
         self.history("install", "", error, &message);
-        self.lock().recovered = Some((ok, code.to_owned(), message));
     }
 
     /// The state handle (for tests and the D-Bus service).

@@ -82,12 +82,13 @@ impl Agent {
     /// Issue 11: a manifest that does not go out keeps its attacks for the
     /// next one, and a manifest PUT that stalls (slow retrieval) is itself
     /// an attack that the next manifest reports.
-    pub(crate) async fn report(
-        &self,
-        attacks: &[Attack],
-        result: Option<(bool, &str, &str)>,
-    ) -> Result<()> {
-        let sent = self.send_report(attacks, result).await;
+    ///
+    /// The installation result it carries is the one kept by
+    /// [`Agent::keep_result`] (on disk until a manifest carrying it is
+    /// accepted, so an install that ends after SIGTERM or a manifest lost to
+    /// a kill reports it in the next manifest, after a restart too).
+    pub(crate) async fn report(&self, attacks: &[Attack]) -> Result<()> {
+        let sent = self.send_report(attacks).await;
         if let Err(e) = &sent {
             let mut inner = self.lock();
             for a in attacks.iter().copied().chain(crate::agent::attack_of(e)) {
@@ -99,11 +100,7 @@ impl Agent {
         sent
     }
 
-    async fn send_report(
-        &self,
-        attacks: &[Attack],
-        result: Option<(bool, &str, &str)>,
-    ) -> Result<()> {
+    async fn send_report(&self, attacks: &[Attack]) -> Result<()> {
         // Cancel (where the phase model allows it: nothing was installed) and
         // SIGTERM (a check-in's token) reach the reporting phase too; an
         // install's report is still bounded by the secondaries' and the
@@ -144,15 +141,15 @@ impl Agent {
                     .with_release_counter(r.release_counter),
             );
         }
-        // An interrupted install is reported once: in this manifest, unless
-        // a new install result supersedes it.
-        let recovered = self.lock().recovered.take();
-        let result = result.or(recovered
-            .as_ref()
-            .map(|(ok, code, message)| (*ok, code.as_str(), message.as_str())));
-        if let Some((success, code, message)) = result {
+        // The last install's result, until a manifest carrying it is accepted.
+        let result = self.lock().recovered.clone();
+        if let Some(r) = &result {
             report = report.with_installation_result(
-                secureev_uptane::manifest::InstallationResult::new(success, code, message),
+                secureev_uptane::manifest::InstallationResult::new(
+                    r.success,
+                    r.code.as_str(),
+                    r.message.as_str(),
+                ),
             );
         }
         let signed = sign_ecu_report(&report, &self.daemon.keys.signing)
@@ -161,12 +158,20 @@ impl Agent {
         manifest
             .add_report(signed)
             .map_err(|e| Error::uptane("manifest", e))?;
+        let mut carried = Vec::new();
         for (serial, report) in secondary_reports {
+            let counter = report
+                .get("signed")
+                .and_then(|s| s.get("report_counter"))
+                .and_then(serde_json::Value::as_u64);
             // Unreachable (check_secondary_report checked the serial and the
             // configuration refuses duplicate serials), but a report that
             // cannot be filed must not cost the manifest.
-            if let Err(e) = manifest.add_report(report) {
-                tracing::warn!(ecu = %serial, "version report left out of the manifest: {e}");
+            match manifest.add_report(report) {
+                Ok(()) => carried.extend(counter.map(|c| (serial, c))),
+                Err(e) => {
+                    tracing::warn!(ecu = %serial, "version report left out of the manifest: {e}")
+                }
             }
         }
         let body = serde_json::to_vec(
@@ -179,14 +184,55 @@ impl Agent {
             _ = cancel.cancelled() => Err(Error::Cancelled("report".into())),
             r = self.backend.put_manifest(&body, now) => r,
         };
-        if sent.is_err() {
-            // Not delivered: the interrupted install's result goes into the
-            // next manifest instead of being lost.
-            if let Some(r) = recovered {
-                self.lock().recovered.get_or_insert(r);
+        if sent.is_ok() {
+            // Delivered: the result is forgotten (unless a newer one was
+            // kept meanwhile), and each secondary is told that its report
+            // reached the Director. Not delivered: both stay for the next
+            // manifest. (A kill between the Director's acceptance and this
+            // point repeats them in the next manifest: at least once.)
+            if result.is_some() {
+                let mut inner = self.lock();
+                if inner.recovered == result {
+                    inner.recovered = None;
+                    if let Err(e) = self.daemon.store.clear_unreported_result() {
+                        tracing::error!("the reported installation result stays on disk: {e}");
+                    }
+                }
             }
+            self.reports_delivered(carried).await;
         }
         sent
+    }
+
+    /// Tell each secondary that the Director accepted a manifest carrying
+    /// its report (`REPORT_DELIVERED`, `docs/secondary-protocol.md` §5.3),
+    /// all at once, each bounded by [`SECONDARY_REPORT_TIMEOUT`]. Each runs
+    /// as a task of its own and is abandoned, never cut mid-exchange, when it
+    /// takes longer (as [`Agent::secondary_report`]). One that fails only
+    /// means the ECU reports the same attacks and result again.
+    async fn reports_delivered(&self, carried: Vec<(String, u64)>) {
+        let acks = carried.into_iter().filter_map(|(serial, counter)| {
+            let transport = self.secondaries.get(&serial)?.clone();
+            let task = tokio::spawn(async move { transport.report_delivered(counter).await });
+            Some(async move {
+                match tokio::time::timeout(SECONDARY_REPORT_TIMEOUT, task).await {
+                    Ok(Ok(Ok(()))) => {
+                        tracing::debug!(ecu = %serial, counter, "report delivered")
+                    }
+                    Ok(Ok(Err(e))) => tracing::warn!(
+                        ecu = %serial,
+                        "could not tell the ECU its report {counter} was delivered: {e}"
+                    ),
+                    Ok(Err(e)) => tracing::warn!(ecu = %serial, "report-delivered task: {e}"),
+                    Err(_) => tracing::warn!(
+                        ecu = %serial,
+                        "no answer to report-delivered within {} s",
+                        SECONDARY_REPORT_TIMEOUT.as_secs()
+                    ),
+                }
+            })
+        });
+        futures_util::future::join_all(acks).await;
     }
 
     /// A fresh signed version report from every configured secondary that
@@ -240,8 +286,8 @@ impl Agent {
                 }
                 // A late report is not the latest once the ECU is asked
                 // again (and may predate an install since): it is dropped.
-                // The ECU cleared its attacks and installation result when
-                // it signed it, so they go to the log at least.
+                // The ECU keeps its attacks and installation result until a
+                // delivered report carried them, so the fresh one has them.
                 if let Some(Ok(Ok(bytes))) = late.now_or_never() {
                     tracing::warn!(
                         ecu = %serial,

@@ -83,4 +83,12 @@ pub trait SecondaryTransport: Send + Sync {
     fn activate<'a>(&'a self, facts: &'a TargetFacts) -> BoxFuture<'a, Result<()>>;
     /// Its signed ECU version report (JSON bytes, as the secondary signed them).
     fn report(&self) -> BoxFuture<'_, Result<Vec<u8>>>;
+    /// The Director accepted a manifest carrying its report with this
+    /// `report_counter`: the ECU may forget the attacks and the installation
+    /// result that report carried (`docs/secondary-protocol.md` §5.3). By
+    /// default nothing is sent (a transport whose ECU forgets them itself).
+    fn report_delivered(&self, report_counter: u64) -> BoxFuture<'_, Result<()>> {
+        let _ = report_counter;
+        Box::pin(async { Ok(()) })
+    }
 }

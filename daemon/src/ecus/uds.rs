@@ -538,4 +538,12 @@ impl<C: Connector> SecondaryTransport for UdsSecondary<C> {
             Ok(bytes)
         })
     }
+
+    fn report_delivered(&self, report_counter: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.run(FlashPlan::report_delivered(report_counter), &no_progress)
+                .await
+                .map(drop)
+        })
+    }
 }

@@ -4,7 +4,7 @@
 
 use super::{InstallCheck, InstallDone, InstallProgress, Installer, TargetFacts};
 use crate::error::Result;
-use crate::store::{InstalledRecord, Store};
+use crate::store::{InstalledRecord, Store, UnreportedResult};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -116,7 +116,11 @@ pub async fn install_image_with_progress(
         .install_with_progress(image, facts, progress)
         .await
     {
+        // The result is kept for the next manifest before the journal goes:
+        // a kill after this never loses it (the agent replaces it with the
+        // whole update's result once every image is done).
         Err(e) => {
+            keep_result(store, false, "install-failed", e.to_string());
             store.clear_journal()?;
             Err(e)
         }
@@ -127,6 +131,12 @@ pub async fn install_image_with_progress(
         }
         Ok(InstallDone::Active) => {
             store.set_installed(&facts.ecu_serial, record)?;
+            keep_result(
+                store,
+                true,
+                "installed",
+                format!("installed on {}", facts.ecu_serial),
+            );
             store.clear_journal()?;
             Ok(InstallOutcome::Installed)
         }
@@ -152,6 +162,61 @@ pub enum Recovery {
     Failed(TargetFacts, String),
 }
 
+impl Recovery {
+    /// The installation result the next manifest reports for it (none while
+    /// it waits for the reboot, or when there was nothing to settle).
+    pub fn installation_result(&self) -> Option<UnreportedResult> {
+        let (success, code, facts) = match self {
+            Recovery::Clean | Recovery::PendingReboot(_) => return None,
+            Recovery::Completed(f) => (true, "completed-after-restart", f),
+            Recovery::NotInstalled(f) => (false, "interrupted-not-installed", f),
+            Recovery::Interrupted(f) => (false, "interrupted", f),
+            Recovery::Failed(f, reason) => {
+                return Some(UnreportedResult {
+                    success: false,
+                    code: "activation-failed".to_owned(),
+                    message: format!(
+                        "install of {} on {} did not take: {reason}",
+                        f.name, f.ecu_serial
+                    ),
+                })
+            }
+        };
+        Some(UnreportedResult {
+            success,
+            code: code.to_owned(),
+            message: format!(
+                "install of {} on {} was interrupted by a shutdown: {code}",
+                facts.name, facts.ecu_serial
+            ),
+        })
+    }
+}
+
+/// Keep an install's result for the next manifest; a state directory that
+/// cannot take it is logged (the agent keeps the result in memory too).
+fn keep_result(store: &Store, success: bool, code: &str, message: String) {
+    let r = UnreportedResult {
+        success,
+        code: code.to_owned(),
+        message,
+    };
+    if let Err(e) = store.save_unreported_result(&r) {
+        tracing::error!("cannot keep the installation result for the next manifest: {e}");
+    }
+}
+
+/// The settled install's result is kept for the next manifest before the
+/// journal goes (a kill in between then repeats the settling, never loses
+/// it). A state directory that cannot take it leaves the result to memory
+/// (the agent reports it from there).
+fn clear_settled(store: &Store, outcome: &Recovery) -> Result<()> {
+    if let Some(r) = outcome.installation_result() {
+        keep_result(store, r.success, &r.code, r.message);
+    }
+    store.clear_journal()
+}
+
 /// Settle an install that a kill interrupted (see the module documentation).
 /// Call once at start-up, before any new install.
 pub async fn recover(store: &Store, installer: &dyn Installer) -> Result<Recovery> {
@@ -159,8 +224,9 @@ pub async fn recover(store: &Store, installer: &dyn Installer) -> Result<Recover
         return Ok(Recovery::Clean);
     };
     if store.installed()?.get(&j.facts.ecu_serial) == Some(&j.record) {
-        store.clear_journal()?;
-        return Ok(Recovery::Completed(j.facts));
+        let outcome = Recovery::Completed(j.facts);
+        clear_settled(store, &outcome)?;
+        return Ok(outcome);
     }
     let outcome = match installer.check_installed(&j.facts).await? {
         InstallCheck::Installed => {
@@ -182,7 +248,7 @@ pub async fn recover(store: &Store, installer: &dyn Installer) -> Result<Recover
             return Ok(Recovery::PendingReboot(j.facts));
         }
     };
-    store.clear_journal()?;
+    clear_settled(store, &outcome)?;
     tracing::info!(?outcome, "recovered an interrupted install");
     Ok(outcome)
 }
