@@ -488,7 +488,7 @@ pub struct NewAssignment {
     pub image: String,
 }
 
-fn check_assignable(tx: &Tx<'_>, vin: &str, serial: &str, image: &str) -> Result<()> {
+pub(crate) fn check_assignable(tx: &Tx<'_>, vin: &str, serial: &str, image: &str) -> Result<()> {
     let ecu = tx
         .ecu(vin, serial)?
         .ok_or_else(|| Error::NotFound(format!("ECU {serial} of vehicle {vin}")))?;

@@ -206,6 +206,7 @@ pub async fn put_manifest(
         tx.touch_vehicle(&vin, now)?;
         let pending = tx.pending_assignments(&vin)?;
         let mut completed = Vec::new();
+        let mut reported = crate::rollout::Reported::default();
         for (serial, report) in verified.reports() {
             let installed = report.installed_image.as_ref();
             let sha = installed.and_then(|i| {
@@ -229,6 +230,7 @@ pub async fn put_manifest(
                 now,
             )?;
             for attack in report.attacks() {
+                reported.attacked.insert(serial.clone());
                 tx.event(Some(&vin), Some(serial), "attack", attack, now)?;
                 st.audit(
                     tx,
@@ -238,6 +240,9 @@ pub async fn put_manifest(
                 )?;
             }
             if let Some(r) = &report.installation_result {
+                if !r.success {
+                    reported.failed.insert(serial.clone());
+                }
                 tx.event(
                     Some(&vin),
                     Some(serial),
@@ -288,6 +293,9 @@ pub async fn put_manifest(
             now,
         )?;
         tx.prune_vehicle_history(&vin, MANIFESTS_KEPT, EVENTS_KEPT)?;
+        // Staged rollouts: this manifest's outcomes, and what they start or stop.
+        reported.completed.clone_from(&completed);
+        crate::rollout::on_manifest(tx, &st, &vin, &reported, now)?;
         if !completed.is_empty() {
             director::regenerate(tx, &st.director_keys(), &vin, now)?;
         }

@@ -138,7 +138,51 @@ CREATE TABLE audit (
     r#"
 CREATE INDEX assignments_campaign ON assignments(campaign_id, status);
 "#,
+    // 4: staged rollouts (see `crate::rollout`).
+    r#"
+CREATE TABLE rollouts (
+    id INTEGER PRIMARY KEY,
+    campaign_id INTEGER NOT NULL UNIQUE REFERENCES campaigns(id),
+    name TEXT NOT NULL,
+    image TEXT NOT NULL REFERENCES images(name),
+    state TEXT NOT NULL,
+    reason TEXT,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX rollouts_state ON rollouts(state);
+CREATE TABLE rollout_groups (
+    rollout_id INTEGER NOT NULL REFERENCES rollouts(id),
+    idx INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    success_threshold INTEGER NOT NULL,
+    error_threshold INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    PRIMARY KEY (rollout_id, idx)
+);
+CREATE TABLE rollout_targets (
+    rollout_id INTEGER NOT NULL REFERENCES rollouts(id),
+    group_idx INTEGER NOT NULL,
+    vin TEXT NOT NULL,
+    ecu_serial TEXT NOT NULL,
+    assignment_id INTEGER REFERENCES assignments(id),
+    outcome TEXT,
+    note TEXT,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (rollout_id, vin, ecu_serial),
+    FOREIGN KEY (vin, ecu_serial) REFERENCES ecus(vin, serial) ON DELETE CASCADE
+);
+CREATE INDEX rollout_targets_group ON rollout_targets(rollout_id, group_idx);
+CREATE INDEX rollout_targets_vin ON rollout_targets(vin, ecu_serial);
+"#,
 ];
+
+mod rollouts;
+pub use rollouts::{RolloutGroupRow, RolloutProgress, RolloutRow, RolloutTargetRow};
 
 /// Statements kept prepared per connection (`prepare_cached`); more than the
 /// server has distinct statements, so none is ever re-prepared.
@@ -1419,6 +1463,9 @@ mod tests {
             tx.assignments(Some("V1"), None, None)?;
             tx.assignments(None, None, Some(1))?;
             tx.events(Some("V1"), 10)?;
+            // A manifest that completes, fails or attacks: the vehicle's
+            // targets in active rollouts.
+            tx.active_rollout_targets("V1")?;
             Ok(())
         })
         .unwrap();

@@ -56,6 +56,7 @@ pub mod logging;
 pub mod openapi;
 pub mod operators;
 pub mod repo;
+pub mod rollout;
 pub mod secrets;
 pub mod tls;
 
@@ -424,6 +425,27 @@ pub fn admin_router(state: AppState) -> Router {
         .route(
             "/admin/campaigns",
             get(admin::list_campaigns).post(admin::create_campaign),
+        )
+        .route(
+            "/admin/rollouts",
+            get(rollout::list_handler).post(rollout::create_handler),
+        )
+        .route("/admin/rollouts/{id}", get(rollout::get_handler))
+        .route(
+            "/admin/rollouts/{id}/start",
+            axum::routing::post(rollout::start_handler),
+        )
+        .route(
+            "/admin/rollouts/{id}/pause",
+            axum::routing::post(rollout::pause_handler),
+        )
+        .route(
+            "/admin/rollouts/{id}/resume",
+            axum::routing::post(rollout::resume_handler),
+        )
+        .route(
+            "/admin/rollouts/{id}/cancel",
+            axum::routing::post(rollout::cancel_handler),
         )
         // Everything above within the request deadline and the minimum
         // body rate; an upload below instead keeps its own minimum rate.

@@ -145,6 +145,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Staged rollouts: a campaign in groups started in cascade (docs/server.md).
+    Rollout {
+        #[command(subcommand)]
+        cmd: RolloutCmd,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Per-vehicle enrollment credentials (fleet-admin).
     Enroll {
         #[command(subcommand)]
@@ -342,6 +349,61 @@ enum CampaignCmd {
     },
     /// List campaigns.
     List,
+}
+
+#[derive(Subcommand, Debug)]
+enum RolloutCmd {
+    /// Create a rollout (no assignment until it starts).
+    Create {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Image name.
+        #[arg(long)]
+        image: String,
+        /// Hardware IDs (default: every one the image is built for).
+        #[arg(long = "hardware-id")]
+        hardware_ids: Vec<String>,
+        /// A group, in start order: `count=N` or `percent=P` (or neither: the
+        /// rest), and optionally `vin=PATTERN`, `hw=ID`, `name=NAME`,
+        /// `success=P`, `error=P`, comma-separated.
+        #[arg(long = "group", required = true)]
+        groups: Vec<String>,
+        /// Percent of a group installed that starts the next one.
+        #[arg(long, default_value_t = secureev_server::rollout::DEFAULT_SUCCESS_THRESHOLD)]
+        success_threshold: u32,
+        /// Percent of a group failed (installs, attacks) above which the rollout stops.
+        #[arg(long, default_value_t = secureev_server::rollout::DEFAULT_ERROR_THRESHOLD)]
+        error_threshold: u32,
+        /// Start the first group at once.
+        #[arg(long)]
+        start: bool,
+    },
+    /// Start a ready rollout.
+    Start {
+        /// Rollout id.
+        id: i64,
+    },
+    /// Pause a running rollout.
+    Pause {
+        /// Rollout id.
+        id: i64,
+    },
+    /// Resume a paused rollout.
+    Resume {
+        /// Rollout id.
+        id: i64,
+    },
+    /// Cancel a rollout.
+    Cancel {
+        /// Rollout id.
+        id: i64,
+    },
+    /// Progress per group of one rollout, or of every rollout.
+    Status {
+        /// Rollout id (all when absent).
+        id: Option<i64>,
+    },
 }
 
 fn print(v: &Value) {
@@ -743,6 +805,53 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .await?
             }
         },
+        Command::Rollout { cmd, remote } => {
+            let (path, body) = match cmd {
+                RolloutCmd::Create {
+                    name,
+                    image,
+                    hardware_ids,
+                    groups,
+                    success_threshold,
+                    error_threshold,
+                    start,
+                } => {
+                    let groups = groups
+                        .iter()
+                        .map(|g| secureev_server::rollout::parse_group_arg(g))
+                        .collect::<secureev_server::Result<Vec<_>>>()
+                        .context("--group")?;
+                    let mut body = json!({
+                        "name": name, "image": image, "groups": groups,
+                        "success_threshold": success_threshold,
+                        "error_threshold": error_threshold, "start": start,
+                    });
+                    if !hardware_ids.is_empty() {
+                        body["hardware_ids"] = json!(hardware_ids);
+                    }
+                    ("/admin/rollouts".to_owned(), Some(body))
+                }
+                RolloutCmd::Start { id } => {
+                    (format!("/admin/rollouts/{id}/start"), Some(json!({})))
+                }
+                RolloutCmd::Pause { id } => {
+                    (format!("/admin/rollouts/{id}/pause"), Some(json!({})))
+                }
+                RolloutCmd::Resume { id } => {
+                    (format!("/admin/rollouts/{id}/resume"), Some(json!({})))
+                }
+                RolloutCmd::Cancel { id } => {
+                    (format!("/admin/rollouts/{id}/cancel"), Some(json!({})))
+                }
+                RolloutCmd::Status { id: Some(id) } => (format!("/admin/rollouts/{id}"), None),
+                RolloutCmd::Status { id: None } => ("/admin/rollouts".to_owned(), None),
+            };
+            admin_call(&remote, async |c| match body {
+                Some(b) => Ok(c.post(&path, &b).await?.ok()?.json()),
+                None => Ok(c.get(&path).await?.ok()?.json()),
+            })
+            .await?
+        }
         Command::Openapi => print(&secureev_server::openapi::document()),
         Command::Status { remote } => {
             admin_call(&remote, async |c| {

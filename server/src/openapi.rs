@@ -39,6 +39,14 @@ fn meta_file() -> Value {
     )
 }
 
+fn rollout_id() -> Value {
+    path_param(
+        "id",
+        "Rollout id",
+        json!({ "type": "integer", "format": "int64" }),
+    )
+}
+
 fn error_response(description: &str) -> Value {
     json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
 }
@@ -154,7 +162,16 @@ pub fn document() -> Value {
             "/admin/campaigns": {
                 "get": op("Campaigns with progress", "admin:viewer", "200", vec![]),
                 "post": with_body(op("Assign an image to every ECU of a hardware ID", "admin:release-manager", "201", vec![]), "NewCampaign", "application/json")
-            }
+            },
+            "/admin/rollouts": {
+                "get": op("Staged rollouts with per-group progress", "admin:viewer", "200", vec![]),
+                "post": with_body(op("Create a staged rollout: the image's ECUs split into groups that start in cascade (none assigned until started)", "admin:release-manager", "201", vec![]), "NewRollout", "application/json")
+            },
+            "/admin/rollouts/{id}": { "get": op("A rollout, its groups and their progress (assigned, installed, failed, attacks, pending)", "admin:viewer", "200", vec![rollout_id()]) },
+            "/admin/rollouts/{id}/start": { "post": op("Start a ready rollout: its first group's assignments", "admin:release-manager", "200", vec![rollout_id()]) },
+            "/admin/rollouts/{id}/pause": { "post": op("Pause a running rollout: no further group starts (the emergency stop still applies)", "admin:release-manager", "200", vec![rollout_id()]) },
+            "/admin/rollouts/{id}/resume": { "post": op("Resume a paused rollout (evaluated at once)", "admin:release-manager", "200", vec![rollout_id()]) },
+            "/admin/rollouts/{id}/cancel": { "post": op("Cancel a rollout: its pending assignments and the groups not started", "admin:release-manager", "200", vec![rollout_id()]) }
         },
         "components": {
             "securitySchemes": {
@@ -209,6 +226,32 @@ pub fn document() -> Value {
                 "NewCampaign": {
                     "type": "object", "required": ["name", "image", "hardware_id"], "additionalProperties": false,
                     "properties": { "name": { "type": "string" }, "image": { "type": "string" }, "hardware_id": { "type": "string" } }
+                },
+                "RolloutGroup": {
+                    "type": "object", "additionalProperties": false,
+                    "description": "count or percent (of all the rollout's ECUs, rounded up), or neither: every ECU left; optionally filtered",
+                    "properties": {
+                        "name": { "type": "string", "minLength": 1, "maxLength": 64 },
+                        "count": { "type": "integer", "minimum": 1 },
+                        "percent": { "type": "integer", "minimum": 1, "maximum": 100 },
+                        "vin_pattern": { "type": "string", "pattern": "^[A-Za-z0-9._*?-]{1,64}$", "description": "* any run, ? one character" },
+                        "hardware_id": { "type": "string", "pattern": ID_PATTERN },
+                        "success_threshold": { "type": "integer", "minimum": 0, "maximum": 100 },
+                        "error_threshold": { "type": "integer", "minimum": 0, "maximum": 100 }
+                    },
+                    "not": { "required": ["count", "percent"] }
+                },
+                "NewRollout": {
+                    "type": "object", "required": ["name", "image", "groups"], "additionalProperties": false,
+                    "properties": {
+                        "name": { "type": "string", "minLength": 1, "maxLength": 200 },
+                        "image": { "type": "string" },
+                        "hardware_ids": { "type": "array", "minItems": 1, "items": { "type": "string", "pattern": ID_PATTERN }, "description": "default: every hardware ID the image is built for" },
+                        "groups": { "type": "array", "minItems": 1, "maxItems": crate::rollout::MAX_GROUPS, "items": { "$ref": "#/components/schemas/RolloutGroup" } },
+                        "success_threshold": { "type": "integer", "minimum": 0, "maximum": 100, "default": crate::rollout::DEFAULT_SUCCESS_THRESHOLD, "description": "percent of a group's assigned ECUs installed that starts the next group" },
+                        "error_threshold": { "type": "integer", "minimum": 0, "maximum": 100, "default": crate::rollout::DEFAULT_ERROR_THRESHOLD, "description": "percent of a group's assigned ECUs failed or attacked above which the rollout stops" },
+                        "start": { "type": "boolean", "default": false, "description": "start the first group at once" }
+                    }
                 },
                 "PublishTargets": {
                     "type": "object", "required": ["metadata"], "additionalProperties": false,

@@ -26,7 +26,7 @@ pub const TOKEN_PREFIX: &str = "sevop_";
 pub enum Role {
     /// Read everything (every role includes this).
     Viewer,
-    /// Upload and publish images; assignments and campaigns.
+    /// Upload and publish images; assignments, campaigns and rollouts.
     ReleaseManager,
     /// Vehicles: enrollment credentials, registration, ECU replacement.
     FleetAdmin,
@@ -153,7 +153,12 @@ pub fn required_role(method: &Method, path: &str) -> Role {
         | ("POST", "/admin/image/targets")
         | ("POST", "/admin/assignments")
         | ("DELETE", "/admin/assignments/{id}")
-        | ("POST", "/admin/campaigns") => Role::ReleaseManager,
+        | ("POST", "/admin/campaigns")
+        | ("POST", "/admin/rollouts")
+        | ("POST", "/admin/rollouts/{id}/start")
+        | ("POST", "/admin/rollouts/{id}/pause")
+        | ("POST", "/admin/rollouts/{id}/resume")
+        | ("POST", "/admin/rollouts/{id}/cancel") => Role::ReleaseManager,
         ("POST", "/admin/vehicles")
         | ("PUT", "/admin/vehicles/{vin}/ecus/{serial}")
         | ("POST", "/admin/enrollments") => Role::FleetAdmin,
@@ -213,5 +218,19 @@ mod tests {
             Role::KeyAdmin
         );
         assert_eq!(required_role(&Method::GET, "/admin/vehicles"), Role::Viewer);
+        for action in ["start", "pause", "resume", "cancel"] {
+            assert_eq!(
+                required_role(&Method::POST, &format!("/admin/rollouts/{{id}}/{action}")),
+                Role::ReleaseManager
+            );
+        }
+        assert_eq!(
+            required_role(&Method::POST, "/admin/rollouts"),
+            Role::ReleaseManager
+        );
+        assert_eq!(
+            required_role(&Method::GET, "/admin/rollouts/{id}"),
+            Role::Viewer
+        );
     }
 }
