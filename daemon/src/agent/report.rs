@@ -199,7 +199,13 @@ impl Agent {
                     }
                 }
             }
-            self.reports_delivered(carried).await;
+            // SIGTERM or Cancel need not wait for them: an ECU not told
+            // only reports the same again.
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {}
+                _ = self.reports_delivered(carried) => {}
+            }
         }
         sent
     }
@@ -208,8 +214,9 @@ impl Agent {
     /// its report (`REPORT_DELIVERED`, `docs/secondary-protocol.md` §5.3),
     /// all at once, each bounded by [`SECONDARY_REPORT_TIMEOUT`]. Each runs
     /// as a task of its own and is abandoned, never cut mid-exchange, when it
-    /// takes longer (as [`Agent::secondary_report`]). One that fails only
-    /// means the ECU reports the same attacks and result again.
+    /// takes longer (as [`Agent::secondary_report`]). One that fails (or
+    /// that SIGTERM or Cancel leaves unfinished) only means the ECU reports
+    /// the same attacks and result again.
     async fn reports_delivered(&self, carried: Vec<(String, u64)>) {
         let acks = carried.into_iter().filter_map(|(serial, counter)| {
             let transport = self.secondaries.get(&serial)?.clone();
