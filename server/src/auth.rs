@@ -32,6 +32,33 @@ pub struct VehicleIdentity {
     pub vin: String,
 }
 
+/// The device certificate a vehicle connection presented (request
+/// extension): the VIN its subject names, or why it names none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCert(pub std::result::Result<String, String>);
+
+/// With `device_certificates = "required"`, the connection's certificate
+/// must name `vin` (the VIN that signed the request, or that an enrollment
+/// registers); anything else is the uniform 401. A no-op when device
+/// certificates are off.
+pub fn check_device_cert(
+    state: &AppState,
+    extensions: &axum::http::Extensions,
+    vin: &str,
+) -> Result<(), Error> {
+    if state.config().device_certificates == crate::config::DeviceCertificates::Off {
+        return Ok(());
+    }
+    match extensions.get::<DeviceCert>() {
+        None => Err(Error::Unauthorized("no device certificate".into())),
+        Some(DeviceCert(Err(e))) => Err(Error::Unauthorized(e.clone())),
+        Some(DeviceCert(Ok(named))) if named == vin => Ok(()),
+        Some(DeviceCert(Ok(named))) => Err(Error::Unauthorized(format!(
+            "device certificate of {named} used for {vin}"
+        ))),
+    }
+}
+
 /// Most nonces remembered at once. At 8 bytes of hash plus the expiry queue
 /// this is about 17 MiB when full; see [`NonceCache`] for what happens then.
 pub const NONCE_CACHE_ENTRIES: usize = 1 << 19;
@@ -205,6 +232,12 @@ pub async fn vehicle_auth(
 
 async fn authenticate_vehicle(state: &AppState, req: Request) -> Result<Request, Error> {
     let did_key = precheck(state, req.headers())?;
+    // The certificate must name the VIN the request claims, before the body.
+    check_device_cert(
+        state,
+        req.extensions(),
+        header(req.headers(), HEADER_VEHICLE)?,
+    )?;
     let (mut parts, body) = req.into_parts();
     let limit = state.config().max_body_bytes;
     let bytes = axum::body::to_bytes(body, limit)

@@ -15,6 +15,8 @@
 //! min_upload_bytes_per_sec = 16384
 //! min_body_bytes_per_sec = 1024     # JSON bodies, after 5 s
 //! log_format = "text"             # or "json"
+//! # device_certificates = "required"  # vehicles present a fleet-CA certificate (mutual TLS)
+//! # fleet_ca = "/etc/secureev/fleet-ca.pem"  # default <data_dir>/tls/fleet-ca.pem
 //! # key_store = "pkcs11"           # online keys and KEK in a PKCS#11 token
 //! # [pkcs11]
 //! # module = "/usr/lib/softhsm/libsofthsm2.so"
@@ -73,6 +75,20 @@ pub enum AdminExposure {
     Loopback,
     /// Any address: the operator takes responsibility for the network path.
     Network,
+}
+
+/// Whether vehicles authenticate with a device certificate too (mutual TLS
+/// on the vehicle listener; see [`crate::tls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceCertificates {
+    /// No client certificate is asked for; request signatures alone (the
+    /// default).
+    #[default]
+    Off,
+    /// Every vehicle connection needs a certificate chaining to `fleet_ca`
+    /// whose subject commonName is the VIN that signs its requests.
+    Required,
 }
 
 /// Where the online signing keys and the key-encryption key live.
@@ -190,6 +206,12 @@ pub struct Config {
     /// Log line format.
     #[serde(default)]
     pub log_format: crate::logging::LogFormat,
+    /// Whether the vehicle listener requires device certificates.
+    #[serde(default)]
+    pub device_certificates: DeviceCertificates,
+    /// The fleet CA certificate(s), PEM; default `<data_dir>/tls/fleet-ca.pem`.
+    #[serde(default)]
+    pub fleet_ca: Option<PathBuf>,
     /// Where online keys and the KEK live.
     #[serde(default)]
     pub key_store: KeyStoreKind,
@@ -254,6 +276,8 @@ impl Config {
             min_upload_bytes_per_sec: DEFAULT_MIN_UPLOAD_BYTES_PER_SEC,
             min_body_bytes_per_sec: DEFAULT_MIN_BODY_BYTES_PER_SEC,
             log_format: crate::logging::LogFormat::Text,
+            device_certificates: DeviceCertificates::Off,
+            fleet_ca: None,
             key_store: KeyStoreKind::Pem,
             pkcs11: None,
         }
@@ -341,6 +365,19 @@ impl Config {
                 "min_body_bytes_per_sec must be at least 1".into(),
             ));
         }
+        match (self.device_certificates, self.transport, &self.fleet_ca) {
+            (DeviceCertificates::Required, Transport::InsecureHttp, _) => {
+                return Err(Error::Config(
+                    "device_certificates = \"required\" needs transport = \"tls\"".into(),
+                ))
+            }
+            (DeviceCertificates::Off, _, Some(_)) => {
+                return Err(Error::Config(
+                    "fleet_ca is set but device_certificates is \"off\"; set device_certificates = \"required\"".into(),
+                ))
+            }
+            _ => {}
+        }
         if self.max_body_bytes < 1024 {
             return Err(Error::Config("max_body_bytes must be at least 1024".into()));
         }
@@ -352,6 +389,13 @@ impl Config {
         self.tls_cert
             .clone()
             .unwrap_or_else(|| self.data_dir.join(crate::layout::SERVER_CERT))
+    }
+
+    /// The fleet CA certificate file.
+    pub fn fleet_ca_path(&self) -> PathBuf {
+        self.fleet_ca
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(crate::layout::FLEET_CA_CERT))
     }
 
     /// The private key file.
@@ -401,6 +445,21 @@ mod tests {
         assert!(Config::parse_str(&format!("{ok}slot = 1\n")).is_err());
         let pem_with_table = format!("data_dir = \"/x\"\n{table}pin_env = \"PIN\"\n");
         assert!(Config::parse_str(&pem_with_table).is_err());
+    }
+
+    #[test]
+    fn device_certificates_are_off_unless_required_by_name() {
+        let c = Config::parse_str("data_dir = \"/x\"").unwrap();
+        assert_eq!(c.device_certificates, DeviceCertificates::Off);
+        assert_eq!(c.fleet_ca_path(), PathBuf::from("/x/tls/fleet-ca.pem"));
+        let req = "data_dir = \"/x\"\ndevice_certificates = \"required\"\n";
+        assert_eq!(
+            Config::parse_str(req).unwrap().device_certificates,
+            DeviceCertificates::Required
+        );
+        assert!(Config::parse_str(&format!("{req}transport = \"insecure-http\"\n")).is_err());
+        assert!(Config::parse_str("data_dir = \"/x\"\nfleet_ca = \"/ca.pem\"\n").is_err());
+        assert!(Config::parse_str("data_dir = \"/x\"\ndevice_certificates = \"yes\"\n").is_err());
     }
 
     #[test]

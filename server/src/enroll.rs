@@ -134,9 +134,16 @@ pub fn bearer_credential(headers: &HeaderMap) -> Result<String> {
 pub async fn enroll(
     State(st): State<AppState>,
     Extension(credential): Extension<EnrollmentCredential>,
+    extensions: axum::http::Extensions,
     JsonBody(reg): JsonBody<VehicleRegistration>,
 ) -> Result<Response> {
     let reg = check_registration(reg)?;
+    // With device certificates required, a vehicle enrolls only itself.
+    if let Err(e) = crate::auth::check_device_cert(&st, &extensions, &reg.vin) {
+        let peer = extensions.get::<crate::logging::PeerAddr>().map(|p| p.0);
+        st.audit_refused(peer, "POST /enroll", &e.to_string());
+        return Err(e);
+    }
     let now = st.now();
     let d = digest(&credential.0);
     let dids = st.db().write(|tx| {

@@ -38,6 +38,13 @@ pub const CA_KEY: &str = "tls/ca-key.pem";
 pub const SERVER_CERT: &str = "tls/server.pem";
 /// Server private key.
 pub const SERVER_KEY: &str = "tls/server-key.pem";
+/// Fleet CA certificate the vehicle listener checks device certificates
+/// against (`device_certificates = "required"`; default of `fleet_ca`).
+pub const FLEET_CA_CERT: &str = "tls/fleet-ca.pem";
+/// Fleet CA private key (in the offline directory; `device-cert init-ca`).
+pub const FLEET_CA_KEY: &str = "fleet/fleet-ca-key.pem";
+/// Fleet CA certificate, beside its key in the offline directory.
+pub const FLEET_CA_OFFLINE_CERT: &str = "fleet/fleet-ca.pem";
 /// Blob directory.
 pub const BLOBS: &str = "blobs/sha256";
 /// Key directory.

@@ -479,8 +479,16 @@ pub fn admin_router(state: AppState) -> Router {
 pub struct Server {
     vehicle: tokio::net::TcpListener,
     admin: tokio::net::TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Acceptors>,
     state: AppState,
+}
+
+/// The TLS configurations of the two listeners: the vehicle one asks for
+/// device certificates when they are required, the admin one never.
+#[derive(Clone)]
+struct Acceptors {
+    vehicle: tokio_rustls::TlsAcceptor,
+    admin: tokio_rustls::TlsAcceptor,
 }
 
 impl std::fmt::Debug for Server {
@@ -507,16 +515,32 @@ pub async fn bind(config: Config) -> Result<Server> {
 pub async fn bind_with_state(state: AppState) -> Result<Server> {
     let config = state.config().clone();
     let tls = match config.transport {
-        // A TLS key in the token is used unless `tls_key` names a file.
-        Transport::Tls => Some(tokio_rustls::TlsAcceptor::from(
-            match (&config.tls_key, state.key_store().tls_key()?) {
-                (None, Some(key)) => {
-                    tracing::info!(keyid = key.keyid(), "TLS key in the PKCS#11 token");
-                    tls::server_config_with_key(&config.cert_path(), key)?
+        Transport::Tls => {
+            let devices = match config.device_certificates {
+                config::DeviceCertificates::Required => {
+                    let ca = config.fleet_ca_path();
+                    tracing::info!(fleet_ca = %ca.display(), "vehicles need device certificates");
+                    Some(tls::device_verifier(&ca)?)
                 }
-                _ => tls::server_config(&config.cert_path(), &config.key_path())?,
-            },
-        )),
+                config::DeviceCertificates::Off => None,
+            };
+            // A TLS key in the token is used unless `tls_key` names a file.
+            let token_key = match &config.tls_key {
+                None => state.key_store().tls_key()?,
+                Some(_) => None,
+            };
+            let make = |clients| match &token_key {
+                Some(key) => tls::server_config_with_key(&config.cert_path(), key.clone(), clients),
+                None => tls::server_config(&config.cert_path(), &config.key_path(), clients),
+            };
+            if let Some(key) = &token_key {
+                tracing::info!(keyid = key.keyid(), "TLS key in the PKCS#11 token");
+            }
+            Some(Acceptors {
+                vehicle: tokio_rustls::TlsAcceptor::from(make(devices)?),
+                admin: tokio_rustls::TlsAcceptor::from(make(None)?),
+            })
+        }
         Transport::InsecureHttp => {
             tracing::warn!("serving plain HTTP: for loopback tests only");
             None
@@ -573,12 +597,19 @@ impl Server {
         let v = accept_loop(
             "vehicle",
             vehicle,
-            tls.clone(),
+            tls.as_ref().map(|t| t.vehicle.clone()),
             vehicle_router(state.clone()),
             limits.clone(),
             stop_rx.clone(),
         );
-        let a = accept_loop("admin", admin, tls, admin_router(state), limits, stop_rx);
+        let a = accept_loop(
+            "admin",
+            admin,
+            tls.map(|t| t.admin),
+            admin_router(state),
+            limits,
+            stop_rx,
+        );
         let stop = async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -633,13 +664,16 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _permit = permit;
             let _peer_slot = peer_slot;
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let service = |device: Option<auth::DeviceCert>| {
+                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(logging::PeerAddr(peer));
+                    if let Some(d) = &device {
+                        req.extensions_mut().insert(d.clone());
+                    }
                     let mut app = app.clone();
                     async move { tower_service::Service::call(&mut app, req).await }
-                },
-            );
+                })
+            };
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -648,10 +682,22 @@ async fn accept_loop(
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(mut stream)) => {
+                            // A client certificate was asked for and verified
+                            // by the handshake: which vehicle it names.
+                            let device = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| {
+                                    auth::DeviceCert(
+                                        tls::certificate_vin(c.as_ref()).map_err(|e| e.to_string()),
+                                    )
+                                });
                             let r = builder
                                 .serve_connection(
                                     hyper_util::rt::TokioIo::new(&mut stream),
-                                    service,
+                                    service(device),
                                 )
                                 .await;
                             close_gracefully(&mut stream).await;
@@ -671,7 +717,7 @@ async fn accept_loop(
                 None => {
                     let mut tcp = tcp;
                     let r = builder
-                        .serve_connection(hyper_util::rt::TokioIo::new(&mut tcp), service)
+                        .serve_connection(hyper_util::rt::TokioIo::new(&mut tcp), service(None))
                         .await;
                     close_gracefully(&mut tcp).await;
                     linger(&mut tcp).await;

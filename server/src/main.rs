@@ -174,6 +174,12 @@ enum Command {
         #[command(flatten)]
         local: Local,
     },
+    /// Device certificates for mutual TLS, from the fleet CA whose key is in
+    /// the offline directory (local).
+    DeviceCert {
+        #[command(subcommand)]
+        cmd: DeviceCertCmd,
+    },
     /// The signed audit trail (local: opens the database).
     Audit {
         #[command(subcommand)]
@@ -311,6 +317,41 @@ enum OperatorCmd {
         /// Name.
         #[arg(long)]
         name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCertCmd {
+    /// Make the fleet CA: key and certificate in <offline-dir>/fleet/, the
+    /// certificate also in <data-dir>/tls/fleet-ca.pem when given.
+    InitCa {
+        /// Offline directory (the fleet CA key stays there).
+        #[arg(long)]
+        offline_dir: PathBuf,
+        /// Data directory of the server that checks device certificates.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Issue a device certificate whose subject commonName is the VIN.
+    Issue {
+        /// Offline directory holding the fleet CA key.
+        #[arg(long)]
+        offline_dir: PathBuf,
+        /// The vehicle.
+        #[arg(long)]
+        vin: String,
+        /// The device's PKCS#10 request (PEM, P-256); its key stays on the device.
+        #[arg(long, conflicts_with = "key_out", required_unless_present = "key_out")]
+        csr: Option<PathBuf>,
+        /// Make a new key and write it here (0600).
+        #[arg(long)]
+        key_out: Option<PathBuf>,
+        /// Where the certificate goes (PEM).
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 7300)]
+        days: u32,
     },
 }
 
@@ -852,6 +893,47 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             })
             .await?
         }
+        Command::DeviceCert { cmd } => match cmd {
+            DeviceCertCmd::InitCa {
+                offline_dir,
+                data_dir,
+            } => {
+                secureev_server::tls::init_fleet_ca(&offline_dir, data_dir.as_deref())?;
+                println!(
+                    "fleet CA in {}; set device_certificates = \"required\" in server.toml",
+                    offline_dir
+                        .join(secureev_server::layout::FLEET_CA_KEY)
+                        .display()
+                );
+            }
+            DeviceCertCmd::Issue {
+                offline_dir,
+                vin,
+                csr,
+                key_out,
+                out,
+                days,
+            } => {
+                use secureev_server::tls::DeviceKey;
+                let key = match &csr {
+                    Some(p) => DeviceKey::Csr(
+                        std::fs::read_to_string(p)
+                            .with_context(|| format!("reading {}", p.display()))?,
+                    ),
+                    None => DeviceKey::Generate,
+                };
+                secureev_server::tls::issue_device_cert_files(
+                    &offline_dir,
+                    &vin,
+                    key,
+                    &out,
+                    key_out.as_deref(),
+                    secureev_server::unix_now(),
+                    days,
+                )?;
+                println!("device certificate for {vin} in {}", out.display());
+            }
+        },
         Command::Openapi => print(&secureev_server::openapi::document()),
         Command::Status { remote } => {
             admin_call(&remote, async |c| {
