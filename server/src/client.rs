@@ -66,12 +66,63 @@ async fn reply(resp: reqwest::Response) -> Result<Reply> {
     Ok(Reply { status, body })
 }
 
-/// Client of the admin API.
+/// Client of the admin API, over HTTPS or the admin Unix socket.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
     http: reqwest::Client,
     base: String,
     token: String,
+    socket: Option<std::path::PathBuf>,
+}
+
+/// One request over the admin Unix socket (plain HTTP/1.1, one connection
+/// per request).
+async fn unix_request(
+    socket: &Path,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<(&'static str, Vec<u8>)>,
+) -> Result<Reply> {
+    use http_body_util::BodyExt;
+    let err =
+        |e: &dyn std::fmt::Display| Error::Internal(format!("http over {}: {e}", socket.display()));
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| Error::io(format!("connecting to {}", socket.display()), e))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| err(&e))?;
+    let conn = tokio::spawn(conn);
+    let method = hyper::Method::from_bytes(method.as_str().as_bytes()).map_err(|e| err(&e))?;
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {token}"));
+    let bytes = match body {
+        Some((content_type, b)) => {
+            req = req.header("content-type", content_type);
+            b
+        }
+        None => Vec::new(),
+    };
+    let req = req
+        .body(http_body_util::Full::new(axum::body::Bytes::from(bytes)))
+        .map_err(|e| err(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| err(&e))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| err(&e))?
+        .to_bytes()
+        .to_vec();
+    drop(sender);
+    let _ = conn.await;
+    Ok(Reply { status, body })
 }
 
 impl AdminClient {
@@ -81,6 +132,17 @@ impl AdminClient {
             http,
             base: base.trim_end_matches('/').to_owned(),
             token: token.trim().to_owned(),
+            socket: None,
+        }
+    }
+
+    /// A client of the admin API on the Unix socket `socket`.
+    pub fn unix(socket: &Path, token: &str) -> Self {
+        AdminClient {
+            http: reqwest::Client::new(),
+            base: format!("{}{}", crate::config::UNIX_PREFIX, socket.display()),
+            token: token.trim().to_owned(),
+            socket: Some(socket.to_path_buf()),
         }
     }
 
@@ -97,6 +159,9 @@ impl AdminClient {
             .unwrap_or_else(|| data_dir.join(layout::ADMIN_TOKEN));
         let token = std::fs::read_to_string(&path)
             .map_err(|e| Error::io(format!("reading the token in {}", path.display()), e))?;
+        if let Some(socket) = base.strip_prefix(crate::config::UNIX_PREFIX) {
+            return Ok(Self::unix(Path::new(socket), &token));
+        }
         let ca = if base.starts_with("https://") {
             Some(
                 std::fs::read(data_dir.join(layout::CA_CERT))
@@ -110,6 +175,9 @@ impl AdminClient {
 
     /// GET a path.
     pub async fn get(&self, path: &str) -> Result<Reply> {
+        if let Some(socket) = &self.socket {
+            return unix_request(socket, reqwest::Method::GET, path, &self.token, None).await;
+        }
         let r = self
             .http
             .get(format!("{}{path}", self.base))
@@ -127,6 +195,18 @@ impl AdminClient {
         path: &str,
         body: &Value,
     ) -> Result<Reply> {
+        if let Some(socket) = &self.socket {
+            let bytes =
+                serde_json::to_vec(body).map_err(|e| Error::Internal(format!("JSON body: {e}")))?;
+            return unix_request(
+                socket,
+                method,
+                path,
+                &self.token,
+                Some(("application/json", bytes)),
+            )
+            .await;
+        }
         let r = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -145,6 +225,9 @@ impl AdminClient {
 
     /// DELETE.
     pub async fn delete(&self, path: &str) -> Result<Reply> {
+        if let Some(socket) = &self.socket {
+            return unix_request(socket, reqwest::Method::DELETE, path, &self.token, None).await;
+        }
         let r = self
             .http
             .delete(format!("{}{path}", self.base))
@@ -157,6 +240,16 @@ impl AdminClient {
 
     /// Upload a blob.
     pub async fn put_blob(&self, data: Vec<u8>) -> Result<Reply> {
+        if let Some(socket) = &self.socket {
+            return unix_request(
+                socket,
+                reqwest::Method::PUT,
+                "/admin/blobs",
+                &self.token,
+                Some(("application/octet-stream", data)),
+            )
+            .await;
+        }
         let r = self
             .http
             .put(format!("{}/admin/blobs", self.base))

@@ -4,6 +4,8 @@
 //! data_dir = "/var/lib/secureev"
 //! listen = "0.0.0.0:8443"          # vehicles
 //! admin_listen = "127.0.0.1:8444"  # operators (loopback unless admin_exposure = "network")
+//! # admin_listen = "unix:/run/secureev-server/admin.sock"  # or a Unix socket (plain HTTP)
+//! # admin_socket_mode = 0o600       # or 0o660 (group access)
 //! # transport = "insecure-http"   # loopback tests only
 //! # tls_cert = "/etc/secureev/server.pem"
 //! # tls_key = "/etc/secureev/server-key.pem"
@@ -65,6 +67,64 @@ pub enum Transport {
     /// Plain HTTP, for loopback tests only; refused on non-loopback addresses.
     InsecureHttp,
 }
+
+/// Where a listener listens: a TCP address, or a Unix socket (`unix:/path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// `ip:port`.
+    Tcp(SocketAddr),
+    /// `unix:<absolute path>`: plain HTTP on a socket file whose mode is the
+    /// access control (with the operator token still required).
+    Unix(PathBuf),
+}
+
+/// Prefix of a Unix socket listen address.
+pub const UNIX_PREFIX: &str = "unix:";
+
+impl std::str::FromStr for ListenAddr {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.strip_prefix(UNIX_PREFIX) {
+            Some(path) => {
+                let path = PathBuf::from(path);
+                if !path.is_absolute() {
+                    return Err(Error::Config(format!(
+                        "{s}: a Unix socket path must be absolute"
+                    )));
+                }
+                Ok(ListenAddr::Unix(path))
+            }
+            None => s.parse().map(ListenAddr::Tcp).map_err(|e| {
+                Error::Config(format!("{s:?} is neither ip:port nor unix:/path: {e}"))
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "{UNIX_PREFIX}{}", p.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl From<SocketAddr> for ListenAddr {
+    fn from(a: SocketAddr) -> Self {
+        ListenAddr::Tcp(a)
+    }
+}
+
+/// Default mode of the admin Unix socket (owner only).
+pub const DEFAULT_ADMIN_SOCKET_MODE: u32 = 0o600;
 
 /// Where the admin API may listen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -165,7 +225,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address of the admin API listener.
     #[serde(default = "default_admin_listen")]
-    pub admin_listen: SocketAddr,
+    pub admin_listen: ListenAddr,
+    /// Mode of the admin socket file when `admin_listen` is `unix:…`:
+    /// 0o600 (the server's user) or 0o660 (and its group).
+    #[serde(default = "default_admin_socket_mode")]
+    pub admin_socket_mode: u32,
     /// Whether `admin_listen` may be a non-loopback address.
     #[serde(default)]
     pub admin_exposure: AdminExposure,
@@ -226,10 +290,15 @@ fn default_listen() -> SocketAddr {
         .parse()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8443)))
 }
-fn default_admin_listen() -> SocketAddr {
-    DEFAULT_ADMIN_LISTEN
-        .parse()
-        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8444)))
+fn default_admin_listen() -> ListenAddr {
+    ListenAddr::Tcp(
+        DEFAULT_ADMIN_LISTEN
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8444))),
+    )
+}
+fn default_admin_socket_mode() -> u32 {
+    DEFAULT_ADMIN_SOCKET_MODE
 }
 fn default_max_connections_per_peer() -> usize {
     DEFAULT_MAX_CONNECTIONS_PER_PEER
@@ -263,6 +332,7 @@ impl Config {
             data_dir: data_dir.into(),
             listen: default_listen(),
             admin_listen: default_admin_listen(),
+            admin_socket_mode: DEFAULT_ADMIN_SOCKET_MODE,
             admin_exposure: AdminExposure::Loopback,
             transport: Transport::Tls,
             tls_cert: None,
@@ -312,16 +382,23 @@ impl Config {
         if self.max_connections == 0 {
             return Err(Error::Config("max_connections must be at least 1".into()));
         }
-        if self.admin_exposure == AdminExposure::Loopback && !self.admin_listen.ip().is_loopback() {
-            return Err(Error::Config(format!(
-                "admin_listen {} is not a loopback address; set admin_exposure = \"network\" to allow it",
-                self.admin_listen
-            )));
+        if let ListenAddr::Tcp(admin) = &self.admin_listen {
+            if self.admin_exposure == AdminExposure::Loopback && !admin.ip().is_loopback() {
+                return Err(Error::Config(format!(
+                    "admin_listen {admin} is not a loopback address; set admin_exposure = \"network\" to allow it"
+                )));
+            }
+            if self.transport == Transport::InsecureHttp && !admin.ip().is_loopback() {
+                return Err(Error::Config(
+                    "insecure-http is only allowed on loopback admin_listen".into(),
+                ));
+            }
         }
-        if self.transport == Transport::InsecureHttp && !self.admin_listen.ip().is_loopback() {
-            return Err(Error::Config(
-                "insecure-http is only allowed on loopback admin_listen".into(),
-            ));
+        if !matches!(self.admin_socket_mode, 0o600 | 0o660) {
+            return Err(Error::Config(format!(
+                "admin_socket_mode must be 0o600 or 0o660, not {:#o}",
+                self.admin_socket_mode
+            )));
         }
         if self.max_connections_per_peer == 0
             || self.max_connections_per_peer > self.max_connections
@@ -426,6 +503,37 @@ mod tests {
         assert_eq!(
             Config::parse_str(&ok).unwrap().admin_exposure,
             AdminExposure::Network
+        );
+    }
+
+    #[test]
+    fn the_admin_api_may_listen_on_a_unix_socket() {
+        let c = Config::parse_str(
+            "data_dir = \"/x\"\nadmin_listen = \"unix:/run/secureev-server/admin.sock\"\nadmin_socket_mode = 0o660\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.admin_listen,
+            ListenAddr::Unix("/run/secureev-server/admin.sock".into())
+        );
+        assert_eq!(c.admin_socket_mode, 0o660);
+        assert_eq!(
+            c.admin_listen.to_string(),
+            "unix:/run/secureev-server/admin.sock"
+        );
+        assert!(
+            Config::parse_str("data_dir = \"/x\"\nadmin_listen = \"unix:rel.sock\"\n").is_err()
+        );
+        assert!(Config::parse_str(
+            "data_dir = \"/x\"\nadmin_listen = \"unix:/a\"\nadmin_socket_mode = 0o666\n"
+        )
+        .is_err());
+        assert!(Config::parse_str("data_dir = \"/x\"\nadmin_listen = \"nowhere\"\n").is_err());
+        assert_eq!(
+            Config::parse_str("data_dir = \"/x\"")
+                .unwrap()
+                .admin_socket_mode,
+            0o600
         );
     }
 

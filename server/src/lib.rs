@@ -24,7 +24,8 @@
 //!   KEK live (PEM files or a PKCS#11 token, [`hsm`]).
 //!
 //! Two listeners: vehicles on `listen` (`/image`, `/director`, `/registry`,
-//! `/enroll`), operators on `admin_listen` (`/admin`, loopback by default).
+//! `/enroll`), operators on `admin_listen` (`/admin`, loopback by default, or
+//! a Unix socket `unix:/path` with mode `admin_socket_mode`).
 //! - [`tls`]: development PKI and rustls configuration; [`init`]: `init`.
 //! - [`client`]: the admin and vehicle HTTP clients the CLI and tests use.
 //!
@@ -478,9 +479,41 @@ pub fn admin_router(state: AppState) -> Router {
 /// A server bound to its two addresses, not yet serving.
 pub struct Server {
     vehicle: tokio::net::TcpListener,
-    admin: tokio::net::TcpListener,
+    admin: AdminListener,
     tls: Option<Acceptors>,
     state: AppState,
+}
+
+/// The admin listener: TCP (TLS unless `insecure-http`) or a Unix socket
+/// (plain HTTP; the socket file's mode and the operator token guard it).
+enum AdminListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+/// Bind the admin Unix socket at `path` with `mode`: a socket left by an
+/// earlier run is replaced, any other file is refused. The parent directory
+/// must exist (systemd's `RuntimeDirectory=`). The mode is set right after
+/// bind(2); until then the socket has the umask's mode, and the operator token
+/// is required either way.
+fn bind_unix(path: &std::path::Path, mode: u32) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+            .map_err(|e| Error::io(format!("removing the old socket {}", path.display()), e))?,
+        Ok(_) => {
+            return Err(Error::Config(format!(
+                "{} exists and is not a socket",
+                path.display()
+            )))
+        }
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
+    Ok(listener)
 }
 
 /// The TLS configurations of the two listeners: the vehicle one asks for
@@ -495,7 +528,7 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("vehicle", &self.vehicle.local_addr().ok())
-            .field("admin", &self.admin.local_addr().ok())
+            .field("admin", &self.admin_addr().ok())
             .field("tls", &self.tls.is_some())
             .finish()
     }
@@ -553,7 +586,12 @@ pub async fn bind_with_state(state: AppState) -> Result<Server> {
     };
     Ok(Server {
         vehicle: bind(config.listen).await?,
-        admin: bind(config.admin_listen).await?,
+        admin: match &config.admin_listen {
+            config::ListenAddr::Tcp(a) => AdminListener::Tcp(bind(*a).await?),
+            config::ListenAddr::Unix(p) => {
+                AdminListener::Unix(bind_unix(p, config.admin_socket_mode)?, p.clone())
+            }
+        },
         tls,
         state,
     })
@@ -567,11 +605,23 @@ impl Server {
             .map_err(|e| Error::io("local address", e))
     }
 
-    /// The bound admin address.
+    /// The bound admin address (an error when it is a Unix socket).
     pub fn admin_addr(&self) -> Result<SocketAddr> {
-        self.admin
-            .local_addr()
-            .map_err(|e| Error::io("local address", e))
+        match &self.admin {
+            AdminListener::Tcp(l) => l.local_addr().map_err(|e| Error::io("local address", e)),
+            AdminListener::Unix(_, p) => Err(Error::Config(format!(
+                "the admin listener is the Unix socket {}",
+                p.display()
+            ))),
+        }
+    }
+
+    /// The admin Unix socket, when it is one.
+    pub fn admin_socket(&self) -> Option<&std::path::Path> {
+        match &self.admin {
+            AdminListener::Unix(_, p) => Some(p),
+            AdminListener::Tcp(_) => None,
+        }
     }
 
     /// The state (tests).
@@ -602,14 +652,25 @@ impl Server {
             limits.clone(),
             stop_rx.clone(),
         );
-        let a = accept_loop(
-            "admin",
-            admin,
-            tls.map(|t| t.admin),
-            admin_router(state),
-            limits,
-            stop_rx,
-        );
+        let a = async move {
+            match admin {
+                AdminListener::Tcp(l) => {
+                    accept_loop(
+                        "admin",
+                        l,
+                        tls.map(|t| t.admin),
+                        admin_router(state),
+                        limits,
+                        stop_rx,
+                    )
+                    .await
+                }
+                AdminListener::Unix(l, path) => {
+                    unix_accept_loop(l, &path, admin_router(state), limits, stop_rx).await;
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        };
         let stop = async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -731,6 +792,59 @@ async fn accept_loop(
     }
 }
 
+/// The admin API on a Unix socket: plain HTTP, the total connection limit
+/// (there is no peer address to limit by), the same timeouts and graceful
+/// close as TCP.
+async fn unix_accept_loop(
+    listener: tokio::net::UnixListener,
+    path: &std::path::Path,
+    app: Router,
+    limits: Arc<ConnLimits>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    tracing::info!(listener = "admin", socket = %path.display(), "serving");
+    loop {
+        let stream = tokio::select! {
+            _ = stop.changed() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limits.total.clone().try_acquire_owned() else {
+            tracing::warn!("connection limit reached (admin socket)");
+            drop(stream);
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let mut app = app.clone();
+                    async move { tower_service::Service::call(&mut app, req).await }
+                });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let mut stream = stream;
+            let r = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(&mut stream), service)
+                .await;
+            close_gracefully(&mut stream).await;
+            linger(&mut stream).await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "admin socket connection ended with an error");
+            }
+        });
+    }
+}
+
 /// Time the server takes to send its TLS close_notify and FIN.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the server keeps reading, and dropping, what a client still
@@ -755,7 +869,7 @@ async fn close_gracefully<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S) {
 /// leaves its body unread; closing a socket with unread bytes, or with more
 /// still coming, makes the kernel answer with a reset, which may destroy the
 /// answer before the client has read it.
-async fn linger(tcp: &mut tokio::net::TcpStream) {
+async fn linger<S: tokio::io::AsyncRead + Unpin>(tcp: &mut S) {
     use tokio::io::AsyncReadExt;
     let mut buf = vec![0u8; 16 * 1024];
     let mut left = LINGER_BYTES;

@@ -98,7 +98,7 @@ enum Command {
         listen: Option<SocketAddr>,
         /// Override the admin listen address.
         #[arg(long)]
-        admin_listen: Option<SocketAddr>,
+        admin_listen: Option<secureev_server::config::ListenAddr>,
         /// Serve plain HTTP. Loopback only; for tests.
         #[arg(long)]
         insecure_http: bool,
