@@ -66,6 +66,7 @@ async fn fifty_vehicles_check_in_and_install_a_campaign() {
         version: Some("2.0".into()),
         release_counter: Some(2),
         encrypt: false,
+        release_notes: None,
     };
     let now = Timestamp::from_unix(secureev_server::unix_now());
     image_add(&admin, &offline, &spec, &[0x42; 4096], now)

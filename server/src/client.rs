@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::layout;
 use crate::repo::{EncryptedImage, IMAGE};
 use secureev_uptane::builder::{sign_value, target_file, TARGETS_LIFETIME_SECS};
-use secureev_uptane::custom::TargetCustom;
+use secureev_uptane::custom::{DisplayText, TargetCustom};
 use secureev_uptane::encryption::{encrypt_image, ContentKey, DEFAULT_CHUNK_SIZE};
 use secureev_uptane::request_auth::sign_request;
 use secureev_uptane::{SigningKey, Timestamp};
@@ -270,12 +270,15 @@ pub struct ImageSpec {
     pub name: String,
     /// Hardware IDs.
     pub hardware_ids: Vec<String>,
-    /// Human version.
+    /// Human version (`custom.version`, checked by [`DisplayText::Version`]).
     pub version: Option<String>,
     /// Release counter.
     pub release_counter: Option<u64>,
     /// Encrypt with a fresh content key.
     pub encrypt: bool,
+    /// Release notes (`custom.releaseNotes`, checked by
+    /// [`DisplayText::ReleaseNotes`]).
+    pub release_notes: Option<String>,
 }
 
 /// Offline step of `image add`: add `data` as `spec` to the current signed
@@ -289,6 +292,14 @@ pub fn sign_image_targets(
     now: Timestamp,
 ) -> Result<(Value, Vec<u8>, Option<EncryptedImage>)> {
     crate::repo::validate_target_name(&spec.name)?;
+    for (kind, text) in [
+        (DisplayText::Version, &spec.version),
+        (DisplayText::ReleaseNotes, &spec.release_notes),
+    ] {
+        if let Some(text) = text {
+            kind.check(text).map_err(Error::BadRequest)?;
+        }
+    }
     let env: Value = serde_json::from_slice(current)
         .map_err(|e| Error::BadRequest(format!("current targets are not JSON: {e}")))?;
     let mut signed = env
@@ -320,7 +331,12 @@ pub fn sign_image_targets(
         ..TargetCustom::default()
     };
     if let Some(v) = &spec.version {
-        custom.unrecognized.insert("version".into(), json!(v));
+        custom.unrecognized.insert(DisplayText::Version.key().into(), json!(v));
+    }
+    if let Some(n) = &spec.release_notes {
+        custom
+            .unrecognized
+            .insert(DisplayText::ReleaseNotes.key().into(), json!(n));
     }
     let entry = target_file(&served, Some(custom.to_value()));
     signed["version"] = json!(version + 1);

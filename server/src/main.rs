@@ -208,12 +208,21 @@ enum ImageCmd {
         /// Hardware IDs the image is for.
         #[arg(long = "hardware-id", required = true)]
         hardware_ids: Vec<String>,
-        /// Version string.
+        /// Human version shown to the driver, e.g. 2.4.1 (signed as
+        /// `custom.version`; one line, at most 64 bytes).
         #[arg(long)]
         version: Option<String>,
         /// Release counter.
         #[arg(long)]
         release_counter: Option<u64>,
+        /// Release notes shown to the driver (signed as
+        /// `custom.releaseNotes`; UTF-8, at most 4096 bytes, no control
+        /// characters but newline and tab).
+        #[arg(long, conflicts_with = "release_notes_file")]
+        release_notes: Option<String>,
+        /// Read the release notes from FILE (same rules).
+        #[arg(long, value_name = "FILE")]
+        release_notes_file: Option<PathBuf>,
         /// Encrypt with a fresh content key (wrapped per ECU by the Director).
         #[arg(long)]
         encrypt: bool,
@@ -449,6 +458,36 @@ enum RolloutCmd {
 
 fn print(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// `--release-notes-file`: at most [`MAX_RELEASE_NOTES_LEN`] bytes of UTF-8
+/// (read no further), checked as `image add` checks the text.
+fn read_release_notes(path: &std::path::Path) -> anyhow::Result<String> {
+    use secureev_uptane::custom::{DisplayText, MAX_RELEASE_NOTES_LEN};
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(MAX_RELEASE_NOTES_LEN as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(
+        bytes.len() <= MAX_RELEASE_NOTES_LEN,
+        "{}: release notes longer than {MAX_RELEASE_NOTES_LEN} bytes",
+        path.display()
+    );
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: release notes are not UTF-8 (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    DisplayText::ReleaseNotes
+        .check(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(text)
 }
 
 async fn admin_call(
@@ -724,9 +763,15 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 hardware_ids,
                 version,
                 release_counter,
+                release_notes,
+                release_notes_file,
                 encrypt,
                 offline_dir,
             } => {
+                let release_notes = match release_notes_file {
+                    Some(path) => Some(read_release_notes(&path)?),
+                    None => release_notes,
+                };
                 let data =
                     std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
                 let spec = ImageSpec {
@@ -735,6 +780,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     version,
                     release_counter,
                     encrypt,
+                    release_notes,
                 };
                 admin_call(&remote, async |c| {
                     let now = Timestamp::from_unix(secureev_server::unix_now());

@@ -10,7 +10,7 @@ use crate::db::{ImageRow, Tx};
 use crate::error::{Error, Result};
 use crate::keystore::{sign_metadata, OnlineKey};
 use secureev_uptane::builder::{meta_file, SNAPSHOT_LIFETIME_SECS, TIMESTAMP_LIFETIME_SECS};
-use secureev_uptane::custom::TargetCustom;
+use secureev_uptane::custom::{DisplayText, TargetCustom};
 use secureev_uptane::metadata::{Common, RoleKeys, Root, Snapshot, Targets, TimestampMeta};
 use secureev_uptane::trusted::TrustedRepository;
 use secureev_uptane::verify::Envelope;
@@ -274,6 +274,23 @@ pub fn publish_image_targets(
                 "target {name:?} lists no hardwareIds"
             )));
         }
+        // Display texts reach a driver's screen: a string within bounds,
+        // without control or bidirectional formatting characters (the
+        // vehicle sanitises them again; the publisher hears it here).
+        for kind in [DisplayText::Version, DisplayText::ReleaseNotes] {
+            match custom.unrecognized.get(kind.key()) {
+                None => {}
+                Some(serde_json::Value::String(text)) => kind
+                    .check(text)
+                    .map_err(|e| Error::Rejected(format!("target {name:?}: {e}")))?,
+                Some(_) => {
+                    return Err(Error::Rejected(format!(
+                        "target {name:?}: custom.{} is not a string",
+                        kind.key()
+                    )))
+                }
+            }
+        }
         let existing = tx.image(name)?;
         let (encryption, content_key) = match encrypted.get(name) {
             Some(e) => {
@@ -295,11 +312,7 @@ pub fn publish_image_targets(
                 _ => (None, None),
             },
         };
-        let version = custom
-            .unrecognized
-            .get("version")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
+        let version = custom.version().map(str::to_owned);
         rows.push(ImageRow {
             name: name.clone(),
             sha512: t.hashes.get("sha512").map(|h| h.to_ascii_lowercase()),

@@ -256,6 +256,7 @@ async fn bad_input_gets_clear_4xx_json_errors() {
         version: None,
         release_counter: None,
         encrypt: false,
+        release_notes: None,
     };
     assert!(image_add(&h.admin, &h.offline, &spec, b"x", now())
         .await
@@ -419,6 +420,7 @@ async fn assignments_respect_hardware_and_release_counters() {
         version: Some("5".into()),
         release_counter: Some(5),
         encrypt: false,
+        release_notes: None,
     };
     image_add(&h.admin, &h.offline, &spec, &fw, now())
         .await
@@ -466,6 +468,7 @@ async fn campaigns_skip_ineligible_ecus_and_assigned_images_stay_listed() {
         version: None,
         release_counter: Some(5),
         encrypt: false,
+        release_notes: None,
     };
     image_add(&h.admin, &h.offline, &spec, b"v5", now())
         .await

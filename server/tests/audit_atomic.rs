@@ -47,6 +47,7 @@ async fn an_admin_change_and_its_audit_record_commit_together_or_not_at_all() {
         version: None,
         release_counter: Some(1),
         encrypt: false,
+        release_notes: None,
     };
     image_add(
         &h.admin,

@@ -91,6 +91,7 @@ async fn another_local_user_finds_nothing_secret_in_the_data_directory() {
         version: None,
         release_counter: Some(1),
         encrypt: true,
+        release_notes: None,
     };
     image_add(
         &h.admin,

@@ -32,6 +32,7 @@ async fn register_assign_verify_download_report_complete() {
         version: Some("2.1".into()),
         release_counter: Some(7),
         encrypt: false,
+        release_notes: None,
     };
     let v = image_add(&h.admin, &h.offline, &spec, &firmware, now())
         .await
@@ -143,6 +144,7 @@ async fn encrypted_image_campaign_wraps_key_per_ecu() {
         version: None,
         release_counter: Some(3),
         encrypt: true,
+        release_notes: None,
     };
     image_add(&h.admin, &h.offline, &spec, &firmware, now())
         .await
@@ -282,4 +284,98 @@ async fn director_timestamp_is_resigned_before_it_expires() {
         .unwrap();
     assert_eq!(stale.send().await.unwrap().status(), 401);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `image add --version --release-notes`: both are signed into the Image
+/// repository's targets (`custom.version`, `custom.releaseNotes`) and a
+/// vehicle's full verification exposes them; text with control or
+/// bidirectional formatting characters, or longer than the bound, is
+/// refused by `image add` and, hand-signed, by the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_and_release_notes_are_signed_and_bounded() {
+    use secureev_uptane::custom::MAX_RELEASE_NOTES_LEN;
+    let h = start("notes").await;
+    let car = TestVehicle::new(&h, "VINN0000000000001", &[("HU-N", "hu")]);
+    car.register(&h).await;
+    let notes = "Charging timer fixed.\n\t- Ünïcode kept\n";
+    let spec = ImageSpec {
+        name: "hu/rootfs-2.4.1.img".into(),
+        hardware_ids: vec!["hu".into()],
+        version: Some("2.4.1".into()),
+        release_counter: Some(12),
+        encrypt: false,
+        release_notes: Some(notes.into()),
+    };
+    assert_eq!(
+        image_add(&h.admin, &h.offline, &spec, b"rootfs 2.4.1", now())
+            .await
+            .unwrap(),
+        2
+    );
+    let r = h
+        .admin
+        .post(
+            "/admin/assignments",
+            &json!({"vin": car.vin, "ecu_serial": "HU-N", "image": spec.name}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let plan = car.full_verification(&h, &[]).await;
+    let t = &plan.targets()[0];
+    assert_eq!(t.version(), Some("2.4.1"));
+    assert_eq!(t.release_notes(), Some(notes));
+    assert_eq!(t.release_counter(), 12);
+
+    // Refused before anything is signed or uploaded.
+    for (version, notes) in [
+        (Some("2.4\n.2"), None),
+        (None, Some("clear screen \u{1b}[2J")),
+        (None, Some("harmless\u{202e}exe.txt")),
+        (None, Some(&*"x".repeat(MAX_RELEASE_NOTES_LEN + 1))),
+    ] {
+        let bad = ImageSpec {
+            name: "hu/bad.img".into(),
+            version: version.map(str::to_owned),
+            release_notes: notes.map(str::to_owned),
+            ..spec.clone()
+        };
+        let e = image_add(&h.admin, &h.offline, &bad, b"bad", now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, secureev_server::error::Error::BadRequest(_)),
+            "{e}"
+        );
+    }
+    // Hand-signed with the offline key, past the client's check: the server
+    // refuses it and publishes nothing.
+    let keys = secureev_server::layout::load_keys(&h.offline, "image", "targets").unwrap();
+    let current = h.admin.get("/admin/image/targets").await.unwrap().body;
+    let ok = ImageSpec {
+        name: "hu/hand.img".into(),
+        ..spec.clone()
+    };
+    let (env, served, _) =
+        secureev_server::client::sign_image_targets(&current, &keys, &ok, b"hand", now()).unwrap();
+    h.admin.put_blob(served).await.unwrap().ok().unwrap();
+    for bad in [json!("bell \u{7}"), json!(42)] {
+        let mut signed = env["signed"].clone();
+        signed["targets"]["hu/hand.img"]["custom"]["releaseNotes"] = bad;
+        let refs: Vec<&secureev_uptane::SigningKey> = keys.iter().collect();
+        let env: serde_json::Value = serde_json::from_slice(
+            &secureev_uptane::builder::sign_value(signed, &refs).unwrap(),
+        )
+        .unwrap();
+        let r = h
+            .admin
+            .post("/admin/image/targets", &json!({"metadata": env}))
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&r.body);
+        assert_eq!(r.status, 422, "{body}");
+        assert!(body.contains("releaseNotes"), "{body}");
+    }
+    let status = h.admin.get("/admin/status").await.unwrap().json();
+    assert_eq!(status["image_targets_version"], 2, "{status}");
 }

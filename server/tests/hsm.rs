@@ -330,6 +330,7 @@ async fn online_keys_and_kek_in_a_softhsm_token_serve_an_encrypted_update() {
         version: None,
         release_counter: Some(2),
         encrypt: true,
+        release_notes: None,
     };
     image_add(&h.admin, &h.offline, &spec, &firmware, now())
         .await
@@ -514,6 +515,7 @@ async fn init_generates_every_online_key_and_the_kek_inside_the_token() {
         version: None,
         release_counter: Some(1),
         encrypt: true,
+        release_notes: None,
     };
     image_add(&h.admin, &h.offline, &spec, &firmware, now())
         .await

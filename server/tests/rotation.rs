@@ -42,6 +42,7 @@ async fn image_and_director_rotations_keep_vehicles_verifying() {
         version: None,
         release_counter: Some(1),
         encrypt: false,
+        release_notes: None,
     };
     image_add(&h.admin, &h.offline, &spec, b"firmware", now())
         .await

@@ -103,6 +103,7 @@ impl Assignment {
 pub struct UpdateTarget {
     assignment: Assignment,
     image_target: TargetFile,
+    image_custom: TargetCustom,
     image_role: String,
     release_counter: u64,
 }
@@ -141,6 +142,25 @@ impl UpdateTarget {
     /// Release counter of the new image (0 when none is given).
     pub fn release_counter(&self) -> u64 {
         self.release_counter
+    }
+
+    /// The custom fields of the Image repository's entry (as signed by the
+    /// Image repository's targets role).
+    pub fn image_custom(&self) -> &TargetCustom {
+        &self.image_custom
+    }
+
+    /// The human version the Image repository signed for this image
+    /// (`custom.version`), if any. Display text: bound and sanitise it
+    /// before showing it.
+    pub fn version(&self) -> Option<&str> {
+        self.image_custom.version()
+    }
+
+    /// The release notes the Image repository signed for this image
+    /// (`custom.releaseNotes`), if any. Display text, as [`Self::version`].
+    pub fn release_notes(&self) -> Option<&str> {
+        self.image_custom.release_notes()
     }
 
     /// A verifier for the image bytes as they are downloaded: length cap
@@ -354,6 +374,7 @@ pub fn match_image(
     Ok(UpdateTarget {
         assignment: assignment.clone(),
         image_target: image_target.clone(),
+        image_custom,
         image_role: image_role.to_owned(),
         release_counter: offered,
     })
@@ -513,4 +534,59 @@ pub fn partial_verification(
     }
     check_release_counter(&a.name, ecu, a.custom.release_counter.unwrap_or(0))?;
     Ok(Some(Verified::derive(targets, |_| Ok(a))?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::target_file;
+    use serde_json::json;
+
+    /// The human version and release notes come from the Image repository's
+    /// entry (signed by its targets role), never from the Director's: the
+    /// Director's copy of the same keys is ignored.
+    #[test]
+    fn version_and_release_notes_come_from_the_image_repository() -> Result<()> {
+        let data = b"head unit image 2.4.1";
+        let director_target = target_file(
+            data,
+            Some(json!({
+                "ecuIdentifiers": { "HU-1": { "hardwareId": "hu" } },
+                "releaseCounter": 7,
+                "version": "director says 9.9",
+                "releaseNotes": "director notes"
+            })),
+        );
+        let assignment = Assignment {
+            name: "hu-2.4.1.img".into(),
+            ecu_serial: "HU-1".into(),
+            hardware_id: "hu".into(),
+            custom: TargetCustom::of("hu-2.4.1.img", &director_target)?,
+            director_target,
+        };
+        let ecu = EcuInfo {
+            serial: "HU-1".into(),
+            hardware_id: "hu".into(),
+            installed: None,
+        };
+        let image = target_file(
+            data,
+            Some(json!({
+                "hardwareIds": ["hu"],
+                "releaseCounter": 7,
+                "version": "2.4.1",
+                "releaseNotes": "Fixes the charging timer."
+            })),
+        );
+        let t = match_image(&assignment, &ecu, "targets", &image)?;
+        assert_eq!(t.version(), Some("2.4.1"));
+        assert_eq!(t.release_notes(), Some("Fixes the charging timer."));
+        assert_eq!(t.release_counter(), 7);
+
+        // Absent, or not a string: none (display texts decide nothing).
+        let bare = target_file(data, Some(json!({ "hardwareIds": ["hu"], "version": 3 })));
+        let t = match_image(&assignment, &ecu, "targets", &bare)?;
+        assert_eq!((t.version(), t.release_notes()), (None, None));
+        Ok(())
+    }
 }
