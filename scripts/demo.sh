@@ -270,7 +270,8 @@ say "backend: publish a ${SECUREEV_DEMO_IMAGE_MIB:-16} MiB head-unit image (targ
 MIB="${SECUREEV_DEMO_IMAGE_MIB:-16}"
 head -c $((MIB * 1024 * 1024)) /dev/urandom >"$W/hu-rootfs-2.0.img"
 "$BIN/secureev-server" image add "$W/hu-rootfs-2.0.img" --name hu/rootfs-2.0.img --hardware-id "$HW" \
-    --version 2.0 --release-counter 2 --offline-dir "$W/offline" "${S[@]}" >/dev/null
+    --version 2.0 --release-counter 2 --release-notes "Faster boot; charging timer fixed." \
+    --offline-dir "$W/offline" "${S[@]}" >/dev/null
 "$BIN/secureev-server" assign --vin "$VIN" --ecu "$HU" --image hu/rootfs-2.0.img "${S[@]}" >/dev/null
 echo "  hu/rootfs-2.0.img -> $HU (release counter 2)"
 head -c $((512 * 1024)) /dev/urandom >"$W/bms-fw-1.1.bin"

@@ -289,7 +289,11 @@ async fn history(proxy: &Ota1Proxy<'_>, json: bool) -> anyhow::Result<u8> {
             output::time(e.time),
             e.action,
             output::code(e.code),
-            e.version,
+            if e.ecu_serial.is_empty() {
+                String::new()
+            } else {
+                output::version_label(&e.version, e.release_counter)
+            },
             e.message
         );
     }
@@ -317,7 +321,12 @@ async fn ecus(proxy: &Ota1Proxy<'_>, json: bool) -> anyhow::Result<u8> {
         };
         println!(
             "{:<14} {:<16} {:<16} {:<10} {:<9} {:<12} {contact}",
-            e.serial, e.hardware_id, e.installed_version, role, link, e.status
+            e.serial,
+            e.hardware_id,
+            output::version_label(&e.installed_version, e.installed_release_counter),
+            role,
+            link,
+            e.status
         );
     }
     Ok(exit::OK)

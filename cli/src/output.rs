@@ -66,8 +66,8 @@ pub fn progress_json(p: &Progress) -> Value {
 pub fn pending_json(u: &PendingUpdate) -> Value {
     json!({
         "update-id": u.update_id, "ecu-serial": u.ecu_serial, "hardware-id": u.hardware_id,
-        "target": u.target, "version": u.version, "size": u.size, "sha256": u.sha256,
-        "release-notes": u.release_notes,
+        "target": u.target, "version": u.version, "release-counter": u.release_counter,
+        "size": u.size, "sha256": u.sha256, "release-notes": u.release_notes,
     })
 }
 
@@ -75,7 +75,8 @@ pub fn pending_json(u: &PendingUpdate) -> Value {
 pub fn ecu_json(e: &Ecu) -> Value {
     json!({
         "serial": e.serial, "hardware-id": e.hardware_id,
-        "installed-version": e.installed_version, "primary": e.primary,
+        "installed-version": e.installed_version, "installed-target": e.installed_target,
+        "installed-release-counter": e.installed_release_counter, "primary": e.primary,
         "transport": e.transport, "status": e.status, "last-contact": e.last_contact,
     })
 }
@@ -89,9 +90,21 @@ pub fn precondition_json(p: &Precondition) -> Value {
 pub fn history_json(h: &HistoryEntry) -> Value {
     json!({
         "time": h.time, "action": h.action, "update-id": h.update_id,
-        "ecu-serial": h.ecu_serial, "version": h.version, "code": h.code,
+        "ecu-serial": h.ecu_serial, "version": h.version,
+        "release-counter": h.release_counter, "code": h.code,
         "code-name": ErrorCode::from_u32(h.code).map(|c| c.name()), "message": h.message,
     })
+}
+
+/// A version for a person: `2.4.1 (#12)`, `#12` without a human version,
+/// `?` when neither is known (release counter 0 and no version).
+pub fn version_label(version: &str, release_counter: u64) -> String {
+    match (version.is_empty(), release_counter) {
+        (true, 0) => "?".to_owned(),
+        (true, rc) => format!("#{rc}"),
+        (false, 0) => version.to_owned(),
+        (false, rc) => format!("{version} (#{rc})"),
+    }
 }
 
 /// Prints the pending update for a person.
@@ -101,15 +114,14 @@ pub fn print_plan(id: &str, updates: &[PendingUpdate], ecus: &[Ecu]) {
         let from = ecus
             .iter()
             .find(|e| e.serial == u.ecu_serial)
-            .map(|e| e.installed_version.as_str())
-            .filter(|v| !v.is_empty())
-            .unwrap_or("?");
+            .map(|e| version_label(&e.installed_version, e.installed_release_counter))
+            .unwrap_or_else(|| "?".to_owned());
         println!(
             "  {:<12} {:<14} {} -> {}  {} ({})",
             u.ecu_serial,
             u.hardware_id,
             from,
-            u.version,
+            version_label(&u.version, u.release_counter),
             u.target,
             size(u.size)
         );

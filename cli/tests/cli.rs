@@ -148,7 +148,11 @@ async fn check_install_cycle_with_json() {
         "{}",
         stdout(&out)
     );
-    assert!(stdout(&out).contains("1.0.0 -> 1.1.0"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("1.0.0 (#10) -> 1.1.0 (#11)"),
+        "{}",
+        stdout(&out)
+    );
 
     let out = ctl(&d.bus, &["install", "--yes", "--wait"]).await;
     assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));

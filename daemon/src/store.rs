@@ -95,6 +95,10 @@ pub struct InstalledRecord {
     pub release_counter: u64,
     /// When it was installed (Unix seconds, from the daemon's clock).
     pub installed_at: i64,
+    /// Human version the Image repository signed for it (sanitised), when
+    /// it gave one; absent in records written before versions were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 impl InstalledRecord {

@@ -154,7 +154,7 @@ async fn honest_backend_installs_the_image_and_reports_it() {
         .await;
     let ecus = s.vehicle.proxy().await.ecus().await.unwrap();
     let hu = ecus.iter().find(|e| e.serial == HU).unwrap();
-    assert_eq!(hu.installed_version, NAME);
+    assert_eq!(hu.installed_target, NAME);
 
     let manifests = s.backend.manifests();
     let results = install_results(&manifests);

@@ -934,8 +934,8 @@ async fn history_is_persisted_with_an_entry_per_ecu() {
         .find(|e| e.ecu_serial == HU)
         .unwrap_or_else(|| panic!("no entry for {HU}: {before:#?}"));
     assert_eq!(
-        (hu.action.as_str(), hu.version.as_str(), hu.code),
-        ("install", "2", 0),
+        (hu.action.as_str(), hu.release_counter, hu.code),
+        ("install", 2, 0),
         "{hu:?}"
     );
     assert!(hu.message.contains(NAME), "{hu:?}");

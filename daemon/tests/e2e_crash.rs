@@ -231,7 +231,7 @@ async fn kill_during_command_install_is_settled_as_interrupted_and_offered_again
         ecus.iter()
             .find(|e| e.serial == HU)
             .unwrap()
-            .installed_version,
+            .installed_target,
         NAME
     );
 }

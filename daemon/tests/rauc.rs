@@ -410,6 +410,7 @@ fn record(f: &TargetFacts) -> InstalledRecord {
         hashes: BTreeMap::from([("sha256".to_owned(), f.sha256.clone())]),
         release_counter: f.release_counter,
         installed_at: 1,
+        version: None,
     }
 }
 

@@ -290,7 +290,7 @@ async fn kill_right_after_the_secondary_activated_then_the_next_cycle_succeeds()
     // The UI shows the ECU on the new image, reached.
     let ecus = vehicle.proxy().await.ecus().await.unwrap();
     let e = ecus.iter().find(|e| e.serial == ECU).unwrap();
-    assert_eq!(e.installed_version, NAME, "{e:?}");
+    assert_eq!(e.installed_target, NAME, "{e:?}");
     assert_eq!(e.status, "ok", "{e:?}");
 
     // The manifest the backend completes the assignment on: the ECU's own

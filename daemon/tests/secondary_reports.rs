@@ -327,7 +327,7 @@ async fn manifest_carries_the_secondarys_own_signed_report() {
     let e = ecus.iter().find(|e| e.serial == ECU).unwrap();
     assert_eq!((e.status.as_str(), e.transport.as_str()), ("ok", "doip"));
     assert!(e.last_contact >= now().unix() - 120, "{e:?}");
-    assert_eq!(e.installed_version, "bms/fw-2.bin");
+    assert_eq!(e.installed_target, "bms/fw-2.bin");
     // Fresh: it answers the nonce the Primary sent (the transport checks it).
     assert!(report.nonce.as_deref().is_some_and(|n| n.len() == 32));
     let first_counter = report.report_counter;

@@ -20,6 +20,7 @@ fn record(n: u64) -> InstalledRecord {
         hashes: BTreeMap::from([("sha256".to_owned(), format!("{n:064x}"))]),
         release_counter: n,
         installed_at: n as i64,
+        version: None,
     }
 }
 

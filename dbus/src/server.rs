@@ -649,7 +649,8 @@ impl Ota1Interface {
     }
 
     /// Past operations, oldest first; each entry has time (x), action (s),
-    /// update-id (s), ecu-serial (s), version (s), code (u), message (s).
+    /// update-id (s), ecu-serial (s), version (s), release-counter (t), code (u),
+    /// message (s).
     #[zbus(out_args("history"))]
     async fn get_history(
         &self,
@@ -698,7 +699,8 @@ impl Ota1Interface {
     }
 
     /// Per ECU: update-id (s), ecu-serial (s), hardware-id (s), target (s),
-    /// version (s), size (t), sha256 (s), release-notes (s).
+    /// version (s: human version), release-counter (t), size (t), sha256 (s),
+    /// release-notes (s).
     #[zbus(property)]
     fn pending_updates(&self) -> Vec<PendingUpdate> {
         self.state.lock().snap.pending_updates.clone()
@@ -710,7 +712,7 @@ impl Ota1Interface {
         self.state.lock().snap.pending_update_id.clone()
     }
 
-    /// Per ECU: serial (s), hardware-id (s), installed-version (s), primary (b), transport (s: "", "can", "doip"), status (s: "ok", "refused", "unreachable", "unknown"), last-contact (x: when an exchange with it last completed, Unix seconds, 0 = not since start).
+    /// Per ECU: serial (s), hardware-id (s), installed-version (s: human version), installed-target (s), installed-release-counter (t), primary (b), transport (s: "", "can", "doip"), status (s: "ok", "refused", "unreachable", "unknown"), last-contact (x: when an exchange with it last completed, Unix seconds, 0 = not since start).
     #[zbus(property)]
     fn ecus(&self) -> Vec<Ecu> {
         self.state.lock().snap.ecus.clone()

@@ -131,6 +131,8 @@ pub fn sample_ecus() -> Vec<Ecu> {
             serial: "BMS-0042".into(),
             hardware_id: "secureev-bms".into(),
             installed_version: "2.0.0".into(),
+            installed_target: "bms-2.0.0.bin".into(),
+            installed_release_counter: 20,
             primary: false,
             transport: "can".into(),
             status: "ok".into(),
@@ -140,6 +142,8 @@ pub fn sample_ecus() -> Vec<Ecu> {
             serial: "HU-0001".into(),
             hardware_id: "secureev-hu".into(),
             installed_version: "1.0.0".into(),
+            installed_target: "hu-1.0.0.img".into(),
+            installed_release_counter: 10,
             primary: true,
             transport: String::new(),
             status: "ok".into(),
@@ -156,6 +160,7 @@ pub fn sample_plan(version_suffix: &str) -> UpdatePlan {
             hardware_id: "secureev-hu".into(),
             target: format!("hu-1.1.0{version_suffix}.img"),
             version: format!("1.1.0{version_suffix}"),
+            release_counter: 11,
             size: 4 * 1024 * 1024,
             sha256: "ab".repeat(32),
             release_notes: "Faster charging curve.".into(),
@@ -166,6 +171,7 @@ pub fn sample_plan(version_suffix: &str) -> UpdatePlan {
             hardware_id: "secureev-bms".into(),
             target: format!("bms-2.0.1{version_suffix}.bin"),
             version: format!("2.0.1{version_suffix}"),
+            release_counter: 21,
             size: 256 * 1024,
             sha256: "cd".repeat(32),
             release_notes: String::new(),
@@ -310,6 +316,8 @@ impl FakeController {
         for e in &mut ecus {
             if let Some(u) = plan.updates().iter().find(|u| u.ecu_serial == e.serial) {
                 e.installed_version = u.version.clone();
+                e.installed_target = u.target.clone();
+                e.installed_release_counter = u.release_counter;
             }
         }
         self.state.set_ecus(ecus);

@@ -136,13 +136,17 @@ pub struct PendingUpdate {
     pub hardware_id: String,
     /// Target file name from the Director.
     pub target: String,
-    /// Version to be installed.
+    /// Human version to be installed (the Image repository's signed
+    /// `custom.version`, sanitised; empty when it gives none).
     pub version: String,
+    /// Release counter of the image (its anti-rollback number; 0 when none).
+    pub release_counter: u64,
     /// Image length in bytes.
     pub size: u64,
     /// SHA-256 of the image, lowercase hex.
     pub sha256: String,
-    /// Release notes to show the driver (may be empty).
+    /// Release notes to show the driver (the Image repository's signed
+    /// `custom.releaseNotes`, sanitised; may be empty).
     pub release_notes: String,
 }
 
@@ -156,8 +160,13 @@ pub struct Ecu {
     pub serial: String,
     /// Hardware id.
     pub hardware_id: String,
-    /// Installed version (empty when unknown).
+    /// Human version of the installed image (empty when unknown: the image
+    /// came without one, or was installed before the daemon recorded it).
     pub installed_version: String,
+    /// Target name of the installed image (empty when unknown).
+    pub installed_target: String,
+    /// Release counter of the installed image (0 when unknown or none).
+    pub installed_release_counter: u64,
     /// Whether this is the primary (the head unit running the daemon).
     pub primary: bool,
     /// How the Primary reaches it: `""` for the Primary itself, `"can"` (UDS
@@ -202,8 +211,10 @@ pub struct HistoryEntry {
     pub update_id: String,
     /// The ECU involved (empty for the whole vehicle).
     pub ecu_serial: String,
-    /// The version involved (empty when none).
+    /// The human version involved (empty when none).
     pub version: String,
+    /// The release counter involved (0 when none).
+    pub release_counter: u64,
     /// Outcome, an [`crate::ErrorCode`] number (0 is success).
     pub code: u32,
     /// English message.
@@ -245,7 +256,7 @@ impl UpdatePlan {
     /// Builds a plan, sorting entries by ECU serial and stamping each with the plan id.
     ///
     /// The id hashes a length-prefixed encoding of every field (serial, hardware id,
-    /// target, version, size, SHA-256 and release notes), so any change to what the
+    /// target, version, release counter, size, SHA-256 and release notes), so any change to what the
     /// driver was shown yields a different id and a stale `Install` is refused.
     pub fn new(mut updates: Vec<PendingUpdate>) -> Self {
         updates.sort_by(|a, b| a.ecu_serial.cmp(&b.ecu_serial));
@@ -258,6 +269,7 @@ impl UpdatePlan {
                 u.hardware_id.as_bytes(),
                 u.target.as_bytes(),
                 u.version.as_bytes(),
+                &u.release_counter.to_be_bytes(),
                 &u.size.to_be_bytes(),
                 u.sha256.as_bytes(),
                 u.release_notes.as_bytes(),

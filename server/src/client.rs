@@ -331,7 +331,9 @@ pub fn sign_image_targets(
         ..TargetCustom::default()
     };
     if let Some(v) = &spec.version {
-        custom.unrecognized.insert(DisplayText::Version.key().into(), json!(v));
+        custom
+            .unrecognized
+            .insert(DisplayText::Version.key().into(), json!(v));
     }
     if let Some(n) = &spec.release_notes {
         custom

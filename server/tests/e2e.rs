@@ -363,10 +363,9 @@ async fn version_and_release_notes_are_signed_and_bounded() {
         let mut signed = env["signed"].clone();
         signed["targets"]["hu/hand.img"]["custom"]["releaseNotes"] = bad;
         let refs: Vec<&secureev_uptane::SigningKey> = keys.iter().collect();
-        let env: serde_json::Value = serde_json::from_slice(
-            &secureev_uptane::builder::sign_value(signed, &refs).unwrap(),
-        )
-        .unwrap();
+        let env: serde_json::Value =
+            serde_json::from_slice(&secureev_uptane::builder::sign_value(signed, &refs).unwrap())
+                .unwrap();
         let r = h
             .admin
             .post("/admin/image/targets", &json!({"metadata": env}))

@@ -226,7 +226,10 @@ mod tests {
         assert!(v.check("").is_err());
         assert!(v.check("2.4\n1").unwrap_err().contains("U+000A at byte 3"));
         assert!(n.check("a\u{1b}[2Jb").unwrap_err().contains("U+001B"));
-        assert!(n.check("safe\u{202e}txt.exe").unwrap_err().contains("U+202E"));
+        assert!(n
+            .check("safe\u{202e}txt.exe")
+            .unwrap_err()
+            .contains("U+202E"));
         assert!(n.check("\u{85}").is_err(), "C1 control");
         assert!(v.check(&"1".repeat(65)).unwrap_err().contains("65 bytes"));
         assert_eq!(n.check(&"é".repeat(2048)), Ok(()));

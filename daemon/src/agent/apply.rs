@@ -13,6 +13,25 @@ use secureev_dbus::State;
 use secureev_uptane::uptane::UpdateTarget;
 use std::path::Path;
 
+/// The human version of `target` as the daemon shows and records it: the
+/// Image repository's signed `custom.version`, sanitised (untrusted text on
+/// a driver's screen), `None` when absent or empty after sanitising.
+pub(crate) fn shown_version(target: &UpdateTarget) -> Option<String> {
+    target
+        .version()
+        .map(|v| secureev_uptane::custom::DisplayText::Version.sanitize(v))
+        .filter(|v| !v.is_empty())
+}
+
+/// The release notes of `target` as the daemon shows them (sanitised and
+/// bounded like [`shown_version`]); empty when absent.
+pub(crate) fn shown_release_notes(target: &UpdateTarget) -> String {
+    target
+        .release_notes()
+        .map(|n| secureev_uptane::custom::DisplayText::ReleaseNotes.sanitize(n))
+        .unwrap_or_default()
+}
+
 impl Agent {
     pub(crate) async fn install(&self, pending: &Pending) -> Result<Vec<String>> {
         let primary = self.daemon.config.vehicle.primary_serial.clone();
@@ -52,7 +71,8 @@ impl Agent {
                 action: "install".to_owned(),
                 update_id: pending.plan.id().as_str().to_owned(),
                 ecu_serial: target.ecu_serial().to_owned(),
-                version: target.release_counter().to_string(),
+                version: shown_version(target).unwrap_or_default(),
+                release_counter: target.release_counter(),
                 code: code.as_u32(),
                 message,
             });
@@ -113,6 +133,7 @@ impl Agent {
             hashes: target.assignment().director_target.hashes.clone(),
             release_counter: target.release_counter(),
             installed_at: self.now().unix(),
+            version: shown_version(target),
         };
         match transport.send_metadata(&bundle).await {
             Err(e @ Error::SecondaryUpToDate { .. }) => {
@@ -207,6 +228,7 @@ impl Agent {
             hashes: target.assignment().director_target.hashes.clone(),
             release_counter: target.release_counter(),
             installed_at: self.now().unix(),
+            version: shown_version(target),
         };
         let image = match decrypt::encryption_info(target)? {
             None => path.to_path_buf(),

@@ -238,7 +238,8 @@ impl Agent {
                     ecu_serial: t.ecu_serial().to_owned(),
                     hardware_id: t.assignment().hardware_id.clone(),
                     target: t.name().to_owned(),
-                    version: t.release_counter().to_string(),
+                    version: crate::agent::apply::shown_version(t).unwrap_or_default(),
+                    release_counter: t.release_counter(),
                     size: t.length(),
                     sha256: t
                         .assignment()
@@ -247,14 +248,9 @@ impl Agent {
                         .get("sha256")
                         .cloned()
                         .unwrap_or_default(),
-                    release_notes: t
-                        .assignment()
-                        .custom
-                        .unrecognized
-                        .get("releaseNotes")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or_default()
-                        .to_owned(),
+                    // From the Image repository's entry (signed by its
+                    // targets role), not the Director's.
+                    release_notes: crate::agent::apply::shown_release_notes(t),
                 })
                 .collect(),
         );

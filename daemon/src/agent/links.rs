@@ -30,16 +30,28 @@ impl Agent {
         let installed = self.daemon.store.installed().unwrap_or_default();
         let c = &self.daemon.config;
         let links = self.lock().links.clone();
+        // Recorded versions were sanitised when installed; sanitised again
+        // here, as installed.json is read back from disk.
         let version = |serial: &str| {
+            installed
+                .get(serial)
+                .and_then(|r| r.version.as_deref())
+                .map(|v| secureev_uptane::custom::DisplayText::Version.sanitize(v))
+                .unwrap_or_default()
+        };
+        let target = |serial: &str| {
             installed
                 .get(serial)
                 .map(|r| r.name.clone())
                 .unwrap_or_default()
         };
+        let counter = |serial: &str| installed.get(serial).map_or(0, |r| r.release_counter);
         let mut ecus = vec![Ecu {
             serial: c.vehicle.primary_serial.clone(),
             hardware_id: c.vehicle.hardware_id.clone(),
             installed_version: version(&c.vehicle.primary_serial),
+            installed_target: target(&c.vehicle.primary_serial),
+            installed_release_counter: counter(&c.vehicle.primary_serial),
             primary: true,
             transport: String::new(),
             status: LinkStatus::Ok.as_str().into(),
@@ -54,6 +66,8 @@ impl Agent {
                 serial: s.serial.clone(),
                 hardware_id: s.hardware_id.clone(),
                 installed_version: version(&s.serial),
+                installed_target: target(&s.serial),
+                installed_release_counter: counter(&s.serial),
                 primary: false,
                 transport: match s.transport {
                     crate::config::TransportKind::Can => "can".into(),

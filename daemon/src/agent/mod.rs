@@ -96,6 +96,8 @@ struct SavedHistory {
     update_id: String,
     ecu_serial: String,
     version: String,
+    #[serde(default)]
+    release_counter: u64,
     code: u32,
     message: String,
 }
@@ -108,6 +110,7 @@ impl From<&HistoryEntry> for SavedHistory {
             update_id: e.update_id.clone(),
             ecu_serial: e.ecu_serial.clone(),
             version: e.version.clone(),
+            release_counter: e.release_counter,
             code: e.code,
             message: e.message.clone(),
         }
@@ -122,6 +125,7 @@ impl From<SavedHistory> for HistoryEntry {
             update_id: e.update_id,
             ecu_serial: e.ecu_serial,
             version: e.version,
+            release_counter: e.release_counter,
             code: e.code,
             message: e.message,
         }
@@ -405,6 +409,7 @@ impl Agent {
             update_id: update_id.to_owned(),
             ecu_serial: String::new(),
             version: String::new(),
+            release_counter: 0,
             code: code as u32,
             message: message.to_owned(),
         });
