@@ -74,6 +74,7 @@ async fn fleet(tag: &str, n: usize) -> (Harness, Vec<TestVehicle>) {
         version: Some("2.0".into()),
         release_counter: Some(2),
         encrypt: false,
+        release_notes: None,
     };
     image_add(&h.admin, &h.offline, &spec, FIRMWARE, now())
         .await
