@@ -26,6 +26,7 @@ async fn publish(admin: &AdminClient, offline: &std::path::Path, name: &str, rc:
         version: Some(format!("{rc}.0")),
         release_counter: Some(rc),
         encrypt: false,
+        release_notes: None,
     };
     let now = Timestamp::from_unix(secureev_server::unix_now());
     image_add(admin, offline, &spec, &[rc as u8; 1024], now)
