@@ -433,6 +433,10 @@ pub fn admin_router(state: AppState) -> Router {
         )
         .route("/admin/rollouts/{id}", get(rollout::get_handler))
         .route(
+            "/admin/rollouts/{id}/groups/{number}/targets",
+            get(rollout::group_targets_handler),
+        )
+        .route(
             "/admin/rollouts/{id}/start",
             axum::routing::post(rollout::start_handler),
         )

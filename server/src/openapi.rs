@@ -168,6 +168,8 @@ pub fn document() -> Value {
                 "post": with_body(op("Create a staged rollout: the image's ECUs split into groups that start in cascade (none assigned until started)", "admin:release-manager", "201", vec![]), "NewRollout", "application/json")
             },
             "/admin/rollouts/{id}": { "get": op("A rollout, its groups and their progress (assigned, installed, failed, attacks, pending)", "admin:viewer", "200", vec![rollout_id()]) },
+            "/admin/rollouts/{id}/groups/{number}/targets": { "get": op("One group's ECUs: assignment, its status and the outcome reported (installed, failed, attack, skipped)", "admin:viewer", "200",
+                vec![rollout_id(), path_param("number", "Group number, from 1", json!({ "type": "integer", "format": "int64" }))]) },
             "/admin/rollouts/{id}/start": { "post": op("Start a ready rollout: its first group's assignments", "admin:release-manager", "200", vec![rollout_id()]) },
             "/admin/rollouts/{id}/pause": { "post": op("Pause a running rollout: no further group starts (the emergency stop still applies)", "admin:release-manager", "200", vec![rollout_id()]) },
             "/admin/rollouts/{id}/resume": { "post": op("Resume a paused rollout (evaluated at once)", "admin:release-manager", "200", vec![rollout_id()]) },

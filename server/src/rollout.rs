@@ -703,6 +703,34 @@ pub async fn get_handler(State(st): State<AppState>, Path(id): Path<i64>) -> Res
     Ok(Json(st.db().read(|tx| view(tx, id))?))
 }
 
+/// GET /admin/rollouts/{id}/groups/{number}/targets: one group's ECUs, each
+/// with its assignment, the assignment's status and the reported outcome.
+pub async fn group_targets_handler(
+    State(st): State<AppState>,
+    Path((id, number)): Path<(i64, i64)>,
+) -> Result<Json<Value>> {
+    let targets = st.db().read(|tx| {
+        tx.rollout(id)?
+            .ok_or_else(|| Error::NotFound(format!("rollout {id}")))?;
+        let groups = tx.rollout_groups(id)?;
+        let g = groups
+            .iter()
+            .find(|g| g.index + 1 == number)
+            .ok_or_else(|| Error::NotFound(format!("group {number} of rollout {id}")))?;
+        let rows = tx.rollout_group_target_status(id, g.index)?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, status)| {
+                json!({ "vin": t.vin, "ecu_serial": t.ecu_serial, "assignment_id": t.assignment_id,
+                        "assignment_status": status, "outcome": t.outcome, "note": t.note })
+            })
+            .collect::<Vec<_>>())
+    })?;
+    Ok(Json(
+        json!({ "rollout": id, "group": number, "targets": targets }),
+    ))
+}
+
 fn rollout_in(tx: &Tx<'_>, id: i64, allowed: &[&str], action: &str) -> Result<RolloutRow> {
     let r = tx
         .rollout(id)?

@@ -240,6 +240,22 @@ async fn groups_cascade_on_success_and_a_group_above_its_error_threshold_stops_t
         .unwrap()
         .iter()
         .all(|a| !a["vin"].as_str().unwrap().starts_with("RV2")));
+    // Per target: RV13 reported the attack, RV14 was cancelled by the stop.
+    let t = get(&h.admin, &format!("/admin/rollouts/{id}/groups/2/targets")).await;
+    let t = t["targets"].as_array().unwrap();
+    assert_eq!(t.len(), 10);
+    assert_eq!(
+        (t[3]["vin"].clone(), t[3]["outcome"].clone()),
+        (json!("RV13"), json!("attack"))
+    );
+    assert_eq!(t[4]["assignment_status"], "cancelled");
+    assert_eq!(t[4]["outcome"], Value::Null);
+    let r = h
+        .admin
+        .get(&format!("/admin/rollouts/{id}/groups/4/targets"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
     let plan = v[14].full_verification(&h, &[]).await;
     assert!(plan.targets().is_empty());
     // A stopped rollout stays stopped; later reports change nothing.

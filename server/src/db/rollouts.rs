@@ -258,6 +258,22 @@ impl Tx<'_> {
         )
     }
 
+    /// The targets of one group with their assignment's status (none when
+    /// not assigned), for the per-target view.
+    pub fn rollout_group_target_status(
+        &self,
+        rollout_id: i64,
+        group_index: i64,
+    ) -> Result<Vec<(RolloutTargetRow, Option<String>)>> {
+        self.all(
+            "SELECT t.rollout_id, t.group_idx, t.vin, t.ecu_serial, t.assignment_id, t.outcome, t.note, a.status \
+             FROM rollout_targets t LEFT JOIN assignments a ON a.id = t.assignment_id \
+             WHERE t.rollout_id = ?1 AND t.group_idx = ?2 ORDER BY t.vin, t.ecu_serial",
+            params![rollout_id, group_index],
+            |r| Ok((target_of(r)?, r.get(7)?)),
+        )
+    }
+
     /// A vehicle's assigned targets in rollouts that are `running` or
     /// `paused`, with their assignment's status: what a manifest of this
     /// vehicle can change (index `rollout_targets_vin`).
