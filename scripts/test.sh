@@ -35,6 +35,9 @@ bash daemon/tests/rauc-prereqs.sh
 step "SoftHSM2 for the PKCS#11 key store test (server/tests/hsm.rs)"
 bash server/tests/softhsm-prereqs.sh
 
+step "Mosquitto for the MQTT push test (daemon/tests/e2e_mqtt.rs)"
+bash daemon/tests/mosquitto-prereqs.sh
+
 step "cargo test (workspace)"
 cargo test --workspace --locked
 

@@ -117,6 +117,9 @@ pub struct Config {
     /// `[watchdog]`.
     #[serde(default)]
     pub watchdog: WatchdogConfig,
+    /// `[push]`.
+    #[serde(default)]
+    pub push: PushConfig,
 }
 
 /// `[backend]`: where the Director and Image repository are and how to reach them.
@@ -885,6 +888,118 @@ pub enum WatchdogMode {
     Off,
 }
 
+/// `[push]`: optional push nudges over MQTT. The backend publishes a
+/// content-free message to `<topic_prefix>/<VIN>/nudge` when the vehicle's
+/// Director metadata changes; on one the daemon checks in at once (the usual
+/// full verification: the nudge carries no authority), at most once per
+/// `min_interval_secs`. Polling (`[checkin]`) stays the fallback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// `mqtts://host:port` (TLS only); unset: no push, polling only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_url: Option<String>,
+    /// CA certificate(s) (PEM) the broker's certificate must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// MQTT username (default: the VIN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the MQTT password (first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for TLS client authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// Topic prefix; the daemon subscribes to `<topic_prefix>/<VIN>/nudge`.
+    #[serde(default = "default_push_topic_prefix")]
+    pub topic_prefix: String,
+    /// At most one nudge-triggered check-in per this many seconds.
+    #[serde(default = "default_push_min_interval")]
+    pub min_interval_secs: u64,
+    /// Bound on the TCP connect, TLS handshake and CONNACK.
+    #[serde(default = "default_push_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// MQTT keep-alive: a silent broker is noticed within about 1.5× this.
+    #[serde(default = "default_push_keep_alive")]
+    pub keep_alive_secs: u64,
+    /// Longest wait between reconnection attempts (doubling from 1 s).
+    #[serde(default = "default_push_backoff_max")]
+    pub backoff_max_secs: u64,
+}
+
+/// Default `[push] topic_prefix`.
+pub const DEFAULT_PUSH_TOPIC_PREFIX: &str = "secureev/v1/vehicles";
+
+fn default_push_topic_prefix() -> String {
+    DEFAULT_PUSH_TOPIC_PREFIX.into()
+}
+fn default_push_min_interval() -> u64 {
+    30
+}
+fn default_push_connect_timeout() -> u64 {
+    10
+}
+fn default_push_keep_alive() -> u64 {
+    60
+}
+fn default_push_backoff_max() -> u64 {
+    300
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            mqtt_url: None,
+            ca_file: None,
+            username: None,
+            password_file: None,
+            client_cert: None,
+            client_key: None,
+            topic_prefix: default_push_topic_prefix(),
+            min_interval_secs: default_push_min_interval(),
+            connect_timeout_secs: default_push_connect_timeout(),
+            keep_alive_secs: default_push_keep_alive(),
+            backoff_max_secs: default_push_backoff_max(),
+        }
+    }
+}
+
+impl PushConfig {
+    /// The topic the vehicle `vin` listens on.
+    pub fn topic(&self, vin: &str) -> String {
+        format!("{}/{vin}/nudge", self.topic_prefix.trim_end_matches('/'))
+    }
+}
+
+/// `(host, port)` of an `mqtts://host[:port]` URL (port default 8883).
+pub fn parse_mqtt_url(url: &str) -> std::result::Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtts://")
+        .ok_or("must start with mqtts:// (TLS to the broker is required)")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains(['/', '@', '?', '#']) {
+        return Err("must be mqtts://host[:port], without user, path or query".into());
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("port {p:?} is not a port number"))?,
+        ),
+        None => (rest, 8883),
+    };
+    if host.is_empty() || host.contains(':') {
+        return Err("needs a host name or IPv4 address".into());
+    }
+    Ok((host.to_owned(), port))
+}
+
 /// One configuration text and the file it came from (for error messages).
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -1242,6 +1357,51 @@ impl Config {
                 files.push((keys(&["backend", key]), v.as_path()));
             }
         }
+        let push = &self.push;
+        if let Some(url) = &push.mqtt_url {
+            parse_mqtt_url(url).map_err(|r| p.invalid(&["push", "mqtt_url"], r))?;
+            if push.ca_file.is_none() {
+                return Err(p.invalid(&["push", "ca_file"], "is required with push.mqtt_url"));
+            }
+            if push.password_file.is_none() && push.client_cert.is_none() {
+                return Err(p.invalid(
+                    &["push", "password_file"],
+                    "push.mqtt_url needs credentials: password_file or client_cert/client_key",
+                ));
+            }
+        }
+        if push.client_cert.is_some() != push.client_key.is_some() {
+            return Err(p.invalid(
+                &["push", "client_cert"],
+                "client_cert and client_key must be given together",
+            ));
+        }
+        if push.topic_prefix.is_empty() || push.topic_prefix.contains(['+', '#']) {
+            return Err(p.invalid(
+                &["push", "topic_prefix"],
+                "must be non-empty and without MQTT wildcards",
+            ));
+        }
+        for (key, v) in [
+            ("min_interval_secs", push.min_interval_secs),
+            ("connect_timeout_secs", push.connect_timeout_secs),
+            ("keep_alive_secs", push.keep_alive_secs),
+            ("backoff_max_secs", push.backoff_max_secs),
+        ] {
+            if v == 0 {
+                return Err(p.invalid(&["push", key], "must be at least 1"));
+            }
+        }
+        for (key, v) in [
+            ("ca_file", &push.ca_file),
+            ("password_file", &push.password_file),
+            ("client_cert", &push.client_cert),
+            ("client_key", &push.client_key),
+        ] {
+            if let Some(v) = v {
+                files.push((keys(&["push", key]), v.as_path()));
+            }
+        }
         if let Some(d) = &self.install.inhibit_dir {
             files.push((keys(&["install", "inhibit_dir"]), d.as_path()));
         }
@@ -1560,6 +1720,12 @@ bus = "system"
 
 [watchdog]
 mode = "systemd"
+
+[push]                                  # optional: check in at once on an MQTT nudge
+# mqtt_url = "mqtts://mqtt.example.com:8883"
+# ca_file = "/etc/secureev/mqtt-ca.pem"
+# password_file = "/etc/secureev/mqtt-password"   # username defaults to the VIN
+min_interval_secs = 30                  # at most one nudged check-in per 30 s
 "#
     )
 }
@@ -1768,6 +1934,13 @@ hardware_id = "hu"
             ("[[secondary]]\nserial = \"X\"\nhardware_id = \"h\"\ntransport = \"doip\"\n", "secondary.0.doip"),
             ("[[secondary]]\nserial = \"HU-1\"\nhardware_id = \"h\"\ntransport = \"doip\"\ndoip = { address = \"a:1\", logical_address = 1 }\n", "secondary.0.serial"),
             ("[dbus]\nbus = \"nonsense\"\n", "dbus.bus"),
+            ("[push]\nmqtt_url = \"mqtt://plain:1883\"\nca_file = \"/c\"\npassword_file = \"/p\"\n", "push.mqtt_url"),
+            ("[push]\nmqtt_url = \"mqtts://b\"\npassword_file = \"/p\"\n", "push.ca_file"),
+            ("[push]\nmqtt_url = \"mqtts://b\"\nca_file = \"/c\"\n", "push.password_file"),
+            ("[push]\nclient_cert = \"/c\"\n", "push.client_cert"),
+            ("[push]\ntopic_prefix = \"a/#\"\n", "push.topic_prefix"),
+            ("[push]\nmin_interval_secs = 0\n", "push.min_interval_secs"),
+            ("[push]\nmqtt_url = \"mqtts://b\"\nca_file = \"rel.pem\"\npassword_file = \"/p\"\n", "push.ca_file"),
         ] {
             // Merge as a drop-in so that `[backend]` can be overridden.
             let err = parse_sources(&[

@@ -24,6 +24,8 @@
 //! - [`inhibit`]: inhibit files, read without following links or blocking.
 //! - [`notify`]: systemd `sd_notify` without libsystemd.
 //! - [`schedule`]: check-in interval, jitter, backoff, triggers.
+//! - [`push`]: optional MQTT nudges (`[push]`) that trigger a check-in,
+//!   rate-limited; polling stays the fallback.
 //! - [`agent`]: the Uptane cycle (check-in, verification, download, consent,
 //!   install, report, provisioning).
 //! - [`phase`]: the one operation model: which operation runs, its phase,
@@ -47,6 +49,7 @@ pub mod install;
 pub mod keys;
 pub mod notify;
 pub mod phase;
+pub mod push;
 pub mod run;
 pub mod schedule;
 pub mod store;

@@ -154,6 +154,8 @@ pub async fn run_with(
     notifier.status("loading state");
     let watchdog_mode = config.watchdog.mode;
     let schedule = Schedule::from_config(&config.checkin);
+    let push = crate::push::Push::from_config(&config)?;
+    let push_connect_timeout = std::time::Duration::from_secs(config.push.connect_timeout_secs);
     let daemon = Arc::new(Daemon::load(config, notifier).await?);
     if daemon.clock.floor().is_some() && daemon.clock.now().wall_behind_floor {
         daemon.notifier.status("wall clock behind the time floor");
@@ -178,6 +180,12 @@ pub async fn run_with(
             let cycle = factory(daemon.clone());
             daemon.notifier.status("idle");
             tasks.spawn(run_scheduler(cycle, schedule, triggers, shutdown.clone()));
+            if let Some(push) = push {
+                tracing::info!(?push, "push nudges over MQTT enabled");
+                // Not in `tasks`: it holds no state to finish, so shutdown
+                // only has to stop it, which its token does at once.
+                tokio::spawn(push.run(trigger.clone(), push_connect_timeout, shutdown.clone()));
+            }
         }
         None => {
             daemon

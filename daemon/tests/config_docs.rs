@@ -30,6 +30,12 @@ fn everything() -> Vec<Config> {
     let mut c = parse_str(&default_config_toml()).unwrap();
     c.backend.client_cert = Some("/c.pem".into());
     c.backend.client_key = Some("/c.key".into());
+    c.push.mqtt_url = Some("mqtts://mqtt.example.com".into());
+    c.push.ca_file = Some("/mqtt-ca.pem".into());
+    c.push.username = Some("u".into());
+    c.push.password_file = Some("/mqtt-password".into());
+    c.push.client_cert = Some("/m.pem".into());
+    c.push.client_key = Some("/m.key".into());
     c.install.file.slots = Some(vec!["/a".into(), "/b".into()]);
     c.install.file.current = Some("/cur".into());
     c.install.inhibit_dir = Some("/run/inhibit".into());
