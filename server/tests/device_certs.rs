@@ -181,6 +181,25 @@ async fn a_vehicle_checks_in_with_its_certificate_and_no_other_vin_can_use_it() 
         String::from_utf8_lossy(&r.body)
     );
 
+    // A security event the vehicle reports (an attack in its manifest) is
+    // an audit record of its own.
+    {
+        use secureev_uptane::manifest::{
+            sign_ecu_report, sign_manifest, EcuVersionReport, VehicleManifest,
+        };
+        let now = secureev_uptane::Timestamp::from_unix(secureev_server::unix_now());
+        a.counter += 1;
+        let mut m = VehicleManifest::new(VIN_A, &a.primary, a.counter);
+        let e = &mut a.ecus[0];
+        e.counter += 1;
+        let r = EcuVersionReport::new(&e.serial, &e.hardware_id, now, e.counter)
+            .with_attacks(&[secureev_uptane::Attack::ArbitrarySoftware]);
+        m.add_report(sign_ecu_report(&r, &e.key).unwrap()).unwrap();
+        let body = serde_json::to_vec(&sign_manifest(&m, &a.ecus[0].key).unwrap()).unwrap();
+        let r = a.send_manifest(&body).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+
     // B's own signed requests over A's certificate: 401, for B's paths and
     // for the Image repository alike.
     b.client = VehicleClient::new(http_a.clone(), &h.base, VIN_B, b.ecus[0].key.clone());
@@ -213,6 +232,15 @@ async fn a_vehicle_checks_in_with_its_certificate_and_no_other_vin_can_use_it() 
         text.contains(&format!("device certificate of {VIN_A} used for {VIN_B}")),
         "{text}"
     );
+    let audit: serde_json::Value = serde_json::from_slice(&audit.body).unwrap();
+    let event = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "vehicle-security-event")
+        .unwrap_or_else(|| panic!("no vehicle-security-event in {text}"));
+    assert_eq!(event["actor"], format!("vehicle:{VIN_A}"));
+    assert!(event["detail"].to_string().contains("HU-A"), "{event}");
 }
 
 /// `secureev-server device-cert` end to end: init-ca, issue with a generated
