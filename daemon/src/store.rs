@@ -102,6 +102,22 @@ pub struct InstalledRecord {
 }
 
 impl InstalledRecord {
+    /// The record of the verified `image` once installed, at `installed_at`
+    /// (Unix seconds): what the image says is installed
+    /// ([`VerifiedImage::installed_image`](secureev_uptane::image::VerifiedImage::installed_image),
+    /// the core's `InstalledImage`) and its shown version.
+    pub fn of(image: &crate::install::VerifiedFile, installed_at: i64) -> Self {
+        let i = image.installed_image();
+        InstalledRecord {
+            name: i.name,
+            length: i.length,
+            hashes: i.hashes,
+            release_counter: i.release_counter,
+            installed_at,
+            version: crate::install::shown_version(image.target()),
+        }
+    }
+
     /// As the core's [`secureev_uptane::uptane::InstalledImage`].
     pub fn to_installed_image(&self) -> secureev_uptane::uptane::InstalledImage {
         secureev_uptane::uptane::InstalledImage {

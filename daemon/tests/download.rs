@@ -4,11 +4,13 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod verified;
 
 use common::{bytes, sha256_hex, Behaviour, Logged, Server};
 use secureev_daemon::error::{Error, StorageLimit};
 use secureev_daemon::fetch::download::{DownloadOptions, Downloader, ImageRequest, Progress};
-use secureev_daemon::install::decrypt::decrypt_file;
+use secureev_daemon::install::decrypt::decrypt_image;
+use secureev_daemon::install::TargetFacts;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -449,14 +451,28 @@ fn decrypts_in_constant_memory_and_refuses_tampering() {
     info.wrap_key_for("fw.bin", "HU-1", &key, &ecu.public())
         .unwrap();
     let enc_path = dir.path().join("enc");
-    std::fs::write(&enc_path, &encrypted).unwrap();
+    let served = verified::verified_image(
+        &enc_path,
+        "fw.bin",
+        &encrypted,
+        "HU-1",
+        "hu",
+        serde_json::json!({ "encryption": info }),
+    );
+    // The ciphertext as served is no image to install.
+    assert!(TargetFacts::for_install(&served).is_err());
 
     let unwrapped =
         secureev_daemon::install::decrypt::unwrap_content_key(&info, "fw.bin", "HU-1", &ecu)
             .unwrap();
     let out = dir.path().join("plain");
-    decrypt_file(&enc_path, &out, "fw.bin", &unwrapped, &info).unwrap();
+    let plain = decrypt_image(&served, &out, &unwrapped).unwrap();
+    assert_eq!(*plain.location(), out);
     assert_eq!(std::fs::read(&out).unwrap(), firmware);
+    let facts = TargetFacts::for_install(&plain).unwrap();
+    assert_eq!(facts.length, firmware.len() as u64);
+    assert_eq!(facts.sha256, sha256_hex(&firmware));
+    std::fs::remove_file(&out).unwrap();
 
     // Another ECU's key does not unwrap it.
     assert!(
@@ -469,11 +485,11 @@ fn decrypts_in_constant_memory_and_refuses_tampering() {
     tampered[500_000] ^= 1;
     std::fs::write(&enc_path, &tampered).unwrap();
     let out2 = dir.path().join("plain2");
-    assert!(decrypt_file(&enc_path, &out2, "fw.bin", &unwrapped, &info).is_err());
+    assert!(decrypt_image(&served, &out2, &unwrapped).is_err());
     assert!(!out2.exists());
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
-        2,
+        1,
         "temporary file left behind"
     );
 }

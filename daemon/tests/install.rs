@@ -3,6 +3,8 @@
 // allow-unwrap-in-tests only covers the test functions themselves.
 #![allow(clippy::unwrap_used)]
 
+mod verified;
+
 use futures_util::future::BoxFuture;
 use secureev_daemon::ecus::{MetadataBundle, SecondaryInfo, SecondaryTransport};
 use secureev_daemon::error::{Error, Result};
@@ -10,7 +12,7 @@ use secureev_daemon::fetch::download::Progress;
 use secureev_daemon::install::JournalRecord;
 use secureev_daemon::install::{
     install_image, recover, CommandInstaller, FileInstaller, FileTarget, InstallCheck,
-    InstallOutcome, Installer, Recovery, TargetFacts,
+    InstallOutcome, Installer, Recovery, TargetFacts, VerifiedFile,
 };
 use secureev_daemon::store::{InstalledRecord, Store};
 use std::collections::BTreeMap;
@@ -46,10 +48,17 @@ fn record(f: &TargetFacts) -> InstalledRecord {
     }
 }
 
-fn image(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
+/// `bytes` in `dir/file`, verified as the target `name` for HU-1 (release
+/// counter 7) through the core's client: the only thing installers take.
+fn image(dir: &Path, file: &str, bytes: &[u8], name: &str) -> VerifiedFile {
+    verified::verified_image(
+        &dir.join(file),
+        name,
+        bytes,
+        "HU-1",
+        "hu-imx8",
+        serde_json::json!({ "releaseCounter": 7 }),
+    )
 }
 
 #[tokio::test]
@@ -59,7 +68,7 @@ async fn file_installer_replaces_a_single_file() {
     std::fs::write(&target, b"old").unwrap();
     let inst = FileInstaller::new(FileTarget::Single(target.clone()));
     let f = facts(b"new image", "fw-2");
-    inst.install(&image(dir.path(), "cache", b"new image"), &f)
+    inst.install(&image(dir.path(), "cache", b"new image", "fw-2"))
         .await
         .unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), b"new image");
@@ -83,7 +92,9 @@ async fn file_installer_reports_the_bytes_it_has_written() {
     let inst = FileInstaller::new(FileTarget::Single(target.clone()));
     let f = facts(&bytes, "fw-3");
     let seen = Mutex::new(Vec::new());
-    inst.install_with_progress(&image(dir.path(), "cache", &bytes), &f, &|p| {
+    let img = image(dir.path(), "cache", &bytes, "fw-3");
+    assert_eq!(TargetFacts::of(&img).unwrap(), f);
+    inst.install_with_progress(&img, &|p| {
         seen.lock().unwrap().push((p.bytes, p.percent));
     })
     .await
@@ -106,11 +117,10 @@ async fn file_installer_refuses_an_image_changed_since_verification() {
     let target = dir.path().join("installed.img");
     std::fs::write(&target, b"old").unwrap();
     let inst = FileInstaller::new(FileTarget::Single(target.clone()));
-    let f = facts(b"verified", "fw-2");
-    let err = inst
-        .install(&image(dir.path(), "cache", b"swapped!"), &f)
-        .await
-        .unwrap_err();
+    let img = image(dir.path(), "cache", b"verified", "fw-2");
+    // The cache file changed after it was verified.
+    std::fs::write(img.location(), b"swapped!").unwrap();
+    let err = inst.install(&img).await.unwrap_err();
     assert!(matches!(err, Error::Install { .. }), "{err}");
     assert_eq!(std::fs::read(&target).unwrap(), b"old");
     assert_eq!(
@@ -132,14 +142,14 @@ async fn ab_slots_alternate_and_switch_atomically() {
     assert_eq!(inst.active_slot(), None);
 
     let f1 = facts(b"image one", "fw-1");
-    inst.install(&image(dir.path(), "c1", b"image one"), &f1)
+    inst.install(&image(dir.path(), "c1", b"image one", "fw-1"))
         .await
         .unwrap();
     assert_eq!(inst.active_slot(), Some(0));
     assert_eq!(std::fs::read(&current).unwrap(), b"image one");
 
     let f2 = facts(b"image two", "fw-2");
-    inst.install(&image(dir.path(), "c2", b"image two"), &f2)
+    inst.install(&image(dir.path(), "c2", b"image two", "fw-2"))
         .await
         .unwrap();
     assert_eq!(inst.active_slot(), Some(1));
@@ -156,10 +166,9 @@ async fn ab_slots_alternate_and_switch_atomically() {
     );
 
     // A failed install leaves the active slot and the link alone.
-    let bad = facts(b"expected", "fw-3");
-    inst.install(&image(dir.path(), "c3", b"unexpected"), &bad)
-        .await
-        .unwrap_err();
+    let bad = image(dir.path(), "c3", b"expected", "fw-3");
+    std::fs::write(bad.location(), b"unexpected").unwrap();
+    inst.install(&bad).await.unwrap_err();
     assert_eq!(inst.active_slot(), Some(1));
     assert_eq!(std::fs::read(&current).unwrap(), b"image two");
 }
@@ -183,15 +192,15 @@ async fn command_installer_passes_the_image_and_facts() {
         ),
     );
     let inst = CommandInstaller::new(&prog, vec!["--flag".into()]);
-    let img = image(dir.path(), "cache", b"abc");
+    let img = image(dir.path(), "cache", b"abc", "fw-9");
     let f = facts(b"abc", "fw-9");
-    inst.install(&img, &f).await.unwrap();
+    inst.install(&img).await.unwrap();
     let line = std::fs::read_to_string(&out).unwrap();
     assert_eq!(
         line.trim(),
         format!(
             "--flag|{}|fw-9|HU-1|hu-imx8|7|{}|3",
-            img.display(),
+            img.location().display(),
             sha256_hex(b"abc")
         )
     );
@@ -209,7 +218,7 @@ async fn command_failure_carries_the_stderr_tail() {
         "echo 'flash write failed at block 42' >&2; exit 3",
     );
     let err = CommandInstaller::new(&prog, vec![])
-        .install(&image(dir.path(), "cache", b"abc"), &facts(b"abc", "fw"))
+        .install(&image(dir.path(), "cache", b"abc", "fw"))
         .await
         .unwrap_err();
     let msg = err.to_string();
@@ -218,7 +227,7 @@ async fn command_failure_carries_the_stderr_tail() {
         "{msg}"
     );
     let err = CommandInstaller::new("/nonexistent/installer", vec![])
-        .install(&image(dir.path(), "cache", b"abc"), &facts(b"abc", "fw"))
+        .install(&image(dir.path(), "cache", b"abc", "fw"))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cannot run"), "{err}");
@@ -245,11 +254,9 @@ exec >&-"#,
     );
     let seen = Mutex::new(Vec::new());
     CommandInstaller::new(&prog, vec![])
-        .install_with_progress(
-            &image(dir.path(), "cache", b"abc"),
-            &facts(b"abc", "fw"),
-            &|p| seen.lock().unwrap().push((p.percent, p.bytes)),
-        )
+        .install_with_progress(&image(dir.path(), "cache", b"abc", "fw"), &|p| {
+            seen.lock().unwrap().push((p.percent, p.bytes))
+        })
         .await
         .unwrap();
     assert_eq!(
@@ -264,11 +271,9 @@ exec >&-"#,
         r#"echo "percent 42" > /proc/self/fd/$SECUREEV_PROGRESS_FD; exit 3"#,
     );
     let err = CommandInstaller::new(&prog, vec![])
-        .install_with_progress(
-            &image(dir.path(), "cache", b"abc"),
-            &facts(b"abc", "fw"),
-            &|p| seen.lock().unwrap().push(p.percent),
-        )
+        .install_with_progress(&image(dir.path(), "cache", b"abc", "fw"), &|p| {
+            seen.lock().unwrap().push(p.percent)
+        })
         .await
         .unwrap_err();
     assert!(err.to_string().contains("exit status: 3"), "{err}");
@@ -286,12 +291,9 @@ impl Installer for Counting {
     fn kind(&self) -> &'static str {
         "counting"
     }
-    fn install<'a>(
-        &'a self,
-        _image: &'a Path,
-        facts: &'a TargetFacts,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn install<'a>(&'a self, image: &'a VerifiedFile) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let facts = TargetFacts::for_install(image)?;
             self.runs.fetch_add(1, Ordering::SeqCst);
             if self.fail {
                 Err(Error::Install {
@@ -324,32 +326,28 @@ fn counting(fail: bool, check: InstallCheck) -> Counting {
 async fn journal_brackets_installs_and_never_installs_twice() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("state")).unwrap();
-    let img = image(dir.path(), "cache", b"abc");
-    let f = facts(b"abc", "fw-1");
+    let img = image(dir.path(), "cache", b"abc", "fw-1");
     let inst = counting(false, InstallCheck::Unknown);
     assert_eq!(
-        install_image(&store, &inst, &img, &f, record(&f), 1)
-            .await
-            .unwrap(),
+        install_image(&store, &inst, &img, 1).await.unwrap(),
         InstallOutcome::Installed
     );
-    assert_eq!(store.installed().unwrap()["HU-1"], record(&f));
+    let installed = InstalledRecord::of(&img, 1);
+    assert_eq!(installed.release_counter, 7);
+    assert_eq!(installed.hashes["sha256"], sha256_hex(b"abc"));
+    assert_eq!(store.installed().unwrap()["HU-1"], installed);
     assert!(store.journal().unwrap().is_none());
     assert_eq!(
-        install_image(&store, &inst, &img, &f, record(&f), 2)
-            .await
-            .unwrap(),
+        install_image(&store, &inst, &img, 2).await.unwrap(),
         InstallOutcome::AlreadyInstalled
     );
     assert_eq!(inst.runs.load(Ordering::SeqCst), 1);
 
     // A failing installer leaves the old record and no journal.
-    let f2 = facts(b"def", "fw-2");
+    let img2 = image(dir.path(), "cache2", b"def", "fw-2");
     let failing = counting(true, InstallCheck::Unknown);
-    install_image(&store, &failing, &img, &f2, record(&f2), 3)
-        .await
-        .unwrap_err();
-    assert_eq!(store.installed().unwrap()["HU-1"], record(&f));
+    install_image(&store, &failing, &img2, 3).await.unwrap_err();
+    assert_eq!(store.installed().unwrap()["HU-1"], installed);
     assert!(store.journal().unwrap().is_none());
 }
 
@@ -419,17 +417,10 @@ async fn recovery_after_a_kill_during_the_installer() {
 
     // A new install refuses to start over an unsettled journal.
     journal(&store, &f);
-    let img = image(dir.path(), "cache", b"new");
-    let err = install_image(
-        &store,
-        &counting(false, InstallCheck::Unknown),
-        &img,
-        &f,
-        record(&f),
-        9,
-    )
-    .await
-    .unwrap_err();
+    let img = image(dir.path(), "cache", b"new", "fw-2");
+    let err = install_image(&store, &counting(false, InstallCheck::Unknown), &img, 9)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("unfinished"), "{err}");
 }
 
@@ -462,29 +453,30 @@ impl SecondaryTransport for FakeSecondary {
     }
     fn send_image<'a>(
         &'a self,
-        image: &'a Path,
-        facts: &'a TargetFacts,
+        image: &'a VerifiedFile,
         progress: &'a (dyn Fn(Progress) + Send + Sync),
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let len = std::fs::metadata(image).map(|m| m.len()).unwrap_or(0);
+            let len = std::fs::metadata(image.location())
+                .map(|m| m.len())
+                .unwrap_or(0);
             progress(Progress {
                 done: len,
-                total: facts.length,
+                total: image.target().length(),
             });
             self.log
                 .lock()
                 .unwrap()
-                .push(format!("image {}", facts.name));
+                .push(format!("image {}", image.target().name()));
             Ok(())
         })
     }
-    fn activate<'a>(&'a self, facts: &'a TargetFacts) -> BoxFuture<'a, Result<()>> {
+    fn activate<'a>(&'a self, image: &'a VerifiedFile) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.log
                 .lock()
                 .unwrap()
-                .push(format!("activate {}", facts.name));
+                .push(format!("activate {}", image.target().name()));
             Ok(())
         })
     }
@@ -506,14 +498,19 @@ async fn secondary_transport_is_usable_as_a_trait_object() {
         image: vec![],
     };
     sec.send_metadata(&bundle).await.unwrap();
-    let f = facts(b"bms image", "bms-2");
+    let img = verified::verified_image(
+        &dir.path().join("img"),
+        "bms-2",
+        b"bms image",
+        "BMS-1",
+        "bms",
+        serde_json::json!({}),
+    );
     let seen = Mutex::new(None);
-    sec.send_image(&image(dir.path(), "img", b"bms image"), &f, &|p| {
-        *seen.lock().unwrap() = Some(p)
-    })
-    .await
-    .unwrap();
-    sec.activate(&f).await.unwrap();
+    sec.send_image(&img, &|p| *seen.lock().unwrap() = Some(p))
+        .await
+        .unwrap();
+    sec.activate(&img).await.unwrap();
     assert_eq!(sec.report().await.unwrap(), b"{}");
     assert_eq!(*seen.lock().unwrap(), Some(Progress { done: 9, total: 9 }));
 }

@@ -17,14 +17,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod e2e_common;
+mod verified;
 
 use secureev_daemon::config::{ManifestHashPolicy, RaucInstallConfig};
 use secureev_daemon::install::rauc::{RaucInstaller, RaucPhase};
 use secureev_daemon::install::{
     install_image_with_progress, recover, InstallOutcome, InstallProgress, Recovery, TargetFacts,
+    VerifiedFile,
 };
 use secureev_daemon::store::{InstalledRecord, Store};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -403,15 +404,25 @@ fn facts(bundle: &Path, name: &str) -> TargetFacts {
     }
 }
 
-fn record(f: &TargetFacts) -> InstalledRecord {
-    InstalledRecord {
-        name: f.name.clone(),
-        length: f.length,
-        hashes: BTreeMap::from([("sha256".to_owned(), f.sha256.clone())]),
-        release_counter: f.release_counter,
-        installed_at: 1,
-        version: None,
-    }
+/// The bundle verified as the target `name` for HU-1, as the daemon's
+/// download verifies it (installers take nothing else).
+fn verified_bundle(bundle: &Path, name: &str) -> VerifiedFile {
+    let bytes = std::fs::read(bundle).unwrap();
+    let img = verified::verified_image(
+        bundle,
+        name,
+        &bytes,
+        "HU-1",
+        "hu-test",
+        serde_json::json!({ "releaseCounter": 2 }),
+    );
+    assert_eq!(TargetFacts::of(&img).unwrap(), facts(bundle, name));
+    img
+}
+
+/// What `installed.json` gets for `img`, installed at 10.
+fn record(img: &VerifiedFile) -> InstalledRecord {
+    InstalledRecord::of(img, 10)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,20 +441,16 @@ async fn rauc_installs_reports_progress_and_marks_good_after_reboot_and_health_c
     std::fs::set_permissions(&health, std::fs::Permissions::from_mode(0o755)).unwrap();
     let installer = RaucInstaller::new(rig.config(Some(&health)), &state);
     let f = facts(&bundle, "hu-rootfs-2.0.raucb");
+    let img = verified_bundle(&bundle, "hu-rootfs-2.0.raucb");
 
     let seen: Arc<Mutex<Vec<InstallProgress>>> = Arc::default();
     let sink = seen.clone();
-    let outcome = install_image_with_progress(
-        &store,
-        &installer,
-        &bundle,
-        &f,
-        record(&f),
-        10,
-        &move |p: InstallProgress| sink.lock().unwrap().push(p),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("install: {e:#}\nRAUC log:\n{}", rig.rauc_log()));
+    let outcome =
+        install_image_with_progress(&store, &installer, &img, 10, &move |p: InstallProgress| {
+            sink.lock().unwrap().push(p)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("install: {e:#}\nRAUC log:\n{}", rig.rauc_log()));
     assert_eq!(outcome, InstallOutcome::PendingReboot);
 
     // RAUC's progress, mapped: percentages never go back and end at 100.
@@ -489,7 +496,7 @@ async fn rauc_installs_reports_progress_and_marks_good_after_reboot_and_health_c
         Recovery::Completed(f.clone())
     );
     assert!(marker.exists(), "the health check ran before Mark(good)");
-    assert_eq!(store.installed().unwrap().get("HU-1"), Some(&record(&f)));
+    assert_eq!(store.installed().unwrap().get("HU-1"), Some(&record(&img)));
     assert!(store.journal().unwrap().is_none());
     assert!(after.record().unwrap().is_none());
     // Mark("good", "booted") reached the bootloader backend.
@@ -511,10 +518,10 @@ async fn rauc_boot_that_fell_back_is_a_failed_install_with_its_reason() {
     let store = Store::open(&state).unwrap();
     let installer = RaucInstaller::new(rig.config(None), &state);
     let f = facts(&bundle, "hu-rootfs-2.0.raucb");
-    let outcome =
-        install_image_with_progress(&store, &installer, &bundle, &f, record(&f), 10, &|_| {})
-            .await
-            .unwrap();
+    let img = verified_bundle(&bundle, "hu-rootfs-2.0.raucb");
+    let outcome = install_image_with_progress(&store, &installer, &img, 10, &|_| {})
+        .await
+        .unwrap();
     assert_eq!(outcome, InstallOutcome::PendingReboot);
 
     rig.reboot(true);
@@ -556,8 +563,8 @@ async fn rauc_health_check_failure_marks_the_new_slot_bad() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&health, std::fs::Permissions::from_mode(0o755)).unwrap();
     let installer = RaucInstaller::new(rig.config(Some(&health)), &state);
-    let f = facts(&bundle, "hu-rootfs-2.0.raucb");
-    install_image_with_progress(&store, &installer, &bundle, &f, record(&f), 10, &|_| {})
+    let img = verified_bundle(&bundle, "hu-rootfs-2.0.raucb");
+    install_image_with_progress(&store, &installer, &img, 10, &|_| {})
         .await
         .unwrap();
     rig.reboot(false);
@@ -588,8 +595,8 @@ async fn rauc_default_policy_refuses_a_rauc_without_manifest_hash_binding() {
     let mut config = rig.config(None);
     config.manifest_hash = ManifestHashPolicy::Require;
     let installer = RaucInstaller::new(config, &state);
-    let f = facts(&bundle, "hu-rootfs-2.0.raucb");
-    let err = install_image_with_progress(&store, &installer, &bundle, &f, record(&f), 10, &|_| {})
+    let img = verified_bundle(&bundle, "hu-rootfs-2.0.raucb");
+    let err = install_image_with_progress(&store, &installer, &img, 10, &|_| {})
         .await
         .expect_err("RAUC 1.8 has no InspectBundle");
     assert!(
@@ -619,9 +626,8 @@ async fn rauc_kill_child() {
     };
     let installer = RaucInstaller::new(config, Path::new(&s("state")));
     let bundle = PathBuf::from(s("bundle"));
-    let f = facts(&bundle, "hu-rootfs-3.0.raucb");
-    let _ =
-        install_image_with_progress(&store, &installer, &bundle, &f, record(&f), 10, &|_| {}).await;
+    let img = verified_bundle(&bundle, "hu-rootfs-3.0.raucb");
+    let _ = install_image_with_progress(&store, &installer, &img, 10, &|_| {}).await;
     // The parent kills this process during InstallBundle; getting here means
     // it did not.
     std::process::exit(3);
@@ -694,6 +700,7 @@ async fn rauc_kill_9_during_install_bundle_is_settled_at_restart() {
     );
     let installer = RaucInstaller::new(rig.config(None), &state);
     let f = facts(&bundle, "hu-rootfs-3.0.raucb");
+    let img = verified_bundle(&bundle, "hu-rootfs-3.0.raucb");
     assert_eq!(
         recover(&store, &installer).await.unwrap(),
         Recovery::PendingReboot(f.clone())
@@ -706,7 +713,7 @@ async fn rauc_kill_9_during_install_bundle_is_settled_at_restart() {
         recover(&store, &after).await.unwrap(),
         Recovery::Completed(f.clone())
     );
-    assert_eq!(store.installed().unwrap().get("HU-1"), Some(&record(&f)));
+    assert_eq!(store.installed().unwrap().get("HU-1"), Some(&record(&img)));
 }
 
 /// End to end: the real `secureev-otad` with `installer = "rauc"`, checking

@@ -4,6 +4,8 @@
 // allow-unwrap-in-tests only covers the test functions themselves.
 #![allow(clippy::unwrap_used)]
 
+mod verified;
+
 use secureev_daemon::config::{self, Verification};
 use secureev_daemon::ecus::SecondaryTransport;
 use secureev_daemon::ecus::{
@@ -11,14 +13,12 @@ use secureev_daemon::ecus::{
     SecretSource, DEFAULT_TESTER_ADDRESS,
 };
 use secureev_daemon::fetch::download::Progress;
-use secureev_daemon::install::TargetFacts;
 use secureev_daemon::store::{Repo, Role, Store};
 use secureev_secondary::serve::{self, SharedServer};
 use secureev_uptane::builder::RepoBuilder;
 use secureev_uptane::encryption::{encrypt_image, ContentKey};
 use secureev_uptane::Timestamp;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -103,17 +103,6 @@ fn custom(hw: &str, counter: u64) -> Value {
     json!({"ecuIdentifiers": {SERIAL: {"hardwareId": hw}}, "releaseCounter": counter})
 }
 
-fn facts(name: &str, plain: &[u8], counter: u64) -> TargetFacts {
-    TargetFacts {
-        name: name.into(),
-        ecu_serial: SERIAL.into(),
-        hardware_id: HW.into(),
-        release_counter: counter,
-        length: plain.len() as u64,
-        sha256: hex::encode(Sha256::digest(plain)),
-    }
-}
-
 /// Publish `name` for the ECU and store the Director metadata as the daemon
 /// would after full verification.
 fn publish(rig: &mut Rig, name: &str, bytes: &[u8], custom: Value) {
@@ -138,7 +127,7 @@ async fn doip_transport_flashes_activates_and_reports() {
     let image: Vec<u8> = (0..50_000u32).map(|i| (i ^ (i >> 8)) as u8).collect();
     publish(&mut rig, "gw-1.1.bin", &image, custom(HW, 3));
     let path = rig.dir.path().join("gw-1.1.bin");
-    std::fs::write(&path, &image).unwrap();
+    let img = verified::verified_image(&path, "gw-1.1.bin", &image, SERIAL, HW, custom(HW, 3));
 
     let bundle = metadata_bundle(&rig.store, Verification::Partial).unwrap();
     assert_eq!(
@@ -155,10 +144,9 @@ async fn doip_transport_flashes_activates_and_reports() {
         assert_eq!(p.total, image.len() as u64);
         done.store(p.done, Ordering::SeqCst);
     };
-    let f = facts("gw-1.1.bin", &image, 3);
-    t.send_image(&path, &f, &progress).await.unwrap();
+    t.send_image(&img, &progress).await.unwrap();
     assert_eq!(done.load(Ordering::SeqCst), image.len() as u64);
-    t.activate(&f).await.unwrap();
+    t.activate(&img).await.unwrap();
 
     let bytes = t.report().await.unwrap();
     let value: Value = serde_json::from_slice(&bytes).unwrap();
@@ -197,16 +185,15 @@ async fn encrypted_image_is_forwarded_encrypted_and_decrypted_on_the_ecu() {
         .unwrap();
     let mut c = custom(HW, 1);
     c["encryption"] = serde_json::to_value(&info).unwrap();
-    publish(&mut rig, "enc.bin", &cipher, c);
+    publish(&mut rig, "enc.bin", &cipher, c.clone());
     let path = rig.dir.path().join("enc.bin");
-    std::fs::write(&path, &cipher).unwrap();
+    let img = verified::verified_image(&path, "enc.bin", &cipher, SERIAL, HW, c);
 
     t.send_metadata(&metadata_bundle(&rig.store, Verification::Partial).unwrap())
         .await
         .unwrap();
-    let f = facts("enc.bin", &plain, 1);
-    t.send_image(&path, &f, &|_| {}).await.unwrap();
-    t.activate(&f).await.unwrap();
+    t.send_image(&img, &|_| {}).await.unwrap();
+    t.activate(&img).await.unwrap();
     let s = rig.ecu.lock().await;
     let e = s.backend();
     assert_eq!(
@@ -232,11 +219,15 @@ async fn refusals_name_the_attack_and_a_wrong_ecu_is_detected() {
     assert!(e.to_string().contains("wrong-hardware-id"), "{e}");
     // The image after a failed verification: 0x22.
     let path = rig.dir.path().join("fw.bin");
-    std::fs::write(&path, b"fw").unwrap();
-    let e = t
-        .send_image(&path, &facts("fw.bin", b"fw", 1), &|_| {})
-        .await
-        .unwrap_err();
+    let img = verified::verified_image(
+        &path,
+        "fw.bin",
+        b"fw",
+        SERIAL,
+        "other-hw",
+        custom("other-hw", 1),
+    );
+    let e = t.send_image(&img, &|_| {}).await.unwrap_err();
     assert!(
         e.to_string().contains("0x22") || e.to_string().contains("onditions"),
         "{e}"
@@ -375,13 +366,12 @@ async fn can_transport_flashes_over_vcan() {
     let image: Vec<u8> = (0..12_000u32).map(|i| (i * 13) as u8).collect();
     publish(&mut rig, "can.bin", &image, custom(HW, 1));
     let path = rig.dir.path().join("can.bin");
-    std::fs::write(&path, &image).unwrap();
+    let img = verified::verified_image(&path, "can.bin", &image, SERIAL, HW, custom(HW, 1));
     t.send_metadata(&metadata_bundle(&rig.store, Verification::Partial).unwrap())
         .await
         .unwrap();
-    let f = facts("can.bin", &image, 1);
-    t.send_image(&path, &f, &|_| {}).await.unwrap();
-    t.activate(&f).await.unwrap();
+    t.send_image(&img, &|_| {}).await.unwrap();
+    t.activate(&img).await.unwrap();
     assert!(!t.report().await.unwrap().is_empty());
     let s = rig.ecu.lock().await;
     let e = s.backend();

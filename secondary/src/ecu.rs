@@ -26,8 +26,9 @@ use secureev_uptane::manifest::{
     sign_ecu_report, EcuVersionReport, InstallationResult, ATTACK_SEPARATOR,
 };
 use secureev_uptane::trusted::TrustedRepository;
-use secureev_uptane::uptane::{EcuInfo, InstalledImage};
+use secureev_uptane::uptane::{Assignment, EcuInfo, InstalledImage, UpdatePlan};
 use secureev_uptane::Timestamp;
+use secureev_uptane::Verified;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -55,14 +56,73 @@ impl Staged {
     }
 }
 
-/// The target verify-metadata accepted for this ECU.
+/// The proof verify-metadata produced for this ECU, kept as it came from the
+/// core's client: partial verification's `Verified<Assignment>`, or full
+/// verification's `Verified<UpdatePlan>` holding this ECU's one target.
+#[derive(Debug, Clone)]
+enum Proof {
+    Partial(Verified<Assignment>),
+    Full(Verified<UpdatePlan>),
+}
+
+/// The target verify-metadata accepted for this ECU: the verified decision
+/// itself (never a copy of its value) and its signed encryption parameters.
 #[derive(Debug, Clone)]
 struct Accepted {
-    name: String,
-    length: u64,
-    hashes: BTreeMap<String, String>,
-    release_counter: u64,
+    proof: Proof,
     encryption: Option<EncryptionInfo>,
+}
+
+impl Accepted {
+    /// The accepted target for this ECU, if the decision names one.
+    fn new(proof: Proof) -> Option<Self> {
+        if let Proof::Full(plan) = &proof {
+            plan.targets().first()?;
+        }
+        Some(Accepted {
+            proof,
+            encryption: None,
+        })
+    }
+
+    /// The Director's verified assignment.
+    fn assignment(&self) -> &Assignment {
+        match &self.proof {
+            Proof::Partial(a) => a,
+            // `new` checked that the plan has its target.
+            Proof::Full(p) => p.targets()[0].assignment(),
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.assignment().name
+    }
+
+    /// The length as served (the ciphertext, for an encrypted image).
+    fn length(&self) -> u64 {
+        self.assignment().director_target.length
+    }
+
+    fn hashes(&self) -> &BTreeMap<String, String> {
+        &self.assignment().director_target.hashes
+    }
+
+    fn release_counter(&self) -> u64 {
+        match &self.proof {
+            Proof::Partial(a) => a.custom.release_counter.unwrap_or(0),
+            Proof::Full(p) => p.targets()[0].release_counter(),
+        }
+    }
+
+    /// What the ECU runs once this image is active.
+    fn installed(&self) -> Installed {
+        Installed {
+            name: self.name().to_owned(),
+            length: self.length(),
+            hashes: self.hashes().clone(),
+            release_counter: self.release_counter(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -306,10 +366,10 @@ impl Ecu {
         let key = secureev_uptane::encryption::EcuDecryptionKey::from_bytes(
             &self.keys.decryption.to_bytes(),
         );
-        match info.unwrap_key_for(&t.name, &self.serial, &key) {
+        match info.unwrap_key_for(t.name(), &self.serial, &key) {
             Ok(_) => Ok(()),
             Err(e) => {
-                tracing::warn!(target = %t.name, "the wrapped content key does not open: {e}");
+                tracing::warn!(target = %t.name(), "the wrapped content key does not open: {e}");
                 let outcome = outcome_of(&e);
                 self.record_failure(&outcome);
                 self.last_result = outcome;
@@ -516,15 +576,11 @@ impl Ecu {
         // the client; an image already installed is nothing new.
         let target = match decision {
             Decision::Assignment(Some(a)) if !a.is_installed_on(&ecu) => {
-                let counter = a.custom.release_counter.unwrap_or(0);
-                Some((a.value().clone(), counter))
+                Accepted::new(Proof::Partial(a))
             }
             Decision::Assignment(_) => None,
             // §5.4.4.2 step 10: the Image repository entry matched.
-            Decision::Plan(plan) => plan
-                .targets()
-                .first()
-                .map(|t| (t.assignment().clone(), t.release_counter())),
+            Decision::Plan(plan) => Accepted::new(Proof::Full(plan)),
             other => {
                 return Err(secureev_uptane::Error::Workflow(format!(
                     "unexpected decision {other:?}"
@@ -534,27 +590,21 @@ impl Ecu {
         };
         let accepted = match target {
             None => None,
-            Some((a, release_counter)) => {
-                let encryption = match &a.custom.encryption {
+            Some(mut t) => {
+                t.encryption = match &t.assignment().custom.encryption {
                     None => None,
                     Some(v) => {
-                        let info = EncryptionInfo::from_value(&a.name, v)?;
+                        let info = EncryptionInfo::from_value(t.name(), v)?;
                         if !info.keys.contains_key(&self.serial) {
                             return Ok((
                                 ResultCode::Unsupported,
-                                format!("{}: no content key wrapped for this ECU", a.name),
+                                format!("{}: no content key wrapped for this ECU", t.name()),
                             ));
                         }
                         Some(info)
                     }
                 };
-                Some(Accepted {
-                    name: a.name.clone(),
-                    length: a.director_target.length,
-                    hashes: a.director_target.hashes.clone(),
-                    release_counter,
-                    encryption,
-                })
+                Some(t)
             }
         };
         // Verified: persist the new trust, then the time floor.
@@ -582,7 +632,7 @@ impl Ecu {
         Ok(match accepted {
             None => (ResultCode::NoUpdate, "nothing new for this ECU".into()),
             Some(t) => {
-                let detail = format!("{} ({} bytes)", t.name, t.length);
+                let detail = format!("{} ({} bytes)", t.name(), t.length());
                 self.accepted = Some(t);
                 (ResultCode::Ok, detail)
             }
@@ -613,7 +663,7 @@ impl Ecu {
             let outcome = match result {
                 Ok(()) => {
                     self.image_verified = true;
-                    (ResultCode::Ok, format!("{} verified", t.name))
+                    (ResultCode::Ok, format!("{} verified", t.name()))
                 }
                 Err(Fault::Uptane(e)) => {
                     self.image_received = false;
@@ -636,7 +686,7 @@ impl Ecu {
             // holds the verified, decrypted image; never decrypt it twice.
             return Ok(Progress::Ready((
                 ResultCode::Ok,
-                format!("{} verified", t.name),
+                format!("{} verified", t.name()),
             )));
         }
         if !self.image_received {
@@ -670,24 +720,23 @@ impl Ecu {
         };
         // The switch: one atomic write of state.json.
         self.state.active_slot = self.state.active_slot.other();
-        self.state.installed = Some(Installed {
-            name: t.name.clone(),
-            length: t.length,
-            hashes: t.hashes.clone(),
-            release_counter: t.release_counter,
-        });
+        self.state.installed = Some(t.installed());
         self.state.last_install = Some(LastInstall {
             success: true,
             code: "OK".into(),
-            message: format!("{} installed in slot {:?}", t.name, self.state.active_slot),
+            message: format!(
+                "{} installed in slot {:?}",
+                t.name(),
+                self.state.active_slot
+            ),
             reported_in: None,
         });
         self.save_state()?;
         self.accepted = None;
         self.image_received = false;
         self.image_verified = false;
-        tracing::info!(target = %t.name, slot = ?self.state.active_slot, "activated");
-        Ok((ResultCode::Ok, format!("{} active", t.name)))
+        tracing::info!(target = %t.name(), slot = ?self.state.active_slot, "activated");
+        Ok((ResultCode::Ok, format!("{} active", t.name())))
     }
 
     // ---- version report ---------------------------------------------------------
@@ -819,7 +868,8 @@ fn check_image(
     ecu_key: &secureev_uptane::encryption::EcuDecryptionKey,
 ) -> std::result::Result<(), Fault> {
     let read = |e: std::io::Error| StorageError::new(StorageOp::ReadSlot, path, e);
-    let mut verifier = secureev_uptane::verify::StreamVerifier::new(&t.name, t.length, &t.hashes)?;
+    let mut verifier =
+        secureev_uptane::verify::StreamVerifier::new(t.name(), t.length(), t.hashes())?;
     let mut f = File::open(path).map_err(read)?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -833,8 +883,8 @@ fn check_image(
     let Some(info) = &t.encryption else {
         return Ok(());
     };
-    let key = info.unwrap_key_for(&t.name, serial, ecu_key)?;
-    let mut dec = StreamDecryptor::new(&t.name, &key, info)?;
+    let key = info.unwrap_key_for(t.name(), serial, ecu_key)?;
+    let mut dec = StreamDecryptor::new(t.name(), &key, info)?;
     let tmp = crate::fsutil::side_path(path, "decrypt");
     let write = |e: std::io::Error| StorageError::new(StorageOp::WriteSlot, &tmp, e);
     let result = (|| -> std::result::Result<(), Fault> {
@@ -897,7 +947,7 @@ impl ImageSink for Ecu {
                 } else {
                     protocol::data_format::PLAIN
                 };
-                if d.size != t.length || d.data_format != format {
+                if d.size != t.length() || d.data_format != format {
                     return Err(Nrc::RequestOutOfRange);
                 }
                 self.check_content_key()?;
@@ -1033,7 +1083,7 @@ impl EcuBackend for Ecu {
                 let Some(t) = &self.accepted else {
                     return Err(Nrc::ConditionsNotCorrect);
                 };
-                if loc.size != t.length {
+                if loc.size != t.length() {
                     return Err(Nrc::RequestOutOfRange);
                 }
                 self.check_content_key()?;

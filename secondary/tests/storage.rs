@@ -18,18 +18,20 @@
 // allow-unwrap-in-tests only covers the test functions themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../daemon/tests/verified/mod.rs"]
+mod verified;
+
 use secureev_daemon::config::Verification;
 use secureev_daemon::ecus::{
     DoipConnector, DoipSecondary, MetadataBundle, SecondaryTransport, SecretSource,
     DEFAULT_TESTER_ADDRESS,
 };
-use secureev_daemon::install::TargetFacts;
+use secureev_daemon::install::VerifiedFile;
 use secureev_daemon::Error;
 use secureev_uptane::builder::RepoBuilder;
 use secureev_uptane::encryption::{encrypt_image, ContentKey};
 use secureev_uptane::Timestamp;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
@@ -232,10 +234,16 @@ impl Rig {
     }
 
     /// The Director assigns `name` (these bytes as served) to the ECU; the
-    /// metadata the Primary sends and the served file.
-    fn publish(&mut self, name: &str, served: &[u8], custom: Value) -> (MetadataBundle, PathBuf) {
+    /// metadata the Primary sends and the served file, verified as the
+    /// Primary verifies it.
+    fn publish(
+        &mut self,
+        name: &str,
+        served: &[u8],
+        custom: Value,
+    ) -> (MetadataBundle, VerifiedFile) {
         self.director.targets.clear();
-        self.director.add_target(name, served, Some(custom));
+        self.director.add_target(name, served, Some(custom.clone()));
         let p = self.director.publish().unwrap();
         let bundle = MetadataBundle {
             director: vec![
@@ -245,8 +253,8 @@ impl Rig {
             image: Vec::new(),
         };
         let path = self.dir.path().join(name);
-        std::fs::write(&path, served).unwrap();
-        (bundle, path)
+        let image = verified::verified_image(&path, name, served, SERIAL, HW, custom);
+        (bundle, image)
     }
 
     /// The ECU's signed version report: `(installed filepath, attacks)`.
@@ -266,17 +274,6 @@ impl Rig {
 
 fn custom(counter: u64) -> Value {
     json!({"ecuIdentifiers": {SERIAL: {"hardwareId": HW}}, "releaseCounter": counter})
-}
-
-fn facts(name: &str, plain: &[u8], counter: u64) -> TargetFacts {
-    TargetFacts {
-        name: name.into(),
-        ecu_serial: SERIAL.into(),
-        hardware_id: HW.into(),
-        release_counter: counter,
-        length: plain.len() as u64,
-        sha256: hex::encode(Sha256::digest(plain)),
-    }
 }
 
 fn image(len: usize, seed: u32) -> Vec<u8> {
@@ -320,7 +317,7 @@ async fn full_state_directory_fails_verify_metadata_with_0x72_not_missing_metada
     let t = rig.transport();
     t.info().await.unwrap();
     let fw = image(20_000, 1);
-    let (bundle, path) = rig.publish("bms-2.bin", &fw, custom(2));
+    let (bundle, img) = rig.publish("bms-2.bin", &fw, custom(2));
 
     let fill = rig._mounts[0].fill();
     let e = t.send_metadata(&bundle).await.unwrap_err();
@@ -331,9 +328,8 @@ async fn full_state_directory_fails_verify_metadata_with_0x72_not_missing_metada
     // report names no attack.
     std::fs::remove_file(fill).unwrap();
     t.send_metadata(&bundle).await.unwrap();
-    let f = facts("bms-2.bin", &fw, 2);
-    t.send_image(&path, &f, &|_| {}).await.unwrap();
-    t.activate(&f).await.unwrap();
+    t.send_image(&img, &|_| {}).await.unwrap();
+    t.activate(&img).await.unwrap();
     let (installed, attacks, _) = rig.report(&t).await;
     assert_eq!(installed.as_deref(), Some("bms-2.bin"));
     assert_eq!(attacks, "");
@@ -352,15 +348,14 @@ async fn full_slot_fails_transfer_data_with_0x72_and_installs_when_room_returns(
     let t = rig.transport();
     t.info().await.unwrap();
     let fw = image(256 * 1024, 2);
-    let (bundle, path) = rig.publish("bms-3.bin", &fw, custom(3));
+    let (bundle, img) = rig.publish("bms-3.bin", &fw, custom(3));
     t.send_metadata(&bundle).await.unwrap();
-    let f = facts("bms-3.bin", &fw, 3);
-    let e = t.send_image(&path, &f, &|_| {}).await.unwrap_err();
+    let e = t.send_image(&img, &|_| {}).await.unwrap_err();
     assert_programming_failure(&e, 0x36, &rig.ecu.log());
 
     rig._mounts[0].resize("1m");
-    t.send_image(&path, &f, &|_| {}).await.unwrap();
-    t.activate(&f).await.unwrap();
+    t.send_image(&img, &|_| {}).await.unwrap();
+    t.activate(&img).await.unwrap();
     let (installed, attacks, _) = rig.report(&t).await;
     assert_eq!(installed.as_deref(), Some("bms-3.bin"));
     assert_eq!(attacks, "");
@@ -387,10 +382,9 @@ async fn no_room_to_decrypt_fails_verify_image_with_0x72_not_missing_metadata() 
         .unwrap();
     let mut c = custom(4);
     c["encryption"] = serde_json::to_value(&info).unwrap();
-    let (bundle, path) = rig.publish("bms-enc.bin", &cipher, c);
+    let (bundle, img) = rig.publish("bms-enc.bin", &cipher, c);
     t.send_metadata(&bundle).await.unwrap();
-    let f = facts("bms-enc.bin", &plain, 4);
-    let e = t.send_image(&path, &f, &|_| {}).await.unwrap_err();
+    let e = t.send_image(&img, &|_| {}).await.unwrap_err();
     assert_programming_failure(&e, 0x31, &rig.ecu.log());
     assert!(
         rig.ecu.log().contains("verify-image: writing the slot"),
@@ -411,8 +405,8 @@ async fn no_room_to_decrypt_fails_verify_image_with_0x72_not_missing_metadata() 
     );
 
     rig._mounts[0].resize("1m");
-    t.send_image(&path, &f, &|_| {}).await.unwrap();
-    t.activate(&f).await.unwrap();
+    t.send_image(&img, &|_| {}).await.unwrap();
+    t.activate(&img).await.unwrap();
     let (installed, attacks, _) = rig.report(&t).await;
     assert_eq!(installed.as_deref(), Some("bms-enc.bin"));
     assert_eq!(attacks, "");
@@ -441,7 +435,7 @@ async fn unreadable_stored_root_fails_verify_metadata_with_0x26() {
     std::fs::create_dir(&stored).unwrap();
 
     let fw = image(10_000, 6);
-    let (bundle, path) = rig.publish("bms-6.bin", &fw, custom(6));
+    let (bundle, img) = rig.publish("bms-6.bin", &fw, custom(6));
     let e = t.send_metadata(&bundle).await.unwrap_err();
     assert_fault(
         &e,
@@ -459,9 +453,8 @@ async fn unreadable_stored_root_fails_verify_metadata_with_0x26() {
     std::fs::remove_dir(&stored).unwrap();
     std::fs::write(&stored, good).unwrap();
     t.send_metadata(&bundle).await.unwrap();
-    let f = facts("bms-6.bin", &fw, 6);
-    t.send_image(&path, &f, &|_| {}).await.unwrap();
-    t.activate(&f).await.unwrap();
+    t.send_image(&img, &|_| {}).await.unwrap();
+    t.activate(&img).await.unwrap();
     let (installed, attacks, _) = rig.report(&t).await;
     assert_eq!(installed.as_deref(), Some("bms-6.bin"));
     assert_eq!(attacks, "");

@@ -6,22 +6,13 @@ use crate::agent::{Agent, Pending};
 use crate::error::{Error, Result};
 use crate::fetch::download::Progress as DlProgress;
 use crate::install::{
-    decrypt, install_image_with_progress, InstallOutcome, InstallProgress, TargetFacts,
+    decrypt, install_image_with_progress, InstallOutcome, InstallProgress, VerifiedFile,
 };
 use crate::store::InstalledRecord;
 use secureev_dbus::State;
 use secureev_uptane::uptane::UpdateTarget;
-use std::path::Path;
 
-/// The human version of `target` as the daemon shows and records it: the
-/// Image repository's signed `custom.version`, sanitised (untrusted text on
-/// a driver's screen), `None` when absent or empty after sanitising.
-pub(crate) fn shown_version(target: &UpdateTarget) -> Option<String> {
-    target
-        .version()
-        .map(|v| secureev_uptane::custom::DisplayText::Version.sanitize(v))
-        .filter(|v| !v.is_empty())
-}
+pub(crate) use crate::install::shown_version;
 
 /// The release notes of `target` as the daemon shows them (sanitised and
 /// bounded like [`shown_version`]); empty when absent.
@@ -35,11 +26,12 @@ pub(crate) fn shown_release_notes(target: &UpdateTarget) -> String {
 impl Agent {
     pub(crate) async fn install(&self, pending: &Pending) -> Result<Vec<String>> {
         let primary = self.daemon.config.vehicle.primary_serial.clone();
-        let total: u64 = pending.targets.iter().map(|(t, _)| t.length()).sum();
+        let total: u64 = pending.targets.iter().map(|i| i.target().length()).sum();
         let mut done = 0u64;
         let mut installed = Vec::new();
         let mut first_error = None;
-        for (target, path) in &pending.targets {
+        for image in &pending.targets {
+            let target = image.target();
             self.progress(
                 State::Installing,
                 done,
@@ -49,11 +41,11 @@ impl Agent {
             );
             done += target.length();
             let result = if target.ecu_serial() == primary {
-                self.install_primary(target, path, done - target.length(), total)
+                self.install_primary(image, done - target.length(), total)
                     .await
             } else {
                 let r = self
-                    .install_secondary(target, path, done - target.length(), total)
+                    .install_secondary(image, done - target.length(), total)
                     .await;
                 self.note_link(target.ecu_serial(), &r);
                 r
@@ -104,11 +96,11 @@ impl Agent {
     /// only this ECU.
     pub(crate) async fn install_secondary(
         &self,
-        target: &UpdateTarget,
-        path: &Path,
+        image: &VerifiedFile,
         base: u64,
         total: u64,
     ) -> Result<()> {
+        let target = image.target();
         let serial = target.ecu_serial();
         let unreachable = |reason: &str| Error::Secondary {
             ecu: serial.to_owned(),
@@ -127,14 +119,7 @@ impl Agent {
             .map(|s| s.verification)
             .unwrap_or_default();
         let bundle = crate::ecus::metadata_bundle(&self.daemon.store, verification)?;
-        let record = InstalledRecord {
-            name: target.name().to_owned(),
-            length: target.length(),
-            hashes: target.assignment().director_target.hashes.clone(),
-            release_counter: target.release_counter(),
-            installed_at: self.now().unix(),
-            version: shown_version(target),
-        };
+        let record = InstalledRecord::of(image, self.now().unix());
         match transport.send_metadata(&bundle).await {
             Err(e @ Error::SecondaryUpToDate { .. }) => {
                 // Issue 11: after a kill right after the ECU activated the
@@ -154,13 +139,8 @@ impl Agent {
             }
             r => r?,
         }
-        let mut facts = TargetFacts::for_target(target)?;
         // The ECU checks what it receives: the bytes as served (for encrypted
         // images it decrypts and checks the plaintext itself).
-        facts.length = target.length();
-        if let Some(h) = target.assignment().director_target.hashes.get("sha256") {
-            facts.sha256 = h.clone();
-        }
         let name = target.name().to_owned();
         let progress = |p: DlProgress| {
             self.progress(
@@ -171,8 +151,8 @@ impl Agent {
                 &format!("sending {name} to {serial}"),
             );
         };
-        transport.send_image(path, &facts, &progress).await?;
-        transport.activate(&facts).await?;
+        transport.send_image(image, &progress).await?;
+        transport.activate(image).await?;
         self.daemon.store.set_installed(serial, record)?;
         Ok(())
     }
@@ -216,22 +196,14 @@ impl Agent {
     /// phase from `base` towards `base + target.length()` of `total` bytes.
     pub(crate) async fn install_primary(
         &self,
-        target: &UpdateTarget,
-        path: &Path,
+        served: &VerifiedFile,
         base: u64,
         total: u64,
     ) -> Result<()> {
-        let facts = TargetFacts::for_target(target)?;
-        let record = InstalledRecord {
-            name: target.name().to_owned(),
-            length: target.length(),
-            hashes: target.assignment().director_target.hashes.clone(),
-            release_counter: target.release_counter(),
-            installed_at: self.now().unix(),
-            version: shown_version(target),
-        };
+        let target = served.target();
+        let path = served.location();
         let image = match decrypt::encryption_info(target)? {
-            None => path.to_path_buf(),
+            None => served.clone(),
             Some(info) => {
                 let key = decrypt::unwrap_content_key(
                     &info,
@@ -243,17 +215,14 @@ impl Agent {
                 self.daemon
                     .downloader
                     .check_storage(target.name(), info.plaintext_length)?;
-                let (src, dst, name) = (path.to_path_buf(), out.clone(), target.name().to_owned());
-                tokio::task::spawn_blocking(move || {
-                    decrypt::decrypt_file(&src, &dst, &name, &key, &info)
-                })
-                .await
-                .map_err(|e| Error::Install {
-                    target: target.name().to_owned(),
-                    ecu: target.ecu_serial().to_owned(),
-                    reason: format!("decryption task: {e}"),
-                })??;
-                out
+                let src = served.clone();
+                tokio::task::spawn_blocking(move || decrypt::decrypt_image(&src, &out, &key))
+                    .await
+                    .map_err(|e| Error::Install {
+                        target: target.name().to_owned(),
+                        ecu: target.ecu_serial().to_owned(),
+                        reason: format!("decryption task: {e}"),
+                    })??
             }
         };
         let serial = target.ecu_serial();
@@ -287,14 +256,12 @@ impl Agent {
             &self.daemon.store,
             self.daemon.installer.as_ref(),
             &image,
-            &facts,
-            record,
             self.now().unix(),
             &progress,
         )
         .await;
-        if image != path {
-            let _ = std::fs::remove_file(&image);
+        if image.location() != path {
+            let _ = std::fs::remove_file(image.location());
         }
         match outcome? {
             InstallOutcome::Installed | InstallOutcome::AlreadyInstalled => Ok(()),

@@ -5,13 +5,13 @@ use crate::agent::{attack_of, Agent, Inner, Pending, Plan, INHIBIT_PREFIX};
 use crate::dbus_service::error_code;
 use crate::error::Result;
 use crate::fetch::download::{ImageRequest, Progress as DlProgress};
+use crate::install::VerifiedFile;
 use crate::phase::Ticket;
 use crate::schedule::{CycleOutcome, UpdateCycle};
 use futures_util::future::BoxFuture;
 use secureev_dbus::{ErrorCode, PendingUpdate, State, UpdatePlan as DbusPlan};
 use secureev_uptane::uptane::{UpdatePlan, UpdateTarget};
 use secureev_uptane::Verified;
-use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 impl Agent {
@@ -19,11 +19,11 @@ impl Agent {
         &self,
         plan: &Verified<UpdatePlan>,
         cancel: &CancellationToken,
-    ) -> Result<Vec<(UpdateTarget, PathBuf)>> {
+    ) -> Result<Vec<VerifiedFile>> {
         let total: u64 = plan.targets().iter().map(UpdateTarget::length).sum();
         let mut done_before = 0u64;
         let mut out = Vec::new();
-        let requests: Vec<ImageRequest> = plan
+        let requests: Vec<(&UpdateTarget, ImageRequest)> = plan
             .targets()
             .iter()
             .map(|t| {
@@ -38,11 +38,12 @@ impl Agent {
                     Some(uri) if uri.starts_with("https://") => uri.to_owned(),
                     _ => self.backend.target_url(t.name(), &sha256),
                 };
-                ImageRequest::for_target(t, url)
+                (t, ImageRequest::for_target(t, url))
             })
             .collect();
-        self.prune_cache(&requests);
-        for (t, req) in plan.targets().iter().zip(requests) {
+        let keep: Vec<ImageRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
+        self.prune_cache(&keep);
+        for (t, req) in requests {
             let ecu = t.ecu_serial().to_owned();
             let name = t.name().to_owned();
             let base = done_before;
@@ -55,9 +56,13 @@ impl Agent {
                     &format!("downloading {name}"),
                 );
             };
-            let path = self.daemon.downloader.fetch(&req, &report, cancel).await?;
+            let image = self
+                .daemon
+                .downloader
+                .fetch_verified(t, req.url, &report, cancel)
+                .await?;
             done_before += t.length();
-            out.push((t.clone(), path));
+            out.push(image);
         }
         Ok(out)
     }
@@ -233,7 +238,8 @@ impl Agent {
         let dbus_plan = DbusPlan::new(
             targets
                 .iter()
-                .map(|(t, _)| PendingUpdate {
+                .map(|i| i.target())
+                .map(|t| PendingUpdate {
                     update_id: String::new(),
                     ecu_serial: t.ecu_serial().to_owned(),
                     hardware_id: t.assignment().hardware_id.clone(),

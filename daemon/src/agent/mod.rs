@@ -58,7 +58,7 @@ use crate::Daemon;
 use secureev_dbus::{
     ErrorCode, HistoryEntry, State, StateHandle, UpdateId, UpdatePlan as DbusPlan,
 };
-use secureev_uptane::uptane::{EcuInfo, UpdateTarget, Vehicle};
+use secureev_uptane::uptane::{EcuInfo, Vehicle};
 use secureev_uptane::{Attack, Timestamp};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -160,7 +160,8 @@ pub const INHIBIT_PREFIX: &str = "inhibit/";
 #[derive(Debug, Clone)]
 pub(crate) struct Pending {
     pub(crate) plan: DbusPlan,
-    pub(crate) targets: Vec<(UpdateTarget, PathBuf)>,
+    /// The verified images, as downloaded (still encrypted, if they are).
+    pub(crate) targets: Vec<crate::install::VerifiedFile>,
 }
 
 #[derive(Debug, Default)]

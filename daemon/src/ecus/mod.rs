@@ -22,9 +22,8 @@
 
 use crate::error::Result;
 use crate::fetch::download::Progress;
-use crate::install::TargetFacts;
+use crate::install::VerifiedFile;
 use futures_util::future::BoxFuture;
-use std::path::Path;
 
 mod bundle;
 mod config;
@@ -72,15 +71,15 @@ pub trait SecondaryTransport: Send + Sync {
     fn info(&self) -> BoxFuture<'_, Result<SecondaryInfo>>;
     /// Send the metadata it verifies (partial or full verification).
     fn send_metadata<'a>(&'a self, metadata: &'a MetadataBundle) -> BoxFuture<'a, Result<()>>;
-    /// Send the verified image (still encrypted, if it is).
+    /// Send the verified image as served (still encrypted, if it is); only
+    /// a [`VerifiedFile`] is accepted (see there).
     fn send_image<'a>(
         &'a self,
-        image: &'a Path,
-        facts: &'a TargetFacts,
+        image: &'a VerifiedFile,
         progress: &'a (dyn Fn(Progress) + Send + Sync),
     ) -> BoxFuture<'a, Result<()>>;
-    /// Make the new image active.
-    fn activate<'a>(&'a self, facts: &'a TargetFacts) -> BoxFuture<'a, Result<()>>;
+    /// Make the new image, sent by [`SecondaryTransport::send_image`], active.
+    fn activate<'a>(&'a self, image: &'a VerifiedFile) -> BoxFuture<'a, Result<()>>;
     /// Its signed ECU version report (JSON bytes, as the secondary signed them).
     fn report(&self) -> BoxFuture<'_, Result<Vec<u8>>>;
     /// The Director accepted a manifest carrying its report with this

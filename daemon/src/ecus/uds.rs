@@ -6,7 +6,7 @@ use super::{MetadataBundle, SecondaryInfo, SecondaryTransport};
 use crate::config::Verification;
 use crate::error::{Error, Result};
 use crate::fetch::download::Progress;
-use crate::install::TargetFacts;
+use crate::install::VerifiedFile;
 use futures_util::future::BoxFuture;
 use secureev_uds::client::{
     Action, ClientConfig, ClientStats, FlashClient, FlashPlan, ImageSource, Outcome, Step,
@@ -15,9 +15,9 @@ use secureev_uds::protocol::{self, did, Capabilities, MetadataRole};
 use secureev_uds::security::{HmacSha256Algorithm, SecurityAlgorithm};
 use secureev_uds::Nrc;
 use secureev_uptane::encryption::EcuEncryptionPublicKey;
-use std::collections::BTreeMap;
+use secureev_uptane::image::ImageForm;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Instant;
 
@@ -142,8 +142,6 @@ pub struct UdsSecondary<C: Connector> {
     client_config: ClientConfig,
     clock: TimeSource,
     link: tokio::sync::Mutex<Option<C::Link>>,
-    /// Target name → whether the Director's entry for this ECU is encrypted.
-    encrypted: StdMutex<BTreeMap<String, bool>>,
     /// The ECU's announced `max_pdu`.
     max_pdu: StdMutex<Option<usize>>,
 }
@@ -201,7 +199,6 @@ impl<C: Connector> UdsSecondary<C> {
             client_config: ClientConfig::default(),
             clock: Arc::new(system_time),
             link: tokio::sync::Mutex::new(None),
-            encrypted: StdMutex::new(BTreeMap::new()),
             max_pdu: StdMutex::new(None),
         }
     }
@@ -408,38 +405,6 @@ impl<C: Connector> UdsSecondary<C> {
         }
         Ok(out)
     }
-
-    /// Remember which of this ECU's targets are encrypted (the DFI of the
-    /// download), from the Director targets the daemon verified.
-    fn note_encryption(&self, bundle: &MetadataBundle) {
-        let Some((_, bytes)) = bundle.director.iter().find(|(n, _)| n == "targets") else {
-            return;
-        };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
-            return;
-        };
-        let Some(targets) = v
-            .get("signed")
-            .and_then(|s| s.get("targets"))
-            .and_then(|t| t.as_object())
-        else {
-            return;
-        };
-        let Ok(mut map) = self.encrypted.lock() else {
-            return;
-        };
-        for (name, t) in targets {
-            let custom = t.get("custom");
-            let ours = custom
-                .and_then(|c| c.get("ecuIdentifiers"))
-                .and_then(|e| e.get(&self.serial))
-                .is_some();
-            if ours {
-                let enc = custom.and_then(|c| c.get("encryption")).is_some();
-                map.insert(name.clone(), enc);
-            }
-        }
-    }
 }
 
 impl<C: Connector> SecondaryTransport for UdsSecondary<C> {
@@ -457,7 +422,6 @@ impl<C: Connector> SecondaryTransport for UdsSecondary<C> {
 
     fn send_metadata<'a>(&'a self, metadata: &'a MetadataBundle) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.note_encryption(metadata);
             let roles = self.roles(metadata)?;
             let now = (self.clock)();
             let time = u64::try_from(now).map_err(|_| self.err(format!("bad time {now}")))?;
@@ -472,25 +436,25 @@ impl<C: Connector> SecondaryTransport for UdsSecondary<C> {
 
     fn send_image<'a>(
         &'a self,
-        image: &'a Path,
-        facts: &'a TargetFacts,
+        image: &'a VerifiedFile,
         progress: &'a (dyn Fn(Progress) + Send + Sync),
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let file = std::fs::File::open(image).map_err(|e| Error::io("open", image, e))?;
+            // The ECU verifies the image as served (and decrypts it itself):
+            // the data format follows the signed `encryption` field.
+            if image.form() != ImageForm::AsServed {
+                return Err(self.err("a secondary receives the image as served, not decrypted"));
+            }
+            let encrypted = image
+                .encryption()
+                .map_err(|e| Error::uptane(image.target().name(), e))?
+                .is_some();
+            let path = image.location();
+            let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
             let size = file
                 .metadata()
-                .map_err(|e| Error::io("stat", image, e))?
+                .map_err(|e| Error::io("stat", path, e))?
                 .len();
-            let known = self
-                .encrypted
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&facts.name).copied());
-            // Without the metadata (send_metadata not called in this
-            // process), an image longer or shorter than its plaintext is the
-            // encrypted stream.
-            let encrypted = known.unwrap_or(size != facts.length);
             let format = if encrypted {
                 protocol::data_format::ENCRYPTED
             } else {
@@ -510,7 +474,7 @@ impl<C: Connector> SecondaryTransport for UdsSecondary<C> {
         })
     }
 
-    fn activate<'a>(&'a self, _facts: &'a TargetFacts) -> BoxFuture<'a, Result<()>> {
+    fn activate<'a>(&'a self, _image: &'a VerifiedFile) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let plan = FlashPlan::open_programming().then(FlashPlan::activate());
             self.run(plan, &no_progress).await.map(drop)

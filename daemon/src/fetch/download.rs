@@ -27,14 +27,15 @@
 //! with a `Range` request up to [`DownloadOptions::attempts`] times.
 //!
 //! Encrypted images are verified in their encrypted form (that is what the
-//! signed hashes cover); [`decrypt_file`] then streams them through the core's
-//! `StreamDecryptor` in constant memory.
+//! signed hashes cover); [`decrypt_image`](crate::install::decrypt::decrypt_image)
+//! then streams them through the core's `ImageDecryptor` in constant memory.
 
 use crate::config::Config;
 use crate::error::{Error, Result, StallStage, StorageLimit};
 use crate::fs::{remove_quietly, sync_dir};
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
+use secureev_uptane::image::{ImageVerifier, VerifiedImage};
 use secureev_uptane::uptane::UpdateTarget;
 use secureev_uptane::verify::StreamVerifier;
 use std::collections::BTreeMap;
@@ -167,8 +168,48 @@ fn uptane(what: &str, source: secureev_uptane::Error) -> Error {
     Error::uptane(what, source)
 }
 
+/// What a download checks its bytes with: the core's `StreamVerifier` for a
+/// bare [`ImageRequest`] ([`Downloader::fetch`]), the core's `ImageVerifier`
+/// for a verified target ([`Downloader::fetch_verified`]), whose `finish`
+/// makes the [`VerifiedImage`].
+trait Check: Clone + Send + 'static {
+    type Done;
+    fn update(&mut self, chunk: &[u8]) -> secureev_uptane::Result<()>;
+    fn seen(&self) -> u64;
+    fn finish(self, path: PathBuf) -> secureev_uptane::Result<Self::Done>;
+}
+
+impl Check for StreamVerifier {
+    type Done = PathBuf;
+    fn update(&mut self, chunk: &[u8]) -> secureev_uptane::Result<()> {
+        StreamVerifier::update(self, chunk)
+    }
+    fn seen(&self) -> u64 {
+        StreamVerifier::seen(self)
+    }
+    fn finish(self, path: PathBuf) -> secureev_uptane::Result<PathBuf> {
+        StreamVerifier::finish(self).map(|()| path)
+    }
+}
+
+impl Check for ImageVerifier {
+    type Done = VerifiedImage<PathBuf>;
+    fn update(&mut self, chunk: &[u8]) -> secureev_uptane::Result<()> {
+        ImageVerifier::update(self, chunk)
+    }
+    fn seen(&self) -> u64 {
+        ImageVerifier::seen(self)
+    }
+    fn finish(self, path: PathBuf) -> secureev_uptane::Result<VerifiedImage<PathBuf>> {
+        ImageVerifier::finish(self, path)
+    }
+}
+
+/// Makes the verifier of a download, from the first byte.
+type Fresh<'a, V> = &'a (dyn Fn() -> Result<V> + Send + Sync);
+
 /// Hash a file through a fresh verifier (blocking).
-fn rehash(path: &Path, mut verifier: StreamVerifier) -> Result<StreamVerifier> {
+fn rehash<V: Check>(path: &Path, mut verifier: V) -> Result<V> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut buf = vec![0u8; FILE_CHUNK];
     loop {
@@ -182,7 +223,7 @@ fn rehash(path: &Path, mut verifier: StreamVerifier) -> Result<StreamVerifier> {
     }
 }
 
-async fn rehash_async(path: PathBuf, verifier: StreamVerifier) -> Result<StreamVerifier> {
+async fn rehash_async<V: Check>(path: PathBuf, verifier: V) -> Result<V> {
     tokio::task::spawn_blocking(move || rehash(&path, verifier))
         .await
         .map_err(|e| Error::io("hash", PathBuf::new(), std::io::Error::other(e)))?
@@ -313,8 +354,10 @@ impl Downloader {
         Ok(freed)
     }
 
-    /// Download `req` into the cache and return the path of the verified file.
-    /// See the module documentation for every check.
+    /// Download `req` into the cache and return the path of the file that
+    /// has `req`'s length and hashes. See the module documentation for every
+    /// check. The daemon downloads what it installs with
+    /// [`fetch_verified`](Self::fetch_verified), whose result installers take.
     pub async fn fetch(
         &self,
         req: &ImageRequest,
@@ -325,20 +368,52 @@ impl Downloader {
             StreamVerifier::new(&req.target, req.length, &req.hashes)
                 .map_err(|e| uptane(&req.target, e))
         };
+        self.fetch_with(req, &fresh, progress, cancel).await
+    }
+
+    /// Download the image of a verified `target` from `url` into the cache,
+    /// checked as [`fetch`](Self::fetch) checks (through the core's
+    /// `ImageVerifier` of the target), and return it as the verified image
+    /// (the proof installers and secondary transports take).
+    pub async fn fetch_verified(
+        &self,
+        target: &UpdateTarget,
+        url: String,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+        cancel: &CancellationToken,
+    ) -> Result<VerifiedImage<PathBuf>> {
+        let req = ImageRequest::for_target(target, url);
+        let fresh = || {
+            target
+                .image_verifier()
+                .map_err(|e| uptane(target.name(), e))
+        };
+        self.fetch_with(&req, &fresh, progress, cancel).await
+    }
+
+    async fn fetch_with<V: Check>(
+        &self,
+        req: &ImageRequest,
+        fresh: Fresh<'_, V>,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+        cancel: &CancellationToken,
+    ) -> Result<V::Done> {
         let done_path = self.cached_path(req)?;
         let part_path = self.part_path(req)?;
 
         if done_path.exists() {
             match rehash_async(done_path.clone(), fresh()?)
                 .await
-                .and_then(|v| v.finish().map_err(|e| uptane(&req.target, e)))
-            {
-                Ok(()) => {
+                .and_then(|v| {
+                    v.finish(done_path.clone())
+                        .map_err(|e| uptane(&req.target, e))
+                }) {
+                Ok(done) => {
                     progress(Progress {
                         done: req.length,
                         total: req.length,
                     });
-                    return Ok(done_path);
+                    return Ok(done);
                 }
                 Err(e) => {
                     tracing::warn!(target = %req.target, "cached image no longer verifies, downloading again: {e}");
@@ -389,12 +464,13 @@ impl Downloader {
         // failure counts as an attack against the server answering now.
         let mut resumed = have > 0;
         let mut attempt = 0;
-        'fetch: loop {
+        let done = 'fetch: loop {
             while have < req.length {
                 attempt += 1;
                 let result = self
                     .attempt(
                         req,
+                        fresh,
                         &part_path,
                         &mut file,
                         &mut verifier,
@@ -436,7 +512,7 @@ impl Downloader {
                         tracing::warn!(target = %req.target, "resumed download failed verification; discarding the kept bytes and fetching once from zero: {e}");
                         resumed = false;
                         attempt = 0;
-                        restart(req, &mut file, &part_path, &mut verifier, &mut have).await?;
+                        restart(fresh, &mut file, &part_path, &mut verifier, &mut have).await?;
                         continue 'fetch;
                     }
                     e @ Error::Uptane { .. } => {
@@ -452,13 +528,13 @@ impl Downloader {
             }
 
             // Uptane 2.1 §5.4.3.4: length and every hash of the image must match.
-            match verifier.clone().finish() {
-                Ok(()) => break 'fetch,
+            match verifier.clone().finish(done_path.clone()) {
+                Ok(done) => break 'fetch done,
                 Err(e) if resumed => {
                     tracing::warn!(target = %req.target, "resumed download does not match its signed hashes; discarding the kept bytes and fetching once from zero: {e}");
                     resumed = false;
                     attempt = 0;
-                    restart(req, &mut file, &part_path, &mut verifier, &mut have).await?;
+                    restart(fresh, &mut file, &part_path, &mut verifier, &mut have).await?;
                 }
                 Err(e) => {
                     drop(file);
@@ -466,23 +542,24 @@ impl Downloader {
                     return Err(uptane(&req.target, e));
                 }
             }
-        }
+        };
         file.sync_all()
             .await
             .map_err(|e| Error::io("fsync", &part_path, e))?;
         drop(file);
         std::fs::rename(&part_path, &done_path).map_err(|e| Error::io("rename", &done_path, e))?;
         sync_dir(&self.opts.cache_dir)?;
-        Ok(done_path)
+        Ok(done)
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn attempt(
+    async fn attempt<V: Check>(
         &self,
         req: &ImageRequest,
+        fresh: Fresh<'_, V>,
         part_path: &Path,
         file: &mut tokio::fs::File,
-        verifier: &mut StreamVerifier,
+        verifier: &mut V,
         have: &mut u64,
         progress: &(dyn Fn(Progress) + Send + Sync),
         cancel: &CancellationToken,
@@ -531,7 +608,7 @@ impl Downloader {
                     .and_then(|v| v.split('-').next())
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 if start != Some(*have) {
-                    restart(req, file, part_path, verifier, have).await?;
+                    restart(fresh, file, part_path, verifier, have).await?;
                     return Err(Error::BadRange {
                         url: req.url.clone(),
                         reason: format!(
@@ -544,11 +621,11 @@ impl Downloader {
             StatusCode::OK => {
                 if *have > 0 {
                     tracing::info!(target = %req.target, "server ignored the range request; restarting from zero");
-                    restart(req, file, part_path, verifier, have).await?;
+                    restart(fresh, file, part_path, verifier, have).await?;
                 }
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
-                restart(req, file, part_path, verifier, have).await?;
+                restart(fresh, file, part_path, verifier, have).await?;
                 return Err(Error::BadRange {
                     url: req.url.clone(),
                     reason: "416 Range Not Satisfiable; discarded the partial file".into(),
@@ -636,15 +713,14 @@ impl Downloader {
 }
 
 /// Start over from byte zero: empty the part file and the verifier.
-async fn restart(
-    req: &ImageRequest,
+async fn restart<V: Check>(
+    fresh: Fresh<'_, V>,
     file: &mut tokio::fs::File,
     path: &Path,
-    verifier: &mut StreamVerifier,
+    verifier: &mut V,
     have: &mut u64,
 ) -> Result<()> {
-    *verifier = StreamVerifier::new(&req.target, req.length, &req.hashes)
-        .map_err(|e| uptane(&req.target, e))?;
+    *verifier = fresh()?;
     *have = 0;
     file.set_len(0)
         .await

@@ -18,11 +18,11 @@
 //! before; `percent` over the whole operation never goes back whatever the
 //! program says (`agent::progress`).
 
-use super::{InstallCheck, InstallDone, InstallProgress, Installer, TargetFacts};
+use super::{InstallCheck, InstallDone, InstallProgress, Installer, TargetFacts, VerifiedFile};
 use crate::error::{Error, Result};
 use futures_util::future::BoxFuture;
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tokio::io::AsyncReadExt;
 
 /// The environment variable naming the progress pipe's file descriptor.
@@ -158,10 +158,10 @@ impl CommandInstaller {
     /// `SECUREEV_PROGRESS_FD`; `progress` gets each valid line while it runs.
     async fn run(
         &self,
-        image: &Path,
-        facts: &TargetFacts,
+        image: &VerifiedFile,
         progress: &(dyn Fn(InstallProgress) + Send + Sync),
     ) -> Result<()> {
+        let facts = &TargetFacts::for_install(image)?;
         let pipe_error = |e: std::io::Error| facts.error(format!("progress pipe: {e}"));
         let (reader, writer) = std::io::pipe().map_err(pipe_error)?;
         // Both ends are close-on-exec; the write end alone is made
@@ -171,7 +171,7 @@ impl CommandInstaller {
             .map_err(|e| pipe_error(e.into()))?;
         let child = tokio::process::Command::new(&self.program)
             .args(&self.args)
-            .arg(image)
+            .arg(image.location())
             .env("SECUREEV_TARGET", &facts.name)
             .env("SECUREEV_ECU", &facts.ecu_serial)
             .env("SECUREEV_HARDWARE_ID", &facts.hardware_id)
@@ -268,21 +268,20 @@ impl Installer for CommandInstaller {
         "command"
     }
 
-    fn install<'a>(&'a self, image: &'a Path, facts: &'a TargetFacts) -> BoxFuture<'a, Result<()>> {
+    fn install<'a>(&'a self, image: &'a VerifiedFile) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.run(image, facts, &|_| {}).await?;
+            self.run(image, &|_| {}).await?;
             Ok(())
         })
     }
 
     fn install_with_progress<'a>(
         &'a self,
-        image: &'a Path,
-        facts: &'a TargetFacts,
+        image: &'a VerifiedFile,
         progress: &'a (dyn Fn(InstallProgress) + Send + Sync),
     ) -> BoxFuture<'a, Result<InstallDone>> {
         Box::pin(async move {
-            self.run(image, facts, progress).await?;
+            self.run(image, progress).await?;
             Ok(InstallDone::Active)
         })
     }

@@ -1,13 +1,15 @@
 //! Encrypted images (Uptane 2.1 §5.4.3.4): verified in their encrypted form
 //! (that is what the signed hashes cover), then streamed through the core's
-//! `StreamDecryptor` in constant memory by [`decrypt_file`].
+//! `ImageDecryptor` in constant memory by [`decrypt_image`], which returns the
+//! decrypted image as a `VerifiedImage`.
 
 use crate::error::{Error, Result};
 use crate::fs::{remove_quietly, sync_dir};
-use secureev_uptane::encryption::{ContentKey, EcuDecryptionKey, EncryptionInfo, StreamDecryptor};
+use secureev_uptane::encryption::{ContentKey, EcuDecryptionKey, EncryptionInfo};
+use secureev_uptane::image::VerifiedImage;
 use secureev_uptane::uptane::UpdateTarget;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Bytes read from the encrypted image at a time.
 const FILE_CHUNK: usize = 64 * 1024;
@@ -37,19 +39,33 @@ pub fn unwrap_content_key(
         .map_err(|e| uptane(target, e))
 }
 
-/// Decrypt the verified encrypted image at `encrypted` into `out`, in constant
-/// memory (one chunk at a time), blocking. `out` appears, atomically and
-/// fsynced, only when the whole stream authenticated and the decrypted image has
-/// the signed plaintext length and hashes; on any error nothing is left behind.
-/// Run it with `spawn_blocking` from async code.
-pub fn decrypt_file(
-    encrypted: &Path,
+/// Decrypt the verified encrypted image `image` (as served) into `out`, in
+/// constant memory (one chunk at a time), blocking, through the core's
+/// `ImageDecryptor`. `out` appears, atomically and fsynced, only when the
+/// whole stream authenticated and the decrypted image has the signed
+/// plaintext length and hashes; it is then returned as the verified
+/// decrypted image. On any error nothing is left behind. Run it with
+/// `spawn_blocking` from async code.
+pub fn decrypt_image(
+    image: &VerifiedImage<PathBuf>,
     out: &Path,
-    target: &str,
     key: &ContentKey,
-    info: &EncryptionInfo,
-) -> Result<()> {
-    let mut decryptor = StreamDecryptor::new(target, key, info).map_err(|e| uptane(target, e))?;
+) -> Result<VerifiedImage<PathBuf>> {
+    let target = image.target().name();
+    let encrypted = image.location();
+    let info = image
+        .encryption()
+        .map_err(|e| uptane(target, e))?
+        .ok_or_else(|| {
+            uptane(
+                target,
+                secureev_uptane::Error::Decryption {
+                    what: target.to_owned(),
+                    reason: "the target is not encrypted".into(),
+                },
+            )
+        })?;
+    let mut decryptor = image.decryptor(key).map_err(|e| uptane(target, e))?;
     let mut input = std::fs::File::open(encrypted).map_err(|e| Error::io("open", encrypted, e))?;
     let tmp = {
         let mut name = std::ffi::OsString::from(".");
@@ -76,10 +92,13 @@ pub fn decrypt_file(
                 .map_err(|e| Error::io("write", &tmp, e))?;
         }
         // Uptane 2.1 §5.4.3.4 step 7 on the decrypted image.
-        decryptor.finish().map_err(|e| uptane(target, e))?;
+        let verified = decryptor
+            .finish(out.to_path_buf())
+            .map_err(|e| uptane(target, e))?;
         w.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
         std::fs::rename(&tmp, out).map_err(|e| Error::io("rename", out, e))?;
-        sync_dir(out.parent().unwrap_or(Path::new(".")))
+        sync_dir(out.parent().unwrap_or(Path::new(".")))?;
+        Ok(verified)
     })();
     if result.is_err() {
         remove_quietly(&tmp);

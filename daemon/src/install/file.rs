@@ -1,7 +1,7 @@
 //! The `file` installer: the image written beside a target file, or into the
 //! inactive one of two A/B slots, and switched in atomically.
 
-use super::{InstallCheck, InstallDone, InstallProgress, Installer, TargetFacts};
+use super::{InstallCheck, InstallDone, InstallProgress, Installer, TargetFacts, VerifiedFile};
 use crate::error::{Error, Result};
 use crate::fs::sync_dir;
 use futures_util::future::BoxFuture;
@@ -201,12 +201,8 @@ impl Installer for FileInstaller {
         "file"
     }
 
-    fn install<'a>(&'a self, image: &'a Path, facts: &'a TargetFacts) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.install_with_progress(image, facts, &|_| {})
-                .await
-                .map(drop)
-        })
+    fn install<'a>(&'a self, image: &'a VerifiedFile) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.install_with_progress(image, &|_| {}).await.map(drop) })
     }
 
     /// Reports the bytes written after every chunk (the copy runs on the
@@ -214,12 +210,12 @@ impl Installer for FileInstaller {
     /// `u64` per 64 KiB chunk, so a slow subscriber never slows the copy).
     fn install_with_progress<'a>(
         &'a self,
-        image: &'a Path,
-        facts: &'a TargetFacts,
+        image: &'a VerifiedFile,
         progress: &'a (dyn Fn(InstallProgress) + Send + Sync),
     ) -> BoxFuture<'a, Result<InstallDone>> {
         Box::pin(async move {
-            let (this, image, facts) = (self.clone(), image.to_owned(), facts.clone());
+            let facts = TargetFacts::for_install(image)?;
+            let (this, image) = (self.clone(), image.location().clone());
             let total = facts.length;
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
             let mut copy = tokio::task::spawn_blocking(move || {

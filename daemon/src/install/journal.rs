@@ -2,11 +2,10 @@
 //! install bracketed by a record in the store, settled after a kill by
 //! [`recover`].
 
-use super::{InstallCheck, InstallDone, InstallProgress, Installer, TargetFacts};
+use super::{InstallCheck, InstallDone, InstallProgress, Installer, TargetFacts, VerifiedFile};
 use crate::error::Result;
 use crate::store::{InstalledRecord, Store, UnreportedResult};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// The install in progress, written before an installer starts and cleared after
 /// the installed version is recorded (see [`install_image`]).
@@ -55,31 +54,30 @@ pub enum InstallOutcome {
     PendingReboot,
 }
 
-/// Install `image` with `installer`, bracketed by the journal (see the module
-/// documentation). `record` is what `installed.json` gets for the ECU; `now` is
-/// the daemon clock's time. Refuses to start while an earlier install is
-/// unfinished: call [`recover`] first.
+/// Install the verified `image` with `installer`, bracketed by the journal
+/// (see the module documentation). `installed.json` gets the image's
+/// [`InstalledImage`](secureev_uptane::uptane::InstalledImage) for the ECU,
+/// installed at `now` (the daemon clock's time). Refuses to start while an
+/// earlier install is unfinished: call [`recover`] first.
 pub async fn install_image(
     store: &Store,
     installer: &dyn Installer,
-    image: &Path,
-    facts: &TargetFacts,
-    record: InstalledRecord,
+    image: &VerifiedFile,
     now: i64,
 ) -> Result<InstallOutcome> {
-    install_image_with_progress(store, installer, image, facts, record, now, &|_| {}).await
+    install_image_with_progress(store, installer, image, now, &|_| {}).await
 }
 
 /// [`install_image`], passing the installer's progress to `progress`.
 pub async fn install_image_with_progress(
     store: &Store,
     installer: &dyn Installer,
-    image: &Path,
-    facts: &TargetFacts,
-    record: InstalledRecord,
+    image: &VerifiedFile,
     now: i64,
     progress: &(dyn Fn(InstallProgress) + Send + Sync),
 ) -> Result<InstallOutcome> {
+    let facts = &TargetFacts::for_install(image)?;
+    let record = InstalledRecord::of(image, now);
     if let Some(current) = store.installed()?.get(&facts.ecu_serial) {
         if current.name == record.name
             && current.hashes == record.hashes
@@ -112,10 +110,7 @@ pub async fn install_image_with_progress(
     };
     store.begin_journal(&journal)?;
     tracing::info!(target = %facts.name, ecu = %facts.ecu_serial, installer = installer.kind(), "installing");
-    match installer
-        .install_with_progress(image, facts, progress)
-        .await
-    {
+    match installer.install_with_progress(image, progress).await {
         // The result is kept for the next manifest before the journal goes:
         // a kill after this never loses it (the agent replaces it with the
         // whole update's result once every image is done).

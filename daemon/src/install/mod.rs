@@ -46,8 +46,9 @@
 
 use crate::error::{Error, Result};
 use futures_util::future::BoxFuture;
+use secureev_uptane::image::{ImageForm, VerifiedImage};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::PathBuf;
 
 mod command;
 pub mod decrypt;
@@ -65,7 +66,44 @@ pub use journal::{
 };
 pub use rauc::RaucInstaller;
 
-/// What an installer is told about the image it installs.
+/// The proof an installer and a secondary transport take: image bytes in a
+/// file, checked against a target of a `Verified<UpdatePlan>` (length and
+/// every signed hash, and for a decrypted image the plaintext length and
+/// hashes). Only the core's `ImageVerifier` and `ImageDecryptor` make one
+/// (the daemon's downloads through
+/// [`Downloader::fetch_verified`](crate::fetch::download::Downloader::fetch_verified),
+/// decryption through [`decrypt::decrypt_image`]), so an installer cannot be
+/// called with a path that was not verified:
+///
+/// ```compile_fail
+/// # use secureev_daemon::install::{FileInstaller, FileTarget, Installer};
+/// # async fn f() {
+/// let installer = FileInstaller::new(FileTarget::Single("/opt/fw.bin".into()));
+/// installer.install(&std::path::PathBuf::from("/tmp/unchecked.bin")).await;
+/// # }
+/// ```
+///
+/// ```compile_fail
+/// # use secureev_daemon::install::{FileInstaller, FileTarget, Installer};
+/// # async fn f() {
+/// let installer = FileInstaller::new(FileTarget::Single("/opt/fw.bin".into()));
+/// installer.install(&b"unchecked bytes"[..]).await;
+/// # }
+/// ```
+///
+/// The same holds for a secondary transport:
+///
+/// ```compile_fail
+/// # use secureev_daemon::ecus::SecondaryTransport;
+/// # async fn f(t: &dyn SecondaryTransport) {
+/// t.send_image(std::path::Path::new("/tmp/unchecked.bin"), &|_| {}).await;
+/// # }
+/// ```
+pub type VerifiedFile = VerifiedImage<PathBuf>;
+
+/// What an installer is told about the image it installs, derived from the
+/// verified image ([`TargetFacts::of`]); also what the install journal keeps
+/// to settle an install after a kill.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetFacts {
     /// Target name.
@@ -83,23 +121,28 @@ pub struct TargetFacts {
 }
 
 impl TargetFacts {
-    /// The facts of a verified target. For encrypted images, length and hash
-    /// are those of the decrypted image, from the signed `encryption` field.
-    pub fn for_target(target: &secureev_uptane::uptane::UpdateTarget) -> Result<Self> {
+    /// The facts of the bytes a verified image holds: for an image as served,
+    /// the Director's length and sha256; for a decrypted image, the plaintext
+    /// length and sha256 from the signed `encryption` field.
+    pub fn of(image: &VerifiedFile) -> Result<Self> {
+        let target = image.target();
         let missing = || Error::Install {
             target: target.name().to_owned(),
             ecu: target.ecu_serial().to_owned(),
             reason: "the signed metadata gives no sha256 for the image".into(),
         };
-        let (length, sha256) = match decrypt::encryption_info(target)? {
-            Some(info) => (
+        let info = image
+            .encryption()
+            .map_err(|e| Error::uptane(target.name(), e))?;
+        let (length, sha256) = match (image.form(), info) {
+            (ImageForm::Decrypted, Some(info)) => (
                 info.plaintext_length,
                 info.plaintext_hashes
                     .get("sha256")
                     .cloned()
                     .ok_or_else(missing)?,
             ),
-            None => (
+            _ => (
                 target.length(),
                 target
                     .assignment()
@@ -120,6 +163,20 @@ impl TargetFacts {
         })
     }
 
+    /// [`TargetFacts::of`] an image an installer on the Primary may install:
+    /// an encrypted image only once decrypted ([`decrypt::decrypt_image`]).
+    pub fn for_install(image: &VerifiedFile) -> Result<Self> {
+        let facts = Self::of(image)?;
+        let encrypted = image
+            .encryption()
+            .map_err(|e| Error::uptane(&facts.name, e))?
+            .is_some();
+        if encrypted && image.form() != ImageForm::Decrypted {
+            return Err(facts.error("the image is encrypted; decrypt it before installing"));
+        }
+        Ok(facts)
+    }
+
     fn error(&self, reason: impl Into<String>) -> Error {
         Error::Install {
             target: self.name.clone(),
@@ -127,6 +184,16 @@ impl TargetFacts {
             reason: reason.into(),
         }
     }
+}
+
+/// The human version of `target` as the daemon shows and records it: the
+/// Image repository's signed `custom.version`, sanitised (untrusted text on
+/// a driver's screen), `None` when absent or empty after sanitising.
+pub(crate) fn shown_version(target: &secureev_uptane::uptane::UpdateTarget) -> Option<String> {
+    target
+        .version()
+        .map(|v| secureev_uptane::custom::DisplayText::Version.sanitize(v))
+        .filter(|v| !v.is_empty())
 }
 
 /// Whether an image is in place, as far as an installer can tell.
@@ -175,25 +242,21 @@ pub trait Installer: Send + Sync {
     /// Short name for logs (`file`, `command`).
     fn kind(&self) -> &'static str;
 
-    /// Install the verified image at `image`. Must either complete, or leave the
-    /// running software as it was.
-    fn install<'a>(&'a self, image: &'a Path, facts: &'a TargetFacts) -> BoxFuture<'a, Result<()>>;
+    /// Install the verified image (its bytes at `image.location()`; the
+    /// facts are [`TargetFacts::for_install`]). Must either complete, or
+    /// leave the running software as it was.
+    fn install<'a>(&'a self, image: &'a VerifiedFile) -> BoxFuture<'a, Result<()>>;
 
     /// [`Installer::install`], reporting progress, and saying whether the
     /// image is active now or after a reboot. The default runs `install`
     /// without progress and is active at once.
     fn install_with_progress<'a>(
         &'a self,
-        image: &'a Path,
-        facts: &'a TargetFacts,
+        image: &'a VerifiedFile,
         progress: &'a (dyn Fn(InstallProgress) + Send + Sync),
     ) -> BoxFuture<'a, Result<InstallDone>> {
         let _ = progress;
-        Box::pin(async move {
-            self.install(image, facts)
-                .await
-                .map(|()| InstallDone::Active)
-        })
+        Box::pin(async move { self.install(image).await.map(|()| InstallDone::Active) })
     }
 
     /// After a restart with an unfinished install: is the image in place?

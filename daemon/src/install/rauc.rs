@@ -37,7 +37,7 @@
 //! inspected; RAUC releases without `InspectBundle` (Debian's 1.8) are refused
 //! unless `manifest_hash = "if-supported"`.
 
-use super::{InstallCheck, InstallDone, InstallProgress, Installer, TargetFacts};
+use super::{InstallCheck, InstallDone, InstallProgress, Installer, TargetFacts, VerifiedFile};
 use crate::config::{ManifestHashPolicy, RaucInstallConfig};
 use crate::error::{Error, Result};
 use futures_util::future::BoxFuture;
@@ -297,10 +297,11 @@ impl RaucInstaller {
 
     async fn install_inner(
         &self,
-        image: &Path,
-        facts: &TargetFacts,
+        image: &VerifiedFile,
         progress: &(dyn Fn(InstallProgress) + Send + Sync),
     ) -> Result<InstallDone> {
+        let facts = &TargetFacts::for_install(image)?;
+        let image = image.location().as_path();
         // The cache is private to the daemon, but the bytes must still be the
         // verified ones (no corruption since the download).
         let sha = super::file::sha256_of(image)?.unwrap_or_default();
@@ -599,17 +600,16 @@ impl Installer for RaucInstaller {
         "rauc"
     }
 
-    fn install<'a>(&'a self, image: &'a Path, facts: &'a TargetFacts) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { self.install_inner(image, facts, &|_| {}).await.map(|_| ()) })
+    fn install<'a>(&'a self, image: &'a VerifiedFile) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.install_inner(image, &|_| {}).await.map(|_| ()) })
     }
 
     fn install_with_progress<'a>(
         &'a self,
-        image: &'a Path,
-        facts: &'a TargetFacts,
+        image: &'a VerifiedFile,
         progress: &'a (dyn Fn(InstallProgress) + Send + Sync),
     ) -> BoxFuture<'a, Result<InstallDone>> {
-        Box::pin(self.install_inner(image, facts, progress))
+        Box::pin(self.install_inner(image, progress))
     }
 
     fn check_installed<'a>(
