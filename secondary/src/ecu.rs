@@ -61,7 +61,7 @@ impl Staged {
 /// verification's `Verified<UpdatePlan>` holding this ECU's one target.
 #[derive(Debug, Clone)]
 enum Proof {
-    Partial(Verified<Assignment>),
+    Partial(Box<Verified<Assignment>>),
     Full(Verified<UpdatePlan>),
 }
 
@@ -576,7 +576,7 @@ impl Ecu {
         // the client; an image already installed is nothing new.
         let target = match decision {
             Decision::Assignment(Some(a)) if !a.is_installed_on(&ecu) => {
-                Accepted::new(Proof::Partial(a))
+                Accepted::new(Proof::Partial(Box::new(a)))
             }
             Decision::Assignment(_) => None,
             // §5.4.4.2 step 10: the Image repository entry matched.
