@@ -49,8 +49,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 None => Ok(exit::OK),
             }
         }
-        Command::Install { yes, id, wait } => {
-            install(&conn, &proxy, json, yes, id, wait.then_some(timeout)).await
+        Command::Install {
+            yes,
+            id,
+            wait,
+            when_ready,
+            transaction_id,
+        } => {
+            let mut options = HashMap::new();
+            if when_ready {
+                options.insert("when-ready", Value::from(true));
+            }
+            if let Some(t) = transaction_id {
+                options.insert("transaction-id", Value::from(t));
+            }
+            install(
+                &conn,
+                &proxy,
+                json,
+                (yes, id),
+                options,
+                wait.then_some(timeout),
+            )
+            .await
         }
         Command::Cancel => {
             proxy.cancel().await?;
@@ -166,6 +187,7 @@ async fn status(proxy: &Ota1Proxy<'_>, json: bool) -> anyhow::Result<u8> {
     let last_error_code = proxy.last_error_code().await?;
     let preconditions = proxy.preconditions().await?;
     let postponed_until = proxy.postponed_until().await?;
+    let deferred = proxy.deferred_install().await?;
     if json {
         let v = json!({
             "state": state,
@@ -178,6 +200,7 @@ async fn status(proxy: &Ota1Proxy<'_>, json: bool) -> anyhow::Result<u8> {
             "last-error-code": last_error_code,
             "preconditions": preconditions.iter().map(output::precondition_json).collect::<Vec<_>>(),
             "postponed-until": postponed_until,
+            "deferred-install": deferred,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(exit::OK);
@@ -207,6 +230,9 @@ async fn status(proxy: &Ota1Proxy<'_>, json: bool) -> anyhow::Result<u8> {
         if postponed_until > 0 {
             println!("Postponed until {}", output::time(postponed_until));
         }
+        if deferred > 0 {
+            println!("Install deferred until the preconditions hold (operation {deferred})");
+        }
     }
     Ok(exit::OK)
 }
@@ -215,8 +241,8 @@ async fn install(
     conn: &Connection,
     proxy: &Ota1Proxy<'_>,
     json: bool,
-    yes: bool,
-    id: Option<String>,
+    (yes, id): (bool, Option<String>),
+    options: HashMap<&str, Value<'_>>,
     wait: Option<std::time::Duration>,
 ) -> anyhow::Result<u8> {
     let pending_id = proxy.pending_update_id().await?;
@@ -263,7 +289,7 @@ async fn install(
         None => None,
     };
     let op = proxy
-        .install(&update_id, HashMap::new())
+        .install(&update_id, options)
         .await
         .with_context(|| format!("install of update {update_id} refused"))?;
     started(json, op, &format!("install of update {update_id} started"));

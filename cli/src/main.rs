@@ -55,7 +55,9 @@ enum Command {
     Status,
     /// Ask the daemon to check for updates now.
     Check {
-        /// Check even inside the back-off interval after a failure.
+        /// Also start the back-off over: if this check fails, the next
+        /// retry comes after the first back-off step again (every check
+        /// asked for runs at once).
         #[arg(long)]
         force: bool,
         /// Follow progress until the check completes; exit with its code.
@@ -76,6 +78,13 @@ enum Command {
         /// Follow progress until the install completes; exit with its code.
         #[arg(long)]
         wait: bool,
+        /// If preconditions hold the install back, start it once they all
+        /// hold (shown in `status`; `cancel` drops it) instead of refusing.
+        #[arg(long)]
+        when_ready: bool,
+        /// A caller-chosen id recorded in the history entries of the install.
+        #[arg(long, value_name = "ID")]
+        transaction_id: Option<String>,
     },
     /// Cancel the running operation (downloads; installs past their start refuse).
     Cancel,

@@ -93,6 +93,7 @@ pub fn history_json(h: &HistoryEntry) -> Value {
         "ecu-serial": h.ecu_serial, "version": h.version,
         "release-counter": h.release_counter, "code": h.code,
         "code-name": ErrorCode::from_u32(h.code).map(|c| c.name()), "message": h.message,
+        "transaction-id": h.transaction_id,
     })
 }
 

@@ -82,6 +82,7 @@ pub struct AgentController(pub Arc<Agent>);
 fn refused(r: Refusal) -> OtaError {
     match r {
         Refusal::Busy { .. } => OtaError::Busy(r.to_string()),
+        Refusal::Deferred(_) => OtaError::Busy(r.to_string()),
         Refusal::NothingToCancel | Refusal::NotCancellable { .. } => {
             OtaError::NotCancellable(r.to_string())
         }
@@ -92,18 +93,21 @@ fn refused(r: Refusal) -> OtaError {
 impl AgentController {
     /// Start the claimed install operation `op` on the worker.
     fn spawn_install(&self, op: Ticket, update_id: String) {
-        let agent = self.0.clone();
-        agent.begin_operation(crate::agent::Plan::Install, State::Installing, "installing");
-        agent.status(State::Installing, "installing");
-        tokio::spawn(async move {
-            let result = agent.try_install(&op).await;
-            agent.finish(&op, &update_id, &result);
-        });
+        self.0.spawn_install(op, update_id);
+    }
+}
+
+/// Remember the caller's `transaction-id` for operation `op` (its history
+/// entries carry it) and log it with the id.
+fn note_transaction(agent: &Agent, op: &Ticket, transaction_id: Option<String>) {
+    if let Some(t) = transaction_id.filter(|t| !t.is_empty()) {
+        tracing::info!(op = %op.id, kind = %op.kind, transaction_id = %t, "operation accepted");
+        agent.lock().transaction_ids.insert(op.id, t);
     }
 }
 
 impl Controller for AgentController {
-    fn check(&self, _options: CheckOptions) -> std::result::Result<u64, OtaError> {
+    fn check(&self, options: CheckOptions) -> std::result::Result<u64, OtaError> {
         let agent = &self.0;
         let trigger = agent
             .trigger
@@ -115,11 +119,19 @@ impl Controller for AgentController {
         };
         // Claimed here, under the agent's lock, so that an Install right
         // after this call returns is refused; the scheduler's cycle adopts it.
-        let op = agent
-            .lock()
-            .phase
-            .begin(Kind::Check, Origin::Bus)
-            .map_err(refused)?;
+        let op = {
+            let mut inner = agent.lock();
+            if inner.not_provisioned {
+                return Err(OtaError::NotProvisioned(
+                    "the backend refused the last check-in as unauthenticated (HTTP 401) and this vehicle has no registration on record; Provision it first".into(),
+                ));
+            }
+            inner
+                .phase
+                .begin(Kind::Check, Origin::Bus)
+                .map_err(refused)?
+        };
+        note_transaction(agent, &op, options.transaction_id);
         agent.begin_operation(
             crate::agent::Plan::Check,
             State::Checking,
@@ -127,14 +139,18 @@ impl Controller for AgentController {
         );
         agent.status(State::Checking, "checking for updates");
         // `false`: a cycle is already requested; it adopts this check.
-        let _ = trigger.check_now();
+        let _ = if options.force {
+            trigger.check_now_forced()
+        } else {
+            trigger.check_now()
+        };
         Ok(op.id.get())
     }
 
     fn install(
         &self,
         update_id: &UpdateId,
-        _options: InstallOptions,
+        options: InstallOptions,
     ) -> std::result::Result<u64, OtaError> {
         let agent = &self.0;
         let no_such =
@@ -151,15 +167,45 @@ impl Controller for AgentController {
                     .to_string(),
                 ));
             }
+            if let Some(id) = inner.phase.deferred() {
+                return Err(refused(Refusal::Deferred(id)));
+            }
             if inner.pending.as_ref().map(|p| p.plan.id()) != Some(update_id) {
                 return Err(no_such());
             }
         }
         let unmet = agent.unmet_preconditions();
+        if !unmet.is_empty() && options.when_ready {
+            // Asked for explicitly: the consent is kept and the install
+            // starts under this id once nothing holds it back (visible in
+            // DeferredInstall; Cancel drops it).
+            let id = {
+                let mut inner = agent.lock();
+                if inner.pending.as_ref().map(|p| p.plan.id()) != Some(update_id) {
+                    return Err(no_such());
+                }
+                let id = inner.phase.defer().map_err(refused)?;
+                inner.consented = Some(update_id.clone());
+                inner.postponed_until = 0;
+                inner.deferred_update = Some((
+                    update_id.clone(),
+                    options.transaction_id.clone().unwrap_or_default(),
+                ));
+                id
+            };
+            tracing::info!(op = %id, transaction_id = ?options.transaction_id, "install deferred until the preconditions hold: {}", unmet.join("; "));
+            agent.state.set_postponed_until(0);
+            agent.state.set_deferred_install(id.get());
+            return Ok(id.get());
+        }
         if !unmet.is_empty() {
             // The refusal is the end of this consent: no later
             // SetPrecondition or check-in starts this install without a new
             // Install call.
+            let mut inner = agent.lock();
+            if inner.consented.as_ref() == Some(update_id) {
+                inner.consented = None;
+            }
             return Err(OtaError::PreconditionFailed(unmet.join("; ")));
         }
         let op = {
@@ -177,13 +223,25 @@ impl Controller for AgentController {
             inner.postponed_until = 0;
             op
         };
+        note_transaction(agent, &op, options.transaction_id);
         let id = op.id.get();
         self.spawn_install(op, update_id.as_str().to_owned());
         Ok(id)
     }
 
     fn cancel(&self) -> std::result::Result<(), OtaError> {
-        self.0.lock().phase.cancel().map(|_| ()).map_err(refused)
+        let agent = &self.0;
+        let mut inner = agent.lock();
+        if inner.phase.running().is_none() && inner.phase.deferred().is_some() {
+            // Nothing runs: Cancel drops the deferred install.
+            agent.end_deferred(
+                &mut inner,
+                ErrorCode::Cancelled,
+                "deferred install cancelled",
+            );
+            return Ok(());
+        }
+        inner.phase.cancel().map(|_| ()).map_err(refused)
     }
 
     fn postpone(&self, delay: std::time::Duration) -> std::result::Result<(), OtaError> {
@@ -204,6 +262,11 @@ impl Controller for AgentController {
             inner.postponed_until = until;
             inner.postponed_id = Some(id);
             inner.consented = None;
+            agent.end_deferred(
+                &mut inner,
+                ErrorCode::Cancelled,
+                "deferred install dropped: the update was postponed",
+            );
         }
         agent.state.set_postponed_until(until);
         Ok(())
@@ -243,6 +306,7 @@ impl Controller for AgentController {
             agent.save_preconditions(&inner);
         }
         agent.state.set_precondition(name, satisfied, reason);
+        agent.start_deferred_if_ready();
         // A held-back install that policy allows (`auto`) proceeds as soon
         // as nothing holds it back, as an operation of its own: claimed
         // under the lock, so never beside a check-in or another install.
@@ -300,6 +364,7 @@ impl Controller for AgentController {
             .phase
             .begin(Kind::Provision, Origin::Bus)
             .map_err(refused)?;
+        note_transaction(&agent, &op, options.transaction_id.clone());
         let id = op.id.get();
         let url = backend_url.trim_end_matches('/').to_owned();
         let what = "registering the vehicle with the backend";
@@ -415,6 +480,7 @@ impl crate::run::ControlService for DbusControl {
                     tokio::time::sleep(crate::agent::INHIBIT_POLL).await;
                     let Some(agent) = weak.upgrade() else { break };
                     agent.refresh_inhibits().await;
+                    agent.start_deferred_if_ready();
                 }
             });
             let controller: Arc<dyn Controller> = Arc::new(AgentController(agent.clone()));

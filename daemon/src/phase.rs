@@ -25,7 +25,13 @@
 //! | provision | checking | never: one bounded exchange with the backend |
 //!
 //! While anything runs, `begin` is refused with [`Refusal::Busy`] naming what
-//! runs. A scheduled check-in that finds another operation running is skipped
+//! runs.
+//!
+//! An install asked for with `when-ready` while preconditions hold it back is
+//! *deferred*: [`Phases::defer`] gives it its id now, nothing runs, and
+//! [`Phases::begin_deferred`] starts it under that id once they hold. While
+//! one is deferred another install is refused ([`Refusal::Deferred`]); checks
+//! and provisioning still run. `Cancel` with nothing running drops it. A scheduled check-in that finds another operation running is skipped
 //! (the next one comes at its time); a check-in the bus asked for is started
 //! by the scheduler and *adopted* by its cycle, keeping the id the method
 //! returned.
@@ -194,6 +200,8 @@ pub enum Refusal {
     },
     /// The id is not the running operation (it ended).
     NotRunning(OpId),
+    /// An install is deferred until its preconditions hold.
+    Deferred(OpId),
 }
 
 impl fmt::Display for Refusal {
@@ -220,6 +228,10 @@ impl fmt::Display for Refusal {
                 write!(f, "{kind} (operation {id}) cannot go from {from} to {to}")
             }
             Refusal::NotRunning(id) => write!(f, "operation {id} is not running"),
+            Refusal::Deferred(id) => write!(
+                f,
+                "install (operation {id}) is deferred until its preconditions hold; Cancel it first"
+            ),
         }
     }
 }
@@ -231,6 +243,8 @@ impl std::error::Error for Refusal {}
 pub struct Phases {
     running: Option<Running>,
     last_id: u64,
+    /// An install waiting for its preconditions (`when-ready`).
+    deferred: Option<OpId>,
 }
 
 impl Phases {
@@ -255,13 +269,56 @@ impl Phases {
         }
     }
 
+    /// The deferred install, if any.
+    pub fn deferred(&self) -> Option<OpId> {
+        self.deferred
+    }
+
+    /// An install that waits for its preconditions: its id now, nothing
+    /// runs. Refused while anything runs or another install is deferred.
+    pub fn defer(&mut self) -> Result<OpId, Refusal> {
+        self.busy()?;
+        if let Some(id) = self.deferred {
+            return Err(Refusal::Deferred(id));
+        }
+        self.last_id += 1;
+        let id = OpId(self.last_id);
+        self.deferred = Some(id);
+        Ok(id)
+    }
+
+    /// Start the deferred install under its id (`Ok(None)`: none deferred;
+    /// [`Refusal::Busy`] while another operation runs, the deferral kept).
+    pub fn begin_deferred(&mut self) -> Result<Option<Ticket>, Refusal> {
+        let Some(id) = self.deferred else {
+            return Ok(None);
+        };
+        self.busy()?;
+        self.deferred = None;
+        Ok(Some(self.start(id, Kind::Install, Origin::Daemon)))
+    }
+
+    /// Drop the deferred install (its update was replaced, postponed or
+    /// cancelled); its id, if there was one.
+    pub fn drop_deferred(&mut self) -> Option<OpId> {
+        self.deferred.take()
+    }
+
     /// Claim the phase for a new operation of `kind`; refused with
-    /// [`Refusal::Busy`] while another runs.
+    /// [`Refusal::Busy`] while another runs, and an install with
+    /// [`Refusal::Deferred`] while one is deferred.
     pub fn begin(&mut self, kind: Kind, origin: Origin) -> Result<Ticket, Refusal> {
         self.busy()?;
+        if let (Kind::Install, Some(id)) = (kind, self.deferred) {
+            return Err(Refusal::Deferred(id));
+        }
         self.last_id += 1;
+        Ok(self.start(OpId(self.last_id), kind, origin))
+    }
+
+    fn start(&mut self, id: OpId, kind: Kind, origin: Origin) -> Ticket {
         let running = Running {
-            id: OpId(self.last_id),
+            id,
             kind,
             origin,
             phase: kind.first_phase(),
@@ -276,7 +333,7 @@ impl Phases {
             cancel: running.cancel.clone(),
         };
         self.running = Some(running);
-        Ok(ticket)
+        ticket
     }
 
     /// The scheduler's cycle starts: it adopts a check-in the bus asked for
@@ -328,9 +385,10 @@ impl Phases {
 
     /// `Cancel`: fires the running operation's token where its phase allows
     /// (see the module documentation); returns its id.
+    /// With nothing running, it drops the deferred install instead.
     pub fn cancel(&mut self) -> Result<OpId, Refusal> {
         let Some(r) = &mut self.running else {
-            return Err(Refusal::NothingToCancel);
+            return self.deferred.take().ok_or(Refusal::NothingToCancel);
         };
         let why = match (r.kind, r.phase) {
             (Kind::Provision, _) => Some(
@@ -610,5 +668,61 @@ mod tests {
         );
         // Cancel again: still this operation, already cancelled.
         assert_eq!(p.cancel(), Ok(t.id));
+    }
+
+    /// `Install` with `when-ready` while preconditions hold it back: an id
+    /// now, nothing running; checks and provisioning still run, another
+    /// install is refused naming the deferral; it starts under its own id.
+    #[test]
+    fn a_deferred_install_keeps_its_id_and_blocks_only_installs() {
+        let mut p = Phases::default();
+        let id = p.defer().unwrap();
+        assert_eq!(id, OpId(1));
+        assert!(p.running().is_none());
+        assert_eq!(p.deferred(), Some(id));
+        // Another deferral or install is refused, naming this one.
+        assert_eq!(p.defer(), Err(Refusal::Deferred(id)));
+        for origin in [Origin::Bus, Origin::Daemon] {
+            let e = p.begin(Kind::Install, origin).unwrap_err();
+            assert_eq!(e, Refusal::Deferred(id));
+            assert!(e.to_string().contains("operation 1) is deferred"), "{e}");
+        }
+        // A check runs meanwhile; the deferred install cannot start beside it.
+        let check = p.begin_cycle().unwrap();
+        assert_eq!(check.id, OpId(2));
+        assert!(matches!(p.begin_deferred(), Err(Refusal::Busy { id, .. }) if id == check.id));
+        assert_eq!(p.deferred(), Some(id), "kept while busy");
+        p.end(check.id).unwrap();
+        // Once free it starts under the id Install returned.
+        let t = p.begin_deferred().unwrap().unwrap();
+        assert_eq!((t.id, t.kind), (id, Kind::Install));
+        let r = p.running().unwrap();
+        assert_eq!((r.phase, r.origin), (State::Installing, Origin::Daemon));
+        assert_eq!(p.deferred(), None);
+        assert!(matches!(p.cancel(), Err(Refusal::NotCancellable { .. })));
+        p.end(id).unwrap();
+        assert_eq!(p.begin_deferred().unwrap().map(|t| t.id), None);
+        assert_eq!(p.begin(Kind::Check, Origin::Bus).unwrap().id, OpId(3));
+    }
+
+    #[test]
+    fn cancel_with_nothing_running_drops_the_deferred_install() {
+        let mut p = Phases::default();
+        let id = p.defer().unwrap();
+        // While a check runs, Cancel is the check's.
+        let check = p.begin(Kind::Check, Origin::Bus).unwrap();
+        assert_eq!(p.cancel(), Ok(check.id));
+        p.end(check.id).unwrap();
+        assert_eq!(p.deferred(), Some(id));
+        assert_eq!(p.cancel(), Ok(id));
+        assert_eq!(p.deferred(), None);
+        assert_eq!(p.cancel(), Err(Refusal::NothingToCancel));
+        assert!(p.begin(Kind::Install, Origin::Bus).is_ok());
+        // Dropped (the update was replaced): gone, ids go on increasing.
+        let mut p = Phases::default();
+        let id = p.defer().unwrap();
+        assert_eq!(p.drop_deferred(), Some(id));
+        assert_eq!(p.drop_deferred(), None);
+        assert!(p.begin(Kind::Install, Origin::Bus).unwrap().id > id);
     }
 }

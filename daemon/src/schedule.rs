@@ -7,7 +7,9 @@
 //! `min(BACKOFF_START × 2^(n-1), backoff_max)` (never more than `backoff_max`,
 //! never less than a second) plus the same jitter, so that an outage is retried
 //! soon, then less and less often. A [`Trigger`] (D-Bus `CheckForUpdates`) starts a
-//! cycle at once.
+//! cycle at once, inside the back-off or not; a forced one (`force`) also
+//! starts the back-off over, so that if it fails the next retry comes after
+//! [`BACKOFF_START`] again rather than after the doubled wait.
 
 use crate::config::CheckinConfig;
 use futures_util::future::BoxFuture;
@@ -83,11 +85,11 @@ pub trait UpdateCycle: Send + Sync {
 
 /// Asks the scheduler for a cycle now (D-Bus `CheckForUpdates`).
 #[derive(Debug, Clone)]
-pub struct Trigger(mpsc::Sender<()>);
+pub struct Trigger(mpsc::Sender<bool>);
 
 impl Trigger {
-    /// A trigger and the receiver the scheduler listens on.
-    pub fn new() -> (Self, mpsc::Receiver<()>) {
+    /// A trigger and the receiver the scheduler listens on (`true`: forced).
+    pub fn new() -> (Self, mpsc::Receiver<bool>) {
         // One pending request is enough: more while one waits change nothing.
         let (tx, rx) = mpsc::channel(1);
         (Trigger(tx), rx)
@@ -96,7 +98,12 @@ impl Trigger {
     /// Request a cycle; returns `false` when one is already requested or the
     /// scheduler is gone.
     pub fn check_now(&self) -> bool {
-        self.0.try_send(()).is_ok()
+        self.0.try_send(false).is_ok()
+    }
+
+    /// [`Self::check_now`], and start the back-off over (D-Bus `force`).
+    pub fn check_now_forced(&self) -> bool {
+        self.0.try_send(true).is_ok()
     }
 }
 
@@ -105,7 +112,7 @@ impl Trigger {
 pub async fn run_scheduler(
     cycle: Arc<dyn UpdateCycle>,
     schedule: Schedule,
-    mut triggers: mpsc::Receiver<()>,
+    mut triggers: mpsc::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
     let mut failures = 0u32;
@@ -123,6 +130,10 @@ pub async fn run_scheduler(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
             t = triggers.recv() => {
+                if t == Some(true) {
+                    tracing::info!(failures, "forced check-in: the back-off starts over");
+                    failures = 0;
+                }
                 if t.is_none() {
                     // Every trigger was dropped: keep to the schedule alone.
                     tokio::select! {
@@ -219,5 +230,46 @@ mod tests {
         assert_eq!(script.runs.load(Ordering::SeqCst), 5);
         shutdown.cancel();
         task.await.unwrap();
+    }
+
+    /// `force`: a triggered check inside the back-off runs at once either
+    /// way; forced, a failure is then retried after BACKOFF_START (60 s)
+    /// instead of the doubled wait (the third failure would wait 240 s).
+    #[tokio::test(start_paused = true)]
+    async fn a_forced_check_starts_the_backoff_over() {
+        let s = Schedule {
+            interval: Duration::from_secs(1000),
+            jitter: Duration::ZERO,
+            backoff_max: Duration::from_secs(5000),
+        };
+        for (forced, expected) in [(true, vec![0, 60, 70, 130]), (false, vec![0, 60, 70, 310])] {
+            let script = Arc::new(Script {
+                outcomes: Mutex::new(vec![CycleOutcome::Failed; 8]),
+                runs: AtomicU32::new(0),
+                at: Mutex::new(Vec::new()),
+            });
+            let (trigger, rx) = Trigger::new();
+            let shutdown = CancellationToken::new();
+            let start = tokio::time::Instant::now();
+            let task = tokio::spawn(run_scheduler(script.clone(), s, rx, shutdown.clone()));
+            tokio::time::sleep(Duration::from_secs(70)).await;
+            assert!(if forced {
+                trigger.check_now_forced()
+            } else {
+                trigger.check_now()
+            });
+            tokio::time::sleep(Duration::from_secs(250)).await;
+            let at: Vec<u64> = script
+                .at
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|t| (*t - start).as_secs())
+                .take(4)
+                .collect();
+            assert_eq!(at, expected, "forced: {forced}");
+            shutdown.cancel();
+            task.await.unwrap();
+        }
     }
 }

@@ -27,6 +27,10 @@ pub struct CheckOptions {
 pub struct InstallOptions {
     /// `transaction-id` (s): caller-chosen id echoed in logs and history.
     pub transaction_id: Option<String>,
+    /// `when-ready` (b): when preconditions hold the install back, keep the
+    /// consent and start the install once they all hold (`DeferredInstall`),
+    /// instead of failing with `PreconditionFailed`.
+    pub when_ready: bool,
 }
 
 /// Options of `Provision`.
@@ -97,7 +101,7 @@ impl CheckOptions {
 
 impl InstallOptions {
     /// Known keys.
-    pub const KEYS: &'static [&'static str] = &["transaction-id"];
+    pub const KEYS: &'static [&'static str] = &["transaction-id", "when-ready"];
 
     /// Parses the `a{sv}` argument.
     pub fn parse(d: &Dict) -> Result<Self, OtaError> {
@@ -105,6 +109,7 @@ impl InstallOptions {
         for (k, v) in sorted(d) {
             match k.as_str() {
                 "transaction-id" => o.transaction_id = Some(string(k, v)?),
+                "when-ready" => o.when_ready = boolean(k, v)?,
                 _ => return Err(unknown(k, Self::KEYS)),
             }
         }

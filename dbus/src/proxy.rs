@@ -90,6 +90,10 @@ pub trait Ota1 {
     #[zbus(property)]
     fn preconditions(&self) -> zbus::Result<Vec<Precondition>>;
 
+    /// `DeferredInstall` property.
+    #[zbus(property)]
+    fn deferred_install(&self) -> zbus::Result<u64>;
+
     /// `PostponedUntil` property.
     #[zbus(property)]
     fn postponed_until(&self) -> zbus::Result<i64>;

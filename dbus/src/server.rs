@@ -46,6 +46,9 @@ pub struct Snapshot {
     pub preconditions: Vec<Precondition>,
     /// `PostponedUntil`, Unix seconds (0: not postponed).
     pub postponed_until: i64,
+    /// `DeferredInstall`: the operation id of the install waiting for its
+    /// preconditions (`Install` with `when-ready`), 0 when none.
+    pub deferred_install: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,6 +63,7 @@ enum Prop {
     LastErrorCode,
     Preconditions,
     PostponedUntil,
+    DeferredInstall,
 }
 
 impl Prop {
@@ -75,6 +79,7 @@ impl Prop {
             Prop::LastErrorCode => "LastErrorCode",
             Prop::Preconditions => "Preconditions",
             Prop::PostponedUntil => "PostponedUntil",
+            Prop::DeferredInstall => "DeferredInstall",
         }
     }
 
@@ -90,6 +95,7 @@ impl Prop {
             Prop::LastErrorCode => Value::from(s.last_error_code),
             Prop::Preconditions => Value::from(s.preconditions.clone()),
             Prop::PostponedUntil => Value::from(s.postponed_until),
+            Prop::DeferredInstall => Value::from(s.deferred_install),
         }
     }
 }
@@ -311,6 +317,13 @@ impl StateHandle {
         let mut list = self.lock().snap.preconditions.clone();
         list.retain(|p| p.name != name);
         self.set(Prop::Preconditions, list, |s| &mut s.preconditions);
+    }
+
+    /// Sets `DeferredInstall` (the deferred install's operation id, 0: none).
+    pub fn set_deferred_install(&self, operation_id: u64) {
+        self.set(Prop::DeferredInstall, operation_id, |s| {
+            &mut s.deferred_install
+        });
     }
 
     /// Sets `PostponedUntil` (Unix seconds, 0 for not postponed).
@@ -561,7 +574,10 @@ impl Ota1Interface {
 
     /// Install the pending update whose PendingUpdateId is update_id (the consent is
     /// bound to exactly what was shown). Returns the operation's id.
-    /// Options: transaction-id (s).
+    /// Options: transaction-id (s); when-ready (b): if preconditions hold the
+    /// install back, keep the consent and start it once they all hold (the id
+    /// returned is then that deferred install's, shown in DeferredInstall and
+    /// cancellable with Cancel); without it PreconditionFailed ends the consent.
     /// Errors: NoSuchUpdate, Busy, PreconditionFailed, UnknownOption.
     #[zbus(out_args("operation_id"))]
     async fn install(
@@ -746,6 +762,13 @@ impl Ota1Interface {
     #[zbus(property)]
     fn postponed_until(&self) -> i64 {
         self.state.lock().snap.postponed_until
+    }
+
+    /// Operation id of the install waiting for its preconditions (Install with
+    /// when-ready), 0 when none; it starts when they all hold, Cancel drops it.
+    #[zbus(property)]
+    fn deferred_install(&self) -> u64 {
+        self.state.lock().snap.deferred_install
     }
 
     /// A verified update is pending; its id and per-ECU entries as in PendingUpdates.

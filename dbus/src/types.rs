@@ -219,6 +219,8 @@ pub struct HistoryEntry {
     pub code: u32,
     /// English message.
     pub message: String,
+    /// The caller's `transaction-id` option of the operation (empty: none).
+    pub transaction_id: String,
 }
 
 /// The id that binds consent to one exact update: lowercase hex SHA-256 over every

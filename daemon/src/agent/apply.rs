@@ -67,6 +67,7 @@ impl Agent {
                 release_counter: target.release_counter(),
                 code: code.as_u32(),
                 message,
+                transaction_id: String::new(),
             });
             match result {
                 Ok(()) => installed.push(target.ecu_serial().to_owned()),

@@ -176,6 +176,10 @@ impl Agent {
             }
         };
         let mut inner = self.lock();
+        inner.transaction_ids.remove(&op.id);
+        if op.kind == crate::phase::Kind::Check || op.kind == crate::phase::Kind::Provision {
+            self.note_registration(&mut inner, op.kind, result);
+        }
         if inner.phase.end(op.id).is_none() {
             tracing::error!(op = %op.id, "operation model: ended an operation that was not running");
         }
@@ -211,7 +215,15 @@ impl Agent {
         };
         self.state.set_last_check(now.unix());
         if plan.targets().is_empty() {
-            self.lock().pending = None;
+            {
+                let mut inner = self.lock();
+                self.end_deferred(
+                    &mut inner,
+                    ErrorCode::NoSuchUpdate,
+                    "the deferred update is no longer assigned",
+                );
+                inner.pending = None;
+            }
             self.state.clear_pending();
             self.prune_cache(&[]);
             let attacks = std::mem::take(&mut self.lock().attacks);
@@ -273,6 +285,14 @@ impl Agent {
             if !same {
                 // Consent binds to exactly what was shown: a changed plan needs new consent.
                 inner.consented = None;
+                self.end_deferred(
+                    &mut inner,
+                    ErrorCode::NoSuchUpdate,
+                    &format!(
+                        "the deferred update was replaced by {} before it could start",
+                        dbus_plan.id().as_str()
+                    ),
+                );
             }
             inner.pending = Some(pending);
             !same
@@ -314,7 +334,12 @@ impl Agent {
                 None => return Ok("nothing to install".to_owned()),
                 Some(p) => {
                     let id = p.plan.id().as_str().to_owned();
-                    if !self.may_install(&inner) {
+                    if let Some(deferred) = inner.phase.deferred() {
+                        // It starts under its own id once nothing runs.
+                        Err(format!(
+                            "update {id} verified; its install (operation {deferred}) is deferred until the preconditions hold"
+                        ))
+                    } else if !self.may_install(&inner) {
                         Err(format!("update {id} verified and waiting for consent"))
                     } else if !unmet.is_empty() {
                         // Uptane consent is for "now": a refused start

@@ -100,6 +100,9 @@ struct SavedHistory {
     release_counter: u64,
     code: u32,
     message: String,
+    /// Absent in files written before it was recorded.
+    #[serde(default)]
+    transaction_id: String,
 }
 
 impl From<&HistoryEntry> for SavedHistory {
@@ -113,6 +116,7 @@ impl From<&HistoryEntry> for SavedHistory {
             release_counter: e.release_counter,
             code: e.code,
             message: e.message.clone(),
+            transaction_id: e.transaction_id.clone(),
         }
     }
 }
@@ -128,6 +132,7 @@ impl From<SavedHistory> for HistoryEntry {
             release_counter: e.release_counter,
             code: e.code,
             message: e.message,
+            transaction_id: e.transaction_id,
         }
     }
 }
@@ -195,7 +200,25 @@ pub(crate) struct Inner {
     pub(crate) links: BTreeMap<String, (LinkStatus, i64)>,
     /// The inhibit files of the last scan.
     pub(crate) inhibits: Vec<crate::inhibit::Inhibit>,
+    /// The update of the install deferred with `when-ready` (its id is in
+    /// [`Phases::deferred`]) and that install's `transaction-id`.
+    pub(crate) deferred_update: Option<(UpdateId, String)>,
+    /// The caller's `transaction-id` of each operation that gave one, while
+    /// it runs (recorded in its history entries).
+    pub(crate) transaction_ids: BTreeMap<OpId, String>,
+    /// The backend refused the last check-in as unauthenticated (HTTP 401)
+    /// and this vehicle has no registration on record ([`REGISTERED_FILE`]):
+    /// `CheckForUpdates` is `NotProvisioned` until a `Provision` succeeds or
+    /// a scheduled check-in is accepted.
+    pub(crate) not_provisioned: bool,
+    /// [`REGISTERED_FILE`] exists.
+    pub(crate) registered: bool,
 }
+
+/// Written once the backend accepted this vehicle (a successful `Provision`
+/// or check-in): a later 401 is then an authentication failure (`20
+/// network`), never `NotProvisioned`.
+pub const REGISTERED_FILE: &str = "registered.json";
 
 /// The update agent (see the module documentation).
 pub struct Agent {
@@ -264,6 +287,14 @@ impl Agent {
         agent.load_history();
         agent.note_recovery();
         agent.load_preconditions();
+        let registered = matches!(
+            agent
+                .daemon
+                .store
+                .load_json::<serde_json::Value>(REGISTERED_FILE),
+            Ok(Some(_))
+        );
+        agent.lock().registered = registered;
         agent
     }
 
@@ -275,6 +306,35 @@ impl Agent {
             tracing::error!("cannot keep the installation result for the next manifest: {e}");
         }
         self.lock().recovered = Some(result);
+    }
+
+    /// After a check-in or provisioning: an accepted one records the
+    /// registration ([`REGISTERED_FILE`]); a check-in refused with 401
+    /// without one on record makes `CheckForUpdates` `NotProvisioned`.
+    pub(crate) fn note_registration(
+        &self,
+        inner: &mut Inner,
+        kind: crate::phase::Kind,
+        result: &Result<String>,
+    ) {
+        match result {
+            Ok(_) => {
+                inner.not_provisioned = false;
+                if !inner.registered {
+                    let at = serde_json::json!({ "since": self.now().unix() });
+                    match self.daemon.store.save_json(REGISTERED_FILE, &at) {
+                        Ok(()) => inner.registered = true,
+                        Err(e) => tracing::error!("cannot record the registration: {e}"),
+                    }
+                }
+            }
+            Err(Error::HttpStatus { status: 401, .. })
+                if kind == crate::phase::Kind::Check && !inner.registered =>
+            {
+                inner.not_provisioned = true;
+            }
+            Err(_) => {}
+        }
     }
 
     /// Turn the start-up recovery of an interrupted install into a history
@@ -413,14 +473,109 @@ impl Agent {
             release_counter: 0,
             code: code as u32,
             message: message.to_owned(),
+            transaction_id: String::new(),
         });
+    }
+
+    /// Start the claimed install operation `op` of `update_id` on the worker.
+    pub(crate) fn spawn_install(self: &Arc<Self>, op: crate::phase::Ticket, update_id: String) {
+        let agent = self.clone();
+        agent.begin_operation(Plan::Install, State::Installing, "installing");
+        agent.status(State::Installing, "installing");
+        tokio::spawn(async move {
+            let result = agent.try_install(&op).await;
+            agent.finish(&op, &update_id, &result);
+        });
+    }
+
+    /// Start the install deferred with `when-ready` if nothing runs and
+    /// nothing holds it back any more (called when a precondition is set,
+    /// after every inhibit scan, and so after every operation within
+    /// [`INHIBIT_POLL`]).
+    pub(crate) fn start_deferred_if_ready(self: &Arc<Self>) {
+        if self.lock().phase.deferred().is_none() || !self.unmet_preconditions().is_empty() {
+            return;
+        }
+        let start = {
+            let mut inner = self.lock();
+            let wanted = inner.deferred_update.clone();
+            let pending = inner.pending.as_ref().map(|p| p.plan.id().clone());
+            match wanted {
+                Some((id, txid)) if pending.as_ref() == Some(&id) => {
+                    match inner.phase.begin_deferred() {
+                        Ok(Some(op)) => {
+                            inner.deferred_update = None;
+                            if !txid.is_empty() {
+                                inner.transaction_ids.insert(op.id, txid);
+                            }
+                            inner.consented = Some(id.clone());
+                            Some((op, id))
+                        }
+                        // Another operation runs: tried again after it.
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        };
+        if let Some((op, id)) = start {
+            self.state.set_deferred_install(0);
+            tracing::info!(op = %op.id, "preconditions hold: the deferred install starts");
+            self.spawn_install(op, id.as_str().to_owned());
+        }
+    }
+
+    /// The deferred install ends without running (`code`: cancelled, its
+    /// update replaced or gone): its consent ends, `DeferredInstall` is 0,
+    /// and its `OperationCompleted` and history entry say why.
+    pub(crate) fn end_deferred(&self, inner: &mut Inner, code: ErrorCode, message: &str) {
+        let Some(id) = inner.phase.drop_deferred() else {
+            return;
+        };
+        let (update, txid) = inner
+            .deferred_update
+            .take()
+            .unwrap_or_else(|| (UpdateId::from_published(""), String::new()));
+        if inner.consented.as_ref() == Some(&update) {
+            inner.consented = None;
+        }
+        let entry = HistoryEntry {
+            time: self.now().unix(),
+            action: crate::phase::Kind::Install.as_str().to_owned(),
+            update_id: update.as_str().to_owned(),
+            ecu_serial: String::new(),
+            version: String::new(),
+            release_counter: 0,
+            code: code.as_u32(),
+            message: message.to_owned(),
+            transaction_id: txid,
+        };
+        inner.history.push(entry);
+        let excess = inner.history.len().saturating_sub(HISTORY_LIMIT);
+        inner.history.drain(..excess);
+        let saved: Vec<SavedHistory> = inner.history.iter().map(SavedHistory::from).collect();
+        if let Err(e) = self.daemon.store.save_json(HISTORY_FILE, &saved) {
+            tracing::error!("cannot persist the history: {e}");
+        }
+        self.state.set_deferred_install(0);
+        self.state
+            .emit_operation_completed(id.get(), "install", code, message.to_owned());
     }
 
     /// Append `entry`, keep the last [`HISTORY_LIMIT`], and persist them
     /// atomically under the lock (two entries never write out of order). A
     /// failed write is logged: the entry is still served from memory.
-    pub(crate) fn record(&self, entry: HistoryEntry) {
+    pub(crate) fn record(&self, mut entry: HistoryEntry) {
         let mut inner = self.lock();
+        if entry.transaction_id.is_empty() {
+            if let Some(t) = inner
+                .phase
+                .running()
+                .and_then(|r| inner.transaction_ids.get(&r.id))
+            {
+                entry.transaction_id = t.clone();
+            }
+        }
         inner.history.push(entry);
         let excess = inner.history.len().saturating_sub(HISTORY_LIMIT);
         inner.history.drain(..excess);
