@@ -38,6 +38,22 @@ bash server/tests/softhsm-prereqs.sh
 step "Mosquitto for the MQTT push test (daemon/tests/e2e_mqtt.rs)"
 bash daemon/tests/mosquitto-prereqs.sh
 
+step "busctl, gdbus, setpriv, dbus-daemon for the D-Bus client suites (daemon/tests/e2e_busctl.rs, e2e_control.rs)"
+dbus_pkgs=()
+command -v dbus-daemon >/dev/null || dbus_pkgs+=(dbus)
+command -v busctl >/dev/null || dbus_pkgs+=(systemd)
+command -v gdbus >/dev/null || dbus_pkgs+=(libglib2.0-bin)
+command -v setpriv >/dev/null || dbus_pkgs+=(util-linux)
+if [ ${#dbus_pkgs[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${dbus_pkgs[@]}" >/dev/null
+    else
+        echo "missing: ${dbus_pkgs[*]} (the D-Bus client suites need them)" >&2
+        exit 1
+    fi
+fi
+
 step "cargo test (workspace)"
 cargo test --workspace --locked
 

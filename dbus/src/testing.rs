@@ -37,11 +37,7 @@ impl PrivateBus {
     /// default policy, e.g. a `<deny …/>` to test a client's handling of
     /// `AccessDenied`.
     pub fn start_with_policy(extra: &str) -> std::io::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let socket = dir.path().join("bus");
-        let config = dir.path().join("bus.conf");
-        std::fs::write(
-            &config,
+        Self::start_with_config(|socket| {
             format!(
                 r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -59,8 +55,21 @@ impl PrivateBus {
 "#,
                 socket.display(),
                 extra
-            ),
-        )?;
+            )
+        })
+    }
+
+    /// Starts `dbus-daemon` with the whole configuration `config(socket)`
+    /// returns, which must `<listen>` on `unix:path=<socket>` (e.g. a
+    /// system-bus-style configuration that includes the shipped policy).
+    pub fn start_with_config(
+        config: impl FnOnce(&std::path::Path) -> String,
+    ) -> std::io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("bus");
+        let text = config(&socket);
+        let config = dir.path().join("bus.conf");
+        std::fs::write(&config, text)?;
         let mut child = Command::new("dbus-daemon")
             .arg(format!("--config-file={}", config.display()))
             .arg("--nofork")
