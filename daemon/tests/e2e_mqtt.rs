@@ -10,6 +10,9 @@
 //! - A nudge for another VIN is not delivered and causes no check-in.
 //! - A flood of nudges inside `min_interval_secs` causes no further check-in.
 //! - The vehicle's credentials cannot subscribe to another vehicle's topic.
+//! - With the real `secureev-server` (`[push]`) and the real daemon:
+//!   `secureev-server assign` is followed by the server's nudge and the
+//!   install, within seconds, with no poll and no `CheckForUpdates`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod e2e_common;
@@ -375,4 +378,330 @@ async fn a_nudge_makes_the_vehicle_check_in_at_once_rate_limited_and_per_vehicle
     );
     assert_eq!(checkins(&backend), 3, "{}", vehicle.log());
     drop(vehicle);
+}
+
+// ---- the real backend publishing ------------------------------------------------
+
+/// The `secureev-server` binary next to `secureev-otad`, built with the
+/// cargo running the tests when this package's run has not built it.
+fn server_bin() -> PathBuf {
+    let bin = otad_bin().with_file_name("secureev-server");
+    if !bin.is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--locked", "-p", "secureev-server"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build -p secureev-server failed");
+    }
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let what = format!("{cmd:?}");
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Kills the processes it holds when the test ends, passing or not.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The next `OperationCompleted` whose id is `id` (or, with `None`, whose
+/// kind is `check`): `(code, message)`.
+async fn op_completed(
+    stream: &mut secureev_dbus::OperationCompletedStream,
+    id: Option<u64>,
+    timeout: Duration,
+    log: &Path,
+) -> (u32, String) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let s = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no OperationCompleted for {id:?}:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            })
+            .expect("signal stream ended");
+        let a = s.args().unwrap();
+        if id.map_or(a.kind == "check", |id| a.id == id) {
+            return (a.code, a.message);
+        }
+    }
+}
+
+/// The real `secureev-server` with `[push]` and the real `secureev-otad`
+/// with `[push]` and a poll interval of an hour: `secureev-server assign`
+/// makes the server publish a nudge after its transaction commits, and the
+/// daemon checks in and installs within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_server_nudges_after_an_assignment_and_the_daemon_installs_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path();
+    let broker = Broker::start(&w.join("broker"));
+    std::fs::write(w.join("mqtt-ca.pem"), &broker.ca_pem).unwrap();
+    std::fs::write(w.join("server-mqtt-password"), "server-pw\n").unwrap();
+    std::fs::write(w.join("vehicle-mqtt-password"), "vehicle-1-pw\n").unwrap();
+    let server = server_bin();
+    let (port, aport) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{port}");
+    let aurl = format!("https://127.0.0.1:{aport}");
+    let data = w.join("server");
+    let offline = w.join("offline");
+    ok(Command::new(&server)
+        .arg("init")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--offline-dir")
+        .arg(&offline)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{aport}")]));
+    let toml_path = data.join("server.toml");
+    let mut toml = std::fs::read_to_string(&toml_path).unwrap();
+    toml.push_str(&format!(
+        "\n[push]\nmqtt_url = \"mqtts://localhost:{}\"\nca_file = \"{}\"\n\
+         password_file = \"{}\"\npublish_timeout_ms = 2000\n",
+        broker.port,
+        w.join("mqtt-ca.pem").display(),
+        w.join("server-mqtt-password").display()
+    ));
+    std::fs::write(&toml_path, toml).unwrap();
+    let server_log_path = w.join("server.log");
+    let mut procs = Procs(vec![Command::new(&server)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&server_log_path).unwrap())
+        .spawn()
+        .unwrap()]);
+    let server_log = || std::fs::read_to_string(&server_log_path).unwrap_or_default();
+    let s_args = |c: &mut Command| {
+        c.args(["--server", &aurl]).arg("--data-dir").arg(&data);
+    };
+    let ca = std::fs::read(data.join("tls/ca.pem")).unwrap();
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let root = |repo: &'static str| {
+        let (http, aurl, token) = (http.clone(), aurl.clone(), token.trim().to_owned());
+        async move {
+            http.get(format!("{aurl}/admin/{repo}/root"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())?
+                .bytes()
+                .await
+                .ok()
+        }
+    };
+    let deadline = Instant::now() + scaled(Duration::from_secs(30));
+    let director_root = loop {
+        if let Some(b) = root("director").await {
+            break b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "secureev-server did not serve:\n{}",
+            server_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let image_root = root("image").await.unwrap();
+    let v = w.join("vehicle");
+    std::fs::create_dir_all(&v).unwrap();
+    std::fs::write(v.join("director-root.json"), &director_root).unwrap();
+    std::fs::write(v.join("image-root.json"), &image_root).unwrap();
+    std::fs::write(v.join("installed.img"), b"factory").unwrap();
+    let bus = secureev_dbus::testing::PrivateBus::start().expect("dbus-daemon");
+    let d = v.display();
+    std::fs::write(
+        v.join("otad.toml"),
+        format!(
+            r#"[backend]
+url = "{url}"
+ca_file = "{ca}"
+
+[vehicle]
+vin = "{VIN}"
+primary_serial = "{HU}"
+hardware_id = "{HW}"
+
+[keys]
+dir = "{d}/keys"
+
+[trust]
+director_root = "{d}/director-root.json"
+image_root = "{d}/image-root.json"
+
+[state]
+dir = "{d}/state"
+cache_dir = "{d}/cache"
+
+[checkin]
+interval_secs = 3600
+jitter_secs = 0
+
+[dbus]
+bus = "{bus}"
+
+[push]
+mqtt_url = "mqtts://localhost:{mport}"
+ca_file = "{mca}"
+password_file = "{mpw}"
+min_interval_secs = 30
+
+[install]
+policy = "auto"
+installer = "file"
+inhibit_dir = "{d}/inhibit"
+
+[install.file]
+path = "{d}/installed.img"
+"#,
+            ca = data.join("tls/ca.pem").display(),
+            bus = bus.address(),
+            mport = broker.port,
+            mca = w.join("mqtt-ca.pem").display(),
+            mpw = w.join("vehicle-mqtt-password").display(),
+        ),
+    )
+    .unwrap();
+    let otad_log = v.join("otad.log");
+    procs.0.push(
+        Command::new(otad_bin())
+            .arg("--config")
+            .arg(v.join("otad.toml"))
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&otad_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let conn = bus.client().await.unwrap();
+    let proxy = secureev_dbus::Ota1Proxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let mut ops = proxy.receive_operation_completed().await.unwrap();
+    let timeout = scaled(Duration::from_secs(60));
+    let deadline = Instant::now() + timeout;
+    while proxy.state().await.ok().as_deref() != Some("error") {
+        assert!(
+            Instant::now() < deadline,
+            "no failed start-up check-in:\n{}",
+            std::fs::read_to_string(&otad_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut enroll = Command::new(&server);
+    enroll.args(["enroll", "create", "--vin", VIN, "--quiet"]);
+    s_args(&mut enroll);
+    let credential = ok(&mut enroll).trim().to_owned();
+    let id = proxy
+        .provision(
+            &url,
+            std::collections::HashMap::from([(
+                "token",
+                zbus::zvariant::Value::from(credential.as_str()),
+            )]),
+        )
+        .await
+        .unwrap();
+    let (code, message) = op_completed(&mut ops, Some(id), timeout, &otad_log).await;
+    assert_eq!(code, 0, "provision: {message}");
+    let (code, message) = op_completed(&mut ops, None, timeout, &otad_log).await;
+    assert_eq!(code, 0, "check-in after provisioning: {message}");
+    poll(
+        "the push subscription",
+        STEP,
+        Duration::from_millis(20),
+        || {
+            std::fs::read_to_string(&otad_log)
+                .unwrap_or_default()
+                .contains("push: subscribed")
+                .then_some(())
+        },
+    )
+    .await;
+    poll(
+        "the server's broker connection",
+        STEP,
+        Duration::from_millis(20),
+        || {
+            server_log()
+                .contains("push: connected to the MQTT broker")
+                .then_some(())
+        },
+    )
+    .await;
+
+    let image = image_bytes(96 * 1024, 43);
+    std::fs::write(w.join("rootfs.img"), &image).unwrap();
+    let name = "hu/rootfs-3.img";
+    let mut add = Command::new(&server);
+    add.arg("image")
+        .arg("add")
+        .arg(w.join("rootfs.img"))
+        .args(["--name", name, "--hardware-id", HW, "--version", "3"])
+        .args(["--release-counter", "3"])
+        .arg("--offline-dir")
+        .arg(&offline);
+    s_args(&mut add);
+    ok(&mut add);
+    let mut assign = Command::new(&server);
+    assign.args(["assign", "--vin", VIN, "--ecu", HU, "--image", name]);
+    s_args(&mut assign);
+    let t0 = Instant::now();
+    ok(&mut assign);
+    // No CheckForUpdates, no poll for an hour: only the nudge starts this.
+    let (code, message) = op_completed(&mut ops, None, STEP, &otad_log).await;
+    let took = t0.elapsed();
+    assert_eq!(code, 0, "nudged check-in: {message}");
+    assert!(
+        std::fs::read(v.join("installed.img")).unwrap() == image,
+        "not installed:\n{}",
+        std::fs::read_to_string(&otad_log).unwrap_or_default()
+    );
+    assert!(
+        std::fs::read_to_string(&otad_log)
+            .unwrap_or_default()
+            .contains("push: nudge; checking in"),
+        "the check-in was not the nudge's"
+    );
+    eprintln!("assign to installed (real server, real daemon): {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
 }

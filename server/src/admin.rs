@@ -182,7 +182,8 @@ pub fn store_registration(
         tx.insert_ecu(&reg.vin, serial, hw, did, enc.as_deref(), now)?;
         dids.insert(serial.clone(), did.clone());
     }
-    director::regenerate(tx, &st.director_keys(), &reg.vin, now)?;
+    // The first metadata of a vehicle registering now: nothing to nudge.
+    director::resign(tx, &st.director_keys(), &reg.vin, now)?;
     tx.event(
         Some(&reg.vin),
         None,

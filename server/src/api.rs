@@ -297,7 +297,9 @@ pub async fn put_manifest(
         reported.completed.clone_from(&completed);
         crate::rollout::on_manifest(tx, &st, &vin, &reported, now)?;
         if !completed.is_empty() {
-            director::regenerate(tx, &st.director_keys(), &vin, now)?;
+            // The vehicle reporting gets the new metadata at its next
+            // check-in anyway: no nudge for it.
+            director::resign(tx, &st.director_keys(), &vin, now)?;
         }
         Ok(completed)
     })?;

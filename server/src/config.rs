@@ -282,6 +282,9 @@ pub struct Config {
     /// The token, when `key_store = "pkcs11"`.
     #[serde(default)]
     pub pkcs11: Option<Pkcs11Config>,
+    /// `[push]`: MQTT nudges to vehicles whose Director metadata changed.
+    #[serde(default)]
+    pub push: Option<crate::push::PushConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -350,6 +353,7 @@ impl Config {
             fleet_ca: None,
             key_store: KeyStoreKind::Pem,
             pkcs11: None,
+            push: None,
         }
     }
 
@@ -370,6 +374,9 @@ impl Config {
 
     /// Check invariants that TOML types cannot express.
     pub fn validate(&self) -> Result<()> {
+        if let Some(push) = &self.push {
+            push.validate()?;
+        }
         if self.transport == Transport::InsecureHttp && !self.listen.ip().is_loopback() {
             return Err(Error::Config(format!(
                 "insecure-http is only allowed on loopback, not {}",

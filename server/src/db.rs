@@ -204,6 +204,17 @@ const READERS_KEPT: usize = 8;
 pub struct Db {
     writer: Mutex<Connection>,
     readers: Option<Readers>,
+    on_commit: std::sync::OnceLock<CommitHook>,
+}
+
+/// Called after a write transaction commits with the VINs whose Director
+/// metadata it changed ([`Tx::director_changed`]); must not block.
+pub struct CommitHook(pub Box<dyn Fn(Vec<String>) + Send + Sync>);
+
+impl std::fmt::Debug for CommitHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitHook")
+    }
 }
 
 #[derive(Debug)]
@@ -259,7 +270,7 @@ fn open_reader(path: &Path) -> Result<Connection> {
 }
 
 /// A transaction handed to [`Db::read`] and [`Db::write`] closures.
-pub struct Tx<'a>(Transaction<'a>);
+pub struct Tx<'a>(Transaction<'a>, std::cell::RefCell<Vec<String>>);
 
 impl Db {
     /// Open (creating if needed) and migrate the database at `path`.
@@ -299,6 +310,7 @@ impl Db {
         Ok(Db {
             writer: Mutex::new(conn),
             readers: None,
+            on_commit: std::sync::OnceLock::new(),
         })
     }
 
@@ -336,14 +348,31 @@ impl Db {
     /// the change and its record commit together or not at all.
     pub fn write<R>(&self, f: impl FnOnce(&Tx<'_>) -> Result<R>) -> Result<R> {
         let mut conn = self.lock()?;
-        let tx = Tx(conn.transaction_with_behavior(TransactionBehavior::Immediate)?);
+        let tx = Tx(
+            conn.transaction_with_behavior(TransactionBehavior::Immediate)?,
+            Default::default(),
+        );
         let r = f(&tx)?;
         let recorded = crate::audit::append_pending(&tx)?;
+        let mut changed = tx.1.take();
         tx.0.commit()?;
         if recorded {
             crate::audit::pending_committed();
         }
+        if !changed.is_empty() {
+            if let Some(hook) = self.on_commit.get() {
+                changed.sort_unstable();
+                changed.dedup();
+                (hook.0)(changed);
+            }
+        }
         Ok(r)
+    }
+
+    /// Install the hook run after each write transaction that changed some
+    /// vehicle's Director metadata (once; a second call is ignored).
+    pub fn set_commit_hook(&self, hook: CommitHook) {
+        let _ = self.on_commit.set(hook);
     }
 
     /// Schema version applied.
@@ -355,7 +384,10 @@ impl Db {
 }
 
 fn run_read<R>(conn: &mut Connection, f: impl FnOnce(&Tx<'_>) -> Result<R>) -> Result<R> {
-    let tx = Tx(conn.transaction_with_behavior(TransactionBehavior::Deferred)?);
+    let tx = Tx(
+        conn.transaction_with_behavior(TransactionBehavior::Deferred)?,
+        Default::default(),
+    );
     let r = f(&tx)?;
     tx.0.commit()?;
     Ok(r)
@@ -666,6 +698,12 @@ pub const COMPLETED: &str = "completed";
 pub const CANCELLED: &str = "cancelled";
 
 impl Tx<'_> {
+    /// Note that this transaction changed `vin`'s Director metadata: after
+    /// the commit the vehicle is nudged ([`Db::set_commit_hook`]).
+    pub fn director_changed(&self, vin: &str) {
+        self.1.borrow_mut().push(vin.to_owned());
+    }
+
     /// Run a cached statement.
     fn exec<P: Params>(&self, sql: &str, p: P) -> Result<usize> {
         Ok(self.0.prepare_cached(sql)?.execute(p)?)

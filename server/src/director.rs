@@ -112,8 +112,17 @@ impl DirectorKeys {
 }
 
 /// Build, sign and store new Director targets, snapshot and timestamp for
-/// `vin` from its pending assignments.
+/// `vin` from its pending assignments, and nudge the vehicle after the
+/// commit (`[push]`): what it is offered changed.
 pub fn regenerate(tx: &Tx<'_>, keys: &DirectorKeys, vin: &str, now: i64) -> Result<u64> {
+    let v = resign(tx, keys, vin, now)?;
+    tx.director_changed(vin);
+    Ok(v)
+}
+
+/// [`regenerate`] without the nudge: re-signing what nears expiry or after a
+/// key rotation (nothing new to fetch), or for the vehicle reporting right now.
+pub fn resign(tx: &Tx<'_>, keys: &DirectorKeys, vin: &str, now: i64) -> Result<u64> {
     let repo_name = director_repo(vin);
     let version = tx
         .latest_meta(&repo_name, "targets")?
@@ -222,7 +231,7 @@ pub fn refresh(tx: &Tx<'_>, keys: &DirectorKeys, vin: &str, now: i64) -> Result<
             repo::refresh_online(tx, &repo_name, &keys.snapshot, &keys.timestamp, now)?;
         }
         _ => {
-            regenerate(tx, keys, vin, now)?;
+            resign(tx, keys, vin, now)?;
         }
     }
     Ok(())
@@ -311,7 +320,7 @@ pub fn rotate(
     tx.insert_meta(repo::DIRECTOR, "root", version, expires, &bytes)?;
     if role != "root" {
         for v in tx.vehicles()? {
-            regenerate(tx, &next, &v.vin, now)?;
+            resign(tx, &next, &v.vin, now)?;
         }
     }
     tx.event(

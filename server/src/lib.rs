@@ -56,6 +56,7 @@ pub mod limits;
 pub mod logging;
 pub mod openapi;
 pub mod operators;
+pub mod push;
 pub mod repo;
 pub mod rollout;
 pub mod secrets;
@@ -551,6 +552,9 @@ pub async fn bind(config: Config) -> Result<Server> {
 /// Bind with prepared state (tests inject a clock this way).
 pub async fn bind_with_state(state: AppState) -> Result<Server> {
     let config = state.config().clone();
+    if let Some(push) = &config.push {
+        push::start(push, state.db())?;
+    }
     let tls = match config.transport {
         Transport::Tls => {
             let devices = match config.device_certificates {
