@@ -36,7 +36,8 @@ const CASES: &[&str] = &[
     "method:GetHistory",
     "method:Provision",
     "option:CheckForUpdates:force",
-    "option:all but Postpone:transaction-id",
+    "option:CheckForUpdates, Install, Provision:transaction-id",
+    "option:Install:when-ready",
     "option:Provision:vin",
     "option:Provision:token",
     "property:State",
@@ -49,6 +50,7 @@ const CASES: &[&str] = &[
     "property:LastErrorCode",
     "property:Preconditions",
     "property:PostponedUntil",
+    "property:DeferredInstall",
     "signal:UpdateAvailable",
     "signal:Completed",
     "signal:OperationCompleted",
@@ -563,7 +565,7 @@ async fn every_documented_row_from_busctl_and_gdbus_as_distinct_uids() {
     let (_, code, message) = completed(&mut ops, id).await;
     assert_eq!(code, 20, "{message}");
     ran.insert("option:CheckForUpdates:force".to_owned());
-    ran.insert("option:all but Postpone:transaction-id".to_owned());
+    ran.insert("option:CheckForUpdates, Install, Provision:transaction-id".to_owned());
     // Signals reach the HMI's monitor, never the outsider's.
     ui_monitor.wait_for(
         "io.secureev.Ota1.OperationCompleted",
@@ -627,6 +629,7 @@ async fn every_documented_row_from_busctl_and_gdbus_as_distinct_uids() {
         ("LastErrorCode", "u 0"),
         ("Preconditions", "aa{sv} 1 "),
         ("PostponedUntil", "x 0"),
+        ("DeferredInstall", "t 0"),
     ];
     for (p, prefix) in expect {
         let v = get(p);
@@ -680,11 +683,19 @@ async fn every_documented_row_from_busctl_and_gdbus_as_distinct_uids() {
         bus.gdbus(Some(UI), "Install", &[&update, "{}"]),
         "io.secureev.Ota1.Error.PreconditionFailed",
     );
+    // Deferred until the vehicle service says parked: DeferredInstall
+    // holds its id, the install starts under it.
+    let id = op_id(&ok(bus.gdbus(
+        Some(UI),
+        "Install",
+        &[&update, "{\"when-ready\": <true>}"],
+    )));
+    assert_eq!(get("DeferredInstall").trim(), format!("t {id}"));
+    ran.insert("option:Install:when-ready".to_owned());
     ok(bus.busctl(
         Some(VEHICLE),
         &["call", "SetPrecondition", "sbs", "parked", "true", "parked"],
     ));
-    let id = op_id(&ok(bus.gdbus(Some(UI), "Install", &[&update, "{}"])));
     let (kind, code, message) = completed(&mut ops, id).await;
     assert_eq!((kind.as_str(), code), ("install", 0), "{message}");
     assert_eq!(std::fs::read(&target).unwrap(), image);
