@@ -112,6 +112,10 @@ struct Inner {
     dirty: BTreeSet<Prop>,
     signals: VecDeque<Signal>,
     waiters: Vec<oneshot::Sender<()>>,
+    /// A `Progress` reset (an operation started) not yet on the bus: sent as
+    /// it is, even when later progress arrives before the emitter runs, so a
+    /// UI always sees the operation start at its reset value.
+    reset: Option<Progress>,
 }
 
 struct Shared {
@@ -253,6 +257,19 @@ impl StateHandle {
     /// Sets `Progress`.
     pub fn set_progress(&self, progress: Progress) {
         self.set(Prop::Progress, progress, |s| &mut s.progress);
+    }
+
+    /// Sets `Progress` to the value an operation starts from. Unlike
+    /// [`StateHandle::set_progress`] it is never coalesced with what follows:
+    /// it goes out without waiting for the throttle interval, as it is, in
+    /// its own `PropertiesChanged`.
+    pub fn reset_progress(&self, progress: Progress) {
+        let mut inner = self.lock();
+        inner.snap.progress = progress.clone();
+        inner.dirty.insert(Prop::Progress);
+        inner.reset = Some(progress);
+        drop(inner);
+        self.shared.wake.notify_one();
     }
 
     /// Publishes `plan` as `PendingUpdates` and `PendingUpdateId`.
@@ -407,7 +424,7 @@ async fn run_emitter(shared: Arc<Shared>) {
         shared.wake.notified().await;
         let urgent = {
             let inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
-            !inner.signals.is_empty() || !inner.waiters.is_empty()
+            !inner.signals.is_empty() || !inner.waiters.is_empty() || inner.reset.is_some()
         };
         // Throttle: wait out the rest of the interval so that everything set
         // meanwhile is coalesced into the next signal. Signals and flushes skip
@@ -420,11 +437,19 @@ async fn run_emitter(shared: Arc<Shared>) {
         }
         let (changed, signals, waiters) = {
             let mut inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
-            let dirty = std::mem::take(&mut inner.dirty);
-            let changed: Vec<(&'static str, Value<'static>)> = dirty
-                .into_iter()
-                .map(|p| (p.name(), p.value(&inner.snap)))
-                .collect();
+            let mut dirty = std::mem::take(&mut inner.dirty);
+            let mut changed: Vec<(&'static str, Value<'static>)> = Vec::new();
+            if let Some(reset) = inner.reset.take() {
+                // The reset goes out as it was set; a later value set before
+                // this point stays dirty for the next signal.
+                dirty.remove(&Prop::Progress);
+                if inner.snap.progress != reset {
+                    inner.dirty.insert(Prop::Progress);
+                    shared.wake.notify_one();
+                }
+                changed.push((Prop::Progress.name(), Value::from(reset)));
+            }
+            changed.extend(dirty.into_iter().map(|p| (p.name(), p.value(&inner.snap))));
             (
                 changed,
                 std::mem::take(&mut inner.signals),

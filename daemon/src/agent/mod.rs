@@ -445,7 +445,7 @@ impl Agent {
     pub(crate) fn begin_operation(&self, plan: Plan, phase: State, message: &str) {
         let p = self.meter().begin(plan, phase, message);
         self.state.clear_last_error();
-        self.state.set_progress(p);
+        self.state.reset_progress(p);
     }
 
     /// `done` of `total` bytes of `phase` (total 0: unknown); `percent` is
