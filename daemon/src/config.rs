@@ -817,6 +817,29 @@ pub struct DbusConfig {
     /// Groups holding the provision role (`Provision`); root always does.
     #[serde(default)]
     pub provision_groups: Vec<String>,
+    /// Who decides the roles of callers other than root and the daemon's
+    /// user: the groups above, or polkit (actions `io.secureev.Ota1.<role>`).
+    #[serde(default)]
+    pub authorization: Authorization,
+    /// The bound on one polkit check (milliseconds); no answer in time is a
+    /// refusal.
+    #[serde(default = "default_polkit_timeout_ms")]
+    pub polkit_timeout_ms: u64,
+}
+
+fn default_polkit_timeout_ms() -> u64 {
+    5000
+}
+
+/// `[dbus] authorization`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Authorization {
+    /// Roles from the caller's groups (`*_groups`).
+    #[default]
+    Groups,
+    /// Roles from polkit's `CheckAuthorization`; fails closed.
+    Polkit,
 }
 
 impl Default for DbusConfig {
@@ -827,6 +850,8 @@ impl Default for DbusConfig {
             consent_groups: default_consent_groups(),
             precondition_groups: default_precondition_groups(),
             provision_groups: Vec::new(),
+            authorization: Authorization::default(),
+            polkit_timeout_ms: default_polkit_timeout_ms(),
         }
     }
 }
@@ -1332,6 +1357,12 @@ impl Config {
         ] {
             check_identifier(v).map_err(|r| p.invalid(&["vehicle", key], r))?;
         }
+        if !(1..=60_000).contains(&self.dbus.polkit_timeout_ms) {
+            return Err(p.invalid(
+                &["dbus", "polkit_timeout_ms"],
+                "must be 1 to 60000 (milliseconds)",
+            ));
+        }
         let mut files: Vec<(Vec<String>, &Path)> = vec![
             (keys(&["backend", "ca_file"]), b.ca_file.as_path()),
             (keys(&["keys", "dir"]), self.keys.dir.as_path()),
@@ -1784,6 +1815,22 @@ hardware_id = "hu"
         assert_eq!(c.vehicle.vin_format, VinFormat::Iso3779);
         assert_eq!(c.install.policy, InstallPolicy::Consent);
         assert_eq!(c.watchdog, WatchdogConfig::default());
+    }
+
+    #[test]
+    fn authorization_is_groups_unless_polkit_is_asked_for() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.dbus.authorization, Authorization::Groups);
+        assert_eq!(c.dbus.polkit_timeout_ms, 5000);
+        let c = parse_str(&format!(
+            "{MINIMAL}\n[dbus]\nauthorization = \"polkit\"\npolkit_timeout_ms = 750\n"
+        ))
+        .unwrap();
+        assert_eq!(c.dbus.authorization, Authorization::Polkit);
+        assert_eq!(c.dbus.polkit_timeout_ms, 750);
+        assert!(parse_str(&format!("{MINIMAL}\n[dbus]\nauthorization = \"uid\"\n")).is_err());
+        let err = parse_str(&format!("{MINIMAL}\n[dbus]\npolkit_timeout_ms = 0\n")).unwrap_err();
+        assert!(err.to_string().contains("polkit_timeout_ms"), "{err}");
     }
 
     #[test]

@@ -394,8 +394,15 @@ impl Controller for AgentController {
 }
 
 /// The roles of `[dbus]`: group names resolved to gids (a missing group is
-/// left out with a warning); root and the daemon's own user hold every role.
+/// left out with a warning), or polkit with `authorization = "polkit"`; root
+/// and the daemon's own user hold every role.
 pub fn access_policy(bus: &crate::config::DbusConfig) -> AccessPolicy {
+    let trusted = [0, rustix::process::getuid().as_raw()];
+    if bus.authorization == crate::config::Authorization::Polkit {
+        // polkit decides everyone else; the groups keys are not used.
+        return AccessPolicy::new(trusted, [])
+            .with_polkit(std::time::Duration::from_millis(bus.polkit_timeout_ms));
+    }
     let mut groups = Vec::new();
     for (role, names) in [
         (Role::Read, &bus.reader_groups),
@@ -414,7 +421,7 @@ pub fn access_policy(bus: &crate::config::DbusConfig) -> AccessPolicy {
             }
         }
     }
-    AccessPolicy::new([0, rustix::process::getuid().as_raw()], groups)
+    AccessPolicy::new(trusted, groups)
 }
 
 /// The D-Bus service: serves `io.secureev.Ota1` with an [`AgentController`].

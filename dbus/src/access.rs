@@ -17,9 +17,16 @@
 //!
 //! Root and the daemon's own user hold every role. A refusal is
 //! [`crate::OtaError::NotPermitted`] naming the role and the groups that hold
-//! it. polkit is not used: a head unit has no polkit agent to ask the driver
-//! and usually no polkitd (fwupd falls back the same way), and group
-//! membership is what the image's sysusers.d files already manage.
+//! it.
+//!
+//! With [`AccessPolicy::with_polkit`] (as fwupd does), every caller but root
+//! and the daemon's user is decided by polkit instead of groups: each role is
+//! the action `io.secureev.Ota1.<role>`, asked with
+//! `org.freedesktop.PolicyKit1.Authority.CheckAuthorization` for the subject
+//! `("system-bus-name", {"name": <sender>})`, no interaction, within a bound.
+//! Not authorized is `NotPermitted` naming the action; polkitd absent,
+//! failing or not answering in time is [`crate::OtaError::Internal`]
+//! ("authorization unavailable"): fail closed, never allowed.
 
 use std::collections::BTreeSet;
 
@@ -78,6 +85,13 @@ pub struct AccessPolicy {
     provision: Holders,
     /// Everyone may do everything (tests and the fake service only).
     open: bool,
+    /// Ask polkit (within this bound) instead of the groups.
+    polkit: Option<std::time::Duration>,
+}
+
+/// The polkit action id of `role`: `io.secureev.Ota1.<role>`.
+pub fn polkit_action(role: Role) -> String {
+    format!("io.secureev.Ota1.{}", role.as_str())
 }
 
 impl AccessPolicy {
@@ -91,6 +105,7 @@ impl AccessPolicy {
             preconditions: Holders::default(),
             provision: Holders::default(),
             open: true,
+            polkit: None,
         }
     }
 
@@ -107,6 +122,7 @@ impl AccessPolicy {
             preconditions: Holders::default(),
             provision: Holders::default(),
             open: false,
+            polkit: None,
         };
         for (role, name, gid) in groups {
             let h = p.holders_mut(role);
@@ -132,6 +148,18 @@ impl AccessPolicy {
             Role::Preconditions => &self.preconditions,
             Role::Provision => &self.provision,
         }
+    }
+
+    /// Decide every caller but the trusted uids by polkit, each call bounded
+    /// by `timeout`; the groups are then not used.
+    pub fn with_polkit(mut self, timeout: std::time::Duration) -> Self {
+        self.polkit = Some(timeout);
+        self
+    }
+
+    /// The bound on a polkit check when polkit decides.
+    pub fn polkit_timeout(&self) -> Option<std::time::Duration> {
+        self.polkit
     }
 
     /// Whether the policy lets everyone do everything.
@@ -163,6 +191,60 @@ impl AccessPolicy {
             "{method} needs the {} role ({who}); uid {} does not hold it",
             role.as_str(),
             caller.uid
+        )))
+    }
+}
+
+/// Ask polkit whether the bus name `sender` may perform `role`'s action
+/// (no interaction), within `timeout`. `Ok` if authorized, `NotPermitted`
+/// naming the action if not, `Internal` if polkit cannot answer.
+pub async fn polkit_check(
+    conn: &zbus::Connection,
+    sender: &str,
+    role: Role,
+    method: &str,
+    timeout: std::time::Duration,
+) -> Result<(), OtaError> {
+    use std::collections::HashMap;
+    use zbus::zvariant::Value;
+    let action = polkit_action(role);
+    let mut subject_details: HashMap<&str, Value<'_>> = HashMap::new();
+    subject_details.insert("name", Value::from(sender));
+    let details: HashMap<&str, &str> = HashMap::new();
+    let body = (
+        ("system-bus-name", subject_details),
+        action.as_str(),
+        details,
+        0u32,
+        "",
+    );
+    let call = conn.call_method(
+        Some("org.freedesktop.PolicyKit1"),
+        "/org/freedesktop/PolicyKit1/Authority",
+        Some("org.freedesktop.PolicyKit1.Authority"),
+        "CheckAuthorization",
+        &body,
+    );
+    let unavailable = |why: String| {
+        OtaError::Internal(format!(
+            "authorization unavailable: polkit did not decide {action} for {method}: {why}"
+        ))
+    };
+    let reply = match tokio::time::timeout(timeout, call).await {
+        Err(_) => return Err(unavailable(format!("no answer within {timeout:?}"))),
+        Ok(Err(e)) => return Err(unavailable(e.to_string())),
+        Ok(Ok(m)) => m,
+    };
+    let (authorized, _challenge, _details): (bool, bool, HashMap<String, String>) = reply
+        .body()
+        .deserialize()
+        .map_err(|e| unavailable(e.to_string()))?;
+    if authorized {
+        Ok(())
+    } else {
+        Err(OtaError::NotPermitted(format!(
+            "{method} needs the {} role: polkit does not authorize {action} for this caller",
+            role.as_str()
         )))
     }
 }

@@ -569,7 +569,15 @@ impl Ota1Interface {
             });
         }
         let caller = caller_of(conn, header).await?;
-        self.access.check(&caller, role, method)?;
+        match self.access.polkit_timeout() {
+            Some(timeout) if !self.access.is_trusted(&caller) => {
+                let sender = header
+                    .sender()
+                    .ok_or_else(|| OtaError::NotPermitted("caller unknown: no sender".into()))?;
+                crate::access::polkit_check(conn, sender.as_str(), role, method, timeout).await?;
+            }
+            _ => self.access.check(&caller, role, method)?,
+        }
         Ok(caller)
     }
 }
