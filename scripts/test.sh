@@ -38,6 +38,9 @@ bash server/tests/softhsm-prereqs.sh
 step "Mosquitto for the MQTT push test (daemon/tests/e2e_mqtt.rs)"
 bash daemon/tests/mosquitto-prereqs.sh
 
+step "polkitd for the polkit authorization test (daemon/tests/e2e_polkit.rs)"
+bash daemon/tests/polkit-prereqs.sh
+
 step "busctl, gdbus, setpriv, dbus-daemon for the D-Bus client suites (daemon/tests/e2e_busctl.rs, e2e_control.rs)"
 dbus_pkgs=()
 command -v dbus-daemon >/dev/null || dbus_pkgs+=(dbus)
