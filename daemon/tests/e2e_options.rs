@@ -241,6 +241,54 @@ async fn an_unknown_vehicle_is_not_provisioned_until_provisioned() {
     assert_eq!(e.code(), ErrorCode::NotProvisioned, "{e}");
     assert!(e.to_string().contains("Provision"), "{e}");
     assert!(!backend.auth_failures().is_empty());
+    // The same refusal as an independent client sees it: busctl and gdbus
+    // name the D-Bus error (docs/dbus-api.md, CheckForUpdates row).
+    for argv in [
+        vec![
+            "busctl".to_owned(),
+            format!("--address={}", v.bus.address()),
+            "call".to_owned(),
+            "io.secureev.Ota1".to_owned(),
+            "/io/secureev/Ota1".to_owned(),
+            "io.secureev.Ota1".to_owned(),
+            "CheckForUpdates".to_owned(),
+            "a{sv}".to_owned(),
+            "0".to_owned(),
+        ],
+        vec![
+            "gdbus".to_owned(),
+            "call".to_owned(),
+            "--address".to_owned(),
+            v.bus.address().to_owned(),
+            "--dest".to_owned(),
+            "io.secureev.Ota1".to_owned(),
+            "--object-path".to_owned(),
+            "/io/secureev/Ota1".to_owned(),
+            "--method".to_owned(),
+            "io.secureev.Ota1.CheckForUpdates".to_owned(),
+            "{}".to_owned(),
+        ],
+    ] {
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{}: {text}", argv[0]);
+        // gdbus prints the error's name, busctl only its message.
+        let expected = if argv[0] == "gdbus" {
+            "io.secureev.Ota1.Error.NotProvisioned"
+        } else {
+            "Call failed: "
+        };
+        assert!(text.contains(expected), "{}: {text}", argv[0]);
+        assert!(text.contains("Provision"), "{}: {text}", argv[0]);
+        eprintln!("{}: {}", argv[0], text.trim());
+    }
 
     // Provisioned: the backend now knows the key; Provision ends, then its
     // own check-in; CheckForUpdates runs again.
