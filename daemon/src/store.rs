@@ -26,6 +26,7 @@ use crate::fs::{
     atomic_write, create_dir, parent_dir, read_optional, remove_stale_temps, sync_dir,
     STATE_FILE_MODE,
 };
+use secureev_uptane::uptane::InstalledImage;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -82,17 +83,16 @@ fn encode_role(role: &str) -> String {
     out
 }
 
-/// What is installed on one ECU.
+/// What is installed on one ECU: the core's one installed-image type
+/// ([`InstalledImage`], made from the verified image by [`Self::of`]) and
+/// when and as which shown version it was installed. In `installed.json` the
+/// image's fields come first, at the top level of the record:
+/// `{"name", "length", "hashes", "release_counter", "installed_at", "version"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstalledRecord {
-    /// Target name.
-    pub name: String,
-    /// Length of the image as the Director listed it.
-    pub length: u64,
-    /// Hashes as the Director listed them.
-    pub hashes: BTreeMap<String, String>,
-    /// Release counter (0 when none).
-    pub release_counter: u64,
+    /// The installed image.
+    #[serde(flatten)]
+    pub image: InstalledImage,
     /// When it was installed (Unix seconds, from the daemon's clock).
     pub installed_at: i64,
     /// Human version the Image repository signed for it (sanitised), when
@@ -104,28 +104,26 @@ pub struct InstalledRecord {
 impl InstalledRecord {
     /// The record of the verified `image` once installed, at `installed_at`
     /// (Unix seconds): what the image says is installed
-    /// ([`VerifiedImage::installed_image`](secureev_uptane::image::VerifiedImage::installed_image),
-    /// the core's `InstalledImage`) and its shown version.
+    /// ([`VerifiedImage::installed_image`](secureev_uptane::image::VerifiedImage::installed_image))
+    /// and its shown version.
     pub fn of(image: &crate::install::VerifiedFile, installed_at: i64) -> Self {
-        let i = image.installed_image();
         InstalledRecord {
-            name: i.name,
-            length: i.length,
-            hashes: i.hashes,
-            release_counter: i.release_counter,
+            image: image.installed_image(),
             installed_at,
             version: crate::install::shown_version(image.target()),
         }
     }
 
-    /// As the core's [`secureev_uptane::uptane::InstalledImage`].
-    pub fn to_installed_image(&self) -> secureev_uptane::uptane::InstalledImage {
-        secureev_uptane::uptane::InstalledImage {
-            name: self.name.clone(),
-            length: self.length,
-            hashes: self.hashes.clone(),
-            release_counter: self.release_counter,
-        }
+    /// The installed image.
+    pub fn to_installed_image(&self) -> InstalledImage {
+        self.image.clone()
+    }
+}
+
+impl std::ops::Deref for InstalledRecord {
+    type Target = InstalledImage;
+    fn deref(&self) -> &InstalledImage {
+        &self.image
     }
 }
 
@@ -388,6 +386,53 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `installed.json` as this version and the ones before it wrote it (the
+    /// record had its own copy of the image's fields then): it still loads,
+    /// and saving it again gives the same bytes, with and without `version`.
+    const INSTALLED_JSON: &str = r#"{
+  "BMS-1": {
+    "name": "bms-1.0.bin",
+    "length": 14,
+    "hashes": {
+      "sha256": "4a9c1ad6e6d62cbbc7ad6b2c3e36bfb0e1ae04e2b4adcc3a31e4b2b5ce1b5e7a"
+    },
+    "release_counter": 0,
+    "installed_at": 1899999000
+  },
+  "HU-1": {
+    "name": "hu-2.0.bin",
+    "length": 2048,
+    "hashes": {
+      "sha256": "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+      "sha512": "ab"
+    },
+    "release_counter": 7,
+    "installed_at": 1900000000,
+    "version": "2.0"
+  }
+}
+"#;
+
+    #[test]
+    fn installed_json_keeps_its_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join(INSTALLED), INSTALLED_JSON).unwrap();
+        let all = store.installed().unwrap();
+        let hu = &all["HU-1"];
+        assert_eq!(
+            (hu.name(), hu.length(), hu.release_counter(), hu.installed_at),
+            ("hu-2.0.bin", 2048, 7, 1_900_000_000)
+        );
+        assert_eq!(hu.version.as_deref(), Some("2.0"));
+        assert_eq!(all["BMS-1"].version, None);
+        store.save_installed(&all).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(INSTALLED)).unwrap(),
+            INSTALLED_JSON
+        );
+    }
 
     #[test]
     fn a_second_daemon_cannot_take_the_state() {

@@ -354,7 +354,7 @@ async fn state_full_mid_install_is_29_and_the_next_check_settles_and_installs() 
     assert_eq!(std::fs::read(root.join("installed.img")).unwrap(), image);
     let store = secureev_daemon::store::Store::open(r.vehicle.dir.join("state")).unwrap();
     assert!(store.journal().unwrap().is_none());
-    assert_eq!(store.installed().unwrap()[HU].name, NAME);
+    assert_eq!(store.installed().unwrap()[HU].name(), NAME);
     let results = install_results(&r.backend.manifests());
     assert_eq!(results.last().unwrap()["success"], true, "{results:?}");
     // Downloaded once: the verified image was kept across the failure.

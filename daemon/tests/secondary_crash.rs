@@ -261,7 +261,7 @@ async fn kill_right_after_the_secondary_activated_then_the_next_cycle_succeeds()
     {
         let s = ecu.lock().await;
         let installed = s.backend().state().installed.clone().expect("activated");
-        assert_eq!(installed.name, NAME);
+        assert_eq!(installed.name(), NAME);
     }
     let before: Vec<_> = backend.manifests();
     assert!(

@@ -14,18 +14,18 @@ const CHILD_ENV: &str = "SECUREEV_CRASH_CHILD_STATE_DIR";
 /// A record whose every field is derived from `n`, so that a mix of two
 /// versions is detectable; its size varies so that writes differ in length.
 fn record(n: u64) -> InstalledRecord {
-    InstalledRecord {
-        name: format!("fw-{n}-{}", "x".repeat((n % 5000) as usize)),
-        length: n,
-        hashes: BTreeMap::from([("sha256".to_owned(), format!("{n:064x}"))]),
-        release_counter: n,
-        installed_at: n as i64,
-        version: None,
-    }
+    serde_json::from_value(serde_json::json!({
+        "name": format!("fw-{n}-{}", "x".repeat((n % 5000) as usize)),
+        "length": n,
+        "hashes": BTreeMap::from([("sha256".to_owned(), format!("{n:064x}"))]),
+        "release_counter": n,
+        "installed_at": n as i64,
+    }))
+    .unwrap()
 }
 
 fn consistent(r: &InstalledRecord) -> bool {
-    *r == record(r.length)
+    *r == record(r.length())
 }
 
 /// The writer: not a real test unless the parent sets the variable.
@@ -39,7 +39,7 @@ fn crash_child_writer() {
         .installed()
         .unwrap()
         .get("HU")
-        .map_or(0, |r| r.length + 1);
+        .map_or(0, |r| r.length() + 1);
     for n in start.. {
         store.set_installed("HU", record(n)).unwrap();
         store
@@ -88,12 +88,12 @@ fn state_survives_sigkill_at_random_points() {
             assert!(consistent(r), "round {round}: torn record {r:?}");
             if let Some(prev) = last {
                 assert!(
-                    r.length >= prev,
+                    r.length() >= prev,
                     "round {round}: went back from {prev} to {}",
-                    r.length
+                    r.length()
                 );
             }
-            last = Some(r.length);
+            last = Some(r.length());
         }
         if let Some(meta) = store
             .load_metadata(

@@ -80,14 +80,6 @@ pub struct Ctx<'a> {
     pub behaviour: &'a Behaviour,
 }
 
-#[derive(Debug, Clone)]
-struct Installed {
-    name: String,
-    length: u64,
-    hashes: BTreeMap<String, String>,
-    release_counter: u64,
-}
-
 /// One ECU of a simulated vehicle.
 #[derive(Debug, Clone)]
 pub struct Ecu {
@@ -97,7 +89,7 @@ pub struct Ecu {
     pub hardware_id: String,
     /// Its own P-256 key.
     pub key: SigningKey,
-    installed: Option<Installed>,
+    installed: Option<InstalledImage>,
 }
 
 /// A simulated vehicle.
@@ -216,12 +208,7 @@ impl SimVehicle {
             self.ecus.iter().map(|e| EcuInfo {
                 serial: e.serial.clone(),
                 hardware_id: e.hardware_id.clone(),
-                installed: e.installed.as_ref().map(|i| InstalledImage {
-                    name: i.name.clone(),
-                    length: i.length,
-                    hashes: i.hashes.clone(),
-                    release_counter: i.release_counter,
-                }),
+                installed: e.installed.clone(),
             }),
         )
     }
@@ -380,12 +367,7 @@ impl SimVehicle {
                     outcome.installs_failed += 1;
                 } else {
                     if let Some(ecu) = self.ecus.iter_mut().find(|e| e.serial == serial) {
-                        ecu.installed = Some(Installed {
-                            name: t.name().to_owned(),
-                            length: t.length(),
-                            hashes: t.assignment().director_target.hashes.clone(),
-                            release_counter: t.release_counter(),
-                        });
+                        ecu.installed = Some(t.installed_image());
                     }
                     self.results
                         .push((serial, InstallationResult::new(true, "OK", "installed")));
@@ -402,10 +384,7 @@ impl SimVehicle {
             let mut r = EcuVersionReport::new(&e.serial, &e.hardware_id, now, self.counter)
                 .with_nonce(random_nonce());
             if let Some(i) = &e.installed {
-                r = r.with_installed_image(
-                    ReportedImage::new(&i.name, i.length, i.hashes.clone())
-                        .with_release_counter(i.release_counter),
-                );
+                r = r.with_installed_image(ReportedImage::of(i));
             }
             if let Some(a) = self.attacks.get(&e.serial) {
                 r = r.with_attacks(a);

@@ -10,7 +10,7 @@
 use crate::config::{Config, Verification, MAX_METADATA_LEN};
 use crate::error::{Error, Result, StorageError, StorageOp};
 use crate::keys::EcuKeys;
-use crate::state::{Installed, LastInstall, Repo, Slot, State, StateDir};
+use crate::state::{LastInstall, Repo, Slot, State, StateDir};
 use secureev_uds::codec::{ResetType, RoutineControlType, Session};
 use secureev_uds::protocol::{
     self, did, routine, Capabilities, MetadataRole, Region, ReportInfo, ResultCode,
@@ -107,20 +107,11 @@ impl Accepted {
         &self.assignment().director_target.hashes
     }
 
-    fn release_counter(&self) -> u64 {
-        match &self.proof {
-            Proof::Partial(a) => a.custom.release_counter.unwrap_or(0),
-            Proof::Full(p) => p.targets()[0].release_counter(),
-        }
-    }
-
     /// What the ECU runs once this image is active.
-    fn installed(&self) -> Installed {
-        Installed {
-            name: self.name().to_owned(),
-            length: self.length(),
-            hashes: self.hashes().clone(),
-            release_counter: self.release_counter(),
+    fn installed(&self) -> InstalledImage {
+        match &self.proof {
+            Proof::Partial(a) => a.installed_image(),
+            Proof::Full(p) => p.targets()[0].installed_image(),
         }
     }
 }
@@ -383,12 +374,7 @@ impl Ecu {
         EcuInfo {
             serial: self.serial.clone(),
             hardware_id: self.hardware_id.clone(),
-            installed: self.state.installed.as_ref().map(|i| InstalledImage {
-                name: i.name.clone(),
-                length: i.length,
-                hashes: i.hashes.clone(),
-                release_counter: i.release_counter,
-            }),
+            installed: self.state.installed.clone(),
         }
     }
 
@@ -750,10 +736,7 @@ impl Ecu {
         let mut report = EcuVersionReport::new(&self.serial, &self.hardware_id, time, counter)
             .with_nonce(hex::encode(nonce));
         if let Some(i) = &self.state.installed {
-            report = report.with_installed_image(
-                secureev_uptane::manifest::InstalledImage::new(&i.name, i.length, i.hashes.clone())
-                    .with_release_counter(i.release_counter),
-            );
+            report = report.with_installed_image(secureev_uptane::manifest::InstalledImage::of(i));
         }
         report.attacks_detected = self.state.attacks.join(ATTACK_SEPARATOR);
         if let Some(l) = &self.state.last_install {

@@ -5,6 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::fsutil::{atomic_write, create_dir, read_optional};
+use secureev_uptane::uptane::InstalledImage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,19 +34,6 @@ impl Slot {
     }
 }
 
-/// The image installed in the active slot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Installed {
-    /// Target name.
-    pub name: String,
-    /// Length as the Director listed it (encrypted length for encrypted images).
-    pub length: u64,
-    /// Hashes as the Director listed them.
-    pub hashes: BTreeMap<String, String>,
-    /// Release counter (0 when none).
-    pub release_counter: u64,
-}
-
 /// Outcome of the last installation, for the next version report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastInstall {
@@ -69,8 +57,9 @@ pub struct LastInstall {
 pub struct State {
     /// The slot that runs.
     pub active_slot: Slot,
-    /// The image in it, if one was installed through Uptane.
-    pub installed: Option<Installed>,
+    /// The image in it, if one was installed through Uptane (the core's one
+    /// installed-image type, `{"name", "length", "hashes", "release_counter"}`).
+    pub installed: Option<InstalledImage>,
     /// Next version report counter.
     pub report_counter: u64,
     /// The latest securely attested time (Unix seconds); the ECU's clock never
@@ -172,5 +161,54 @@ impl StateDir {
     pub fn save_metadata(&self, repo: Repo, role: &str, bytes: &[u8]) -> Result<()> {
         let p = self.meta_path(repo, role);
         atomic_write(&p, bytes).map_err(|e| Error::io("write", &p, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `state.json` as this version and the ones before it wrote it (the
+    /// installed image was `state::Installed` then): it still loads, and
+    /// saving it again gives the same bytes.
+    const STATE_JSON: &str = r#"{
+  "active_slot": "b",
+  "installed": {
+    "name": "bms-2.0.bin",
+    "length": 14,
+    "hashes": {
+      "sha256": "4a9c1ad6e6d62cbbc7ad6b2c3e36bfb0e1ae04e2b4adcc3a31e4b2b5ce1b5e7a"
+    },
+    "release_counter": 2
+  },
+  "report_counter": 5,
+  "time_floor": 1900000000,
+  "director_targets_version": 3,
+  "attacks": [],
+  "last_install": {
+    "success": true,
+    "code": "OK",
+    "message": "bms-2.0.bin active in slot B"
+  }
+}
+"#;
+
+    #[test]
+    fn state_json_keeps_its_format() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), STATE_JSON).unwrap();
+        let sd = StateDir::open(dir.path()).unwrap();
+        let state = sd.load().unwrap();
+        let i = state.installed.as_ref().unwrap();
+        assert_eq!(
+            (i.name(), i.length(), i.release_counter()),
+            ("bms-2.0.bin", 14, 2)
+        );
+        assert_eq!(i.hashes().len(), 1);
+        sd.save(&state).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap(),
+            STATE_JSON
+        );
     }
 }

@@ -313,8 +313,8 @@ async fn full_flash_over_doip_then_signed_report() {
         let s = rig.server.lock().await;
         let ecu = s.backend();
         let installed = ecu.state().installed.clone().unwrap();
-        assert_eq!(installed.name, "bms-2.0.bin");
-        assert_eq!(installed.release_counter, 2);
+        assert_eq!(installed.name(), "bms-2.0.bin");
+        assert_eq!(installed.release_counter(), 2);
         assert_eq!(ecu.state().active_slot, secureev_secondary::state::Slot::B);
         assert_eq!(
             std::fs::read(ecu.slot_path(ecu.state().active_slot)).unwrap(),
@@ -349,7 +349,7 @@ async fn full_flash_over_doip_then_signed_report() {
     let (addr, server, _s) = start(&rig.config).await;
     let s = server.lock().await;
     assert_eq!(
-        s.backend().state().installed.as_ref().unwrap().name,
+        s.backend().state().installed.as_ref().unwrap().name(),
         "bms-2.0.bin"
     );
     assert_eq!(s.backend().state().director_targets_version, Some(1));
@@ -748,7 +748,7 @@ async fn encrypted_image_is_decrypted_by_the_ecu() {
         std::fs::read(ecu.slot_path(ecu.state().active_slot)).unwrap(),
         plain
     );
-    assert_eq!(ecu.state().installed.as_ref().unwrap().name, "enc.bin");
+    assert_eq!(ecu.state().installed.as_ref().unwrap().name(), "enc.bin");
     drop(s);
 
     // Wrapped for another ECU only: unsupported.
@@ -839,7 +839,7 @@ async fn full_verification_checks_both_repositories() {
             .installed
             .as_ref()
             .unwrap()
-            .release_counter,
+            .release_counter(),
         3
     );
 

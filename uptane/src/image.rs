@@ -81,13 +81,7 @@ impl<L> VerifiedImage<L> {
     /// length and hashes the Director signed (those of the image as served)
     /// and the release counter.
     pub fn installed_image(&self) -> InstalledImage {
-        let a = self.target.assignment();
-        InstalledImage {
-            name: a.name.clone(),
-            length: a.director_target.length,
-            hashes: a.director_target.hashes.clone(),
-            release_counter: self.target.release_counter(),
-        }
+        self.target.installed_image()
     }
 
     /// Start decrypting an encrypted image checked as served, with the

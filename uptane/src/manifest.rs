@@ -86,7 +86,10 @@ pub struct EcuVersionReport {
     pub unrecognized: Map<String, Value>,
 }
 
-/// The installed image of an ECU: its target name and file info.
+/// The installed image of an ECU as a version report carries it (the wire
+/// format): its target name and file info. A vehicle makes it from the core's
+/// [`crate::uptane::InstalledImage`] with [`InstalledImage::of`]; the backend
+/// reads it from a verified report, keeping fields it does not know.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstalledImage {
     /// Target name of the image, as listed in targets metadata.
@@ -238,6 +241,15 @@ impl EcuVersionReport {
 }
 
 impl InstalledImage {
+    /// How a version report carries the ECU's installed image (the core's one
+    /// [`crate::uptane::InstalledImage`]): its target name, length and hashes,
+    /// and its release counter in `custom.releaseCounter` (always present, 0
+    /// when the image had none).
+    pub fn of(image: &crate::uptane::InstalledImage) -> Self {
+        InstalledImage::new(image.name(), image.length(), image.hashes().clone())
+            .with_release_counter(image.release_counter())
+    }
+
     /// An installed image without custom fields.
     pub fn new(filepath: impl Into<String>, length: u64, hashes: BTreeMap<String, String>) -> Self {
         InstalledImage {
@@ -704,6 +716,37 @@ mod tests {
         let mut hashes = BTreeMap::new();
         hashes.insert("sha256".to_owned(), "ab".repeat(32));
         InstalledImage::new("brake-fw-1.2.0.bin", 1024, hashes).with_release_counter(3)
+    }
+
+    /// The report form of the core's installed image is the wire format
+    /// vehicles have always sent (`custom.releaseCounter` always present, 0
+    /// included), and it decodes back to the same value.
+    #[test]
+    fn installed_image_of_keeps_the_wire_format() {
+        for (rc, wire) in [
+            (
+                3,
+                r#"{"filepath":"brake-fw-1.2.0.bin","fileinfo":{"length":1024,"hashes":{"sha256":"abab"},"custom":{"releaseCounter":3}}}"#,
+            ),
+            (
+                0,
+                r#"{"filepath":"brake-fw-1.2.0.bin","fileinfo":{"length":1024,"hashes":{"sha256":"abab"},"custom":{"releaseCounter":0}}}"#,
+            ),
+        ] {
+            // As the ECU's own state file holds it.
+            let core: crate::uptane::InstalledImage = serde_json::from_value(json!({
+                "name": "brake-fw-1.2.0.bin",
+                "length": 1024,
+                "hashes": {"sha256": "abab"},
+                "release_counter": rc,
+            }))
+            .unwrap();
+            let reported = InstalledImage::of(&core);
+            assert_eq!(serde_json::to_string(&reported).unwrap(), wire);
+            let decoded: InstalledImage = serde_json::from_str(wire).unwrap();
+            assert_eq!(decoded, reported);
+            assert_eq!(decoded.release_counter(), Some(rc));
+        }
     }
 
     struct Vehicle {

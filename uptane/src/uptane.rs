@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::metadata::{TargetFile, Targets};
 use crate::trusted::{TargetSearch, TrustedRepository};
 use crate::verify::{StreamVerifier, Verified};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the vehicle knows about one of its ECUs.
@@ -34,17 +35,81 @@ pub struct EcuInfo {
     pub installed: Option<InstalledImage>,
 }
 
-/// An image installed on an ECU.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An image installed on an ECU: the one type for it. The Primary's store
+/// (`installed.json`), the Secondary's `state.json` and, through
+/// [`crate::manifest::InstalledImage::of`], the version reports all hold this.
+///
+/// Its fields are private. Outside the core it is made only from verified
+/// inputs, when the image they name is installed
+/// ([`crate::image::VerifiedImage::installed_image`],
+/// [`UpdateTarget::installed_image`], `Verified<Assignment>::installed_image`),
+/// or read back with serde from the device's own trusted state file. Its serde
+/// form is `{"name", "length", "hashes", "release_counter"}`, the form those
+/// files have always had:
+///
+/// ```
+/// # use secureev_uptane::uptane::InstalledImage;
+/// let json = r#"{"name":"fw.bin","length":3,"hashes":{"sha256":"ab"},"release_counter":2}"#;
+/// let i: InstalledImage = serde_json::from_str(json).unwrap();
+/// assert_eq!((i.name(), i.length(), i.release_counter()), ("fw.bin", 3, 2));
+/// assert_eq!(serde_json::to_string(&i).unwrap(), json);
+/// ```
+///
+/// ```compile_fail
+/// # use secureev_uptane::uptane::InstalledImage;
+/// let i = InstalledImage { name: "fw.bin".into(), length: 3, hashes: Default::default(), release_counter: 0 };
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstalledImage {
     /// Target name.
-    pub name: String,
-    /// Length in bytes.
-    pub length: u64,
-    /// Hashes.
-    pub hashes: BTreeMap<String, String>,
+    pub(crate) name: String,
+    /// Length in bytes, as the Director listed it (of the ciphertext, for an
+    /// encrypted image).
+    pub(crate) length: u64,
+    /// Hashes as the Director listed them.
+    pub(crate) hashes: BTreeMap<String, String>,
     /// Its release counter (0 when it had none).
-    pub release_counter: u64,
+    pub(crate) release_counter: u64,
+}
+
+impl InstalledImage {
+    /// Target name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Length in bytes, as the Director listed it.
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    /// Hashes as the Director listed them.
+    pub fn hashes(&self) -> &BTreeMap<String, String> {
+        &self.hashes
+    }
+
+    /// Release counter (0 when it had none).
+    pub fn release_counter(&self) -> u64 {
+        self.release_counter
+    }
+
+    fn of_assignment(a: &Assignment, release_counter: u64) -> Self {
+        InstalledImage {
+            name: a.name.clone(),
+            length: a.director_target.length,
+            hashes: a.director_target.hashes.clone(),
+            release_counter,
+        }
+    }
+}
+
+impl Verified<Assignment> {
+    /// What the ECU has installed once the image of this partially verified
+    /// assignment is installed: the name, length and hashes the Director
+    /// signed, and its release counter (0 when it has none).
+    pub fn installed_image(&self) -> InstalledImage {
+        InstalledImage::of_assignment(self, self.custom.release_counter.unwrap_or(0))
+    }
 }
 
 /// The vehicle as the Primary knows it.
@@ -142,6 +207,13 @@ impl UpdateTarget {
     /// Release counter of the new image (0 when none is given).
     pub fn release_counter(&self) -> u64 {
         self.release_counter
+    }
+
+    /// What the ECU has installed once this image is installed: the name,
+    /// length and hashes the Director signed (those of the image as served)
+    /// and the release counter.
+    pub fn installed_image(&self) -> InstalledImage {
+        InstalledImage::of_assignment(&self.assignment, self.release_counter)
     }
 
     /// The custom fields of the Image repository's entry (as signed by the

@@ -184,18 +184,23 @@ fn parse_ecu(v: &Value) -> Result<EcuInfo, String> {
             let hashes: BTreeMap<String, String> =
                 serde_json::from_value(i.get("hashes").cloned().unwrap_or(Value::Null))
                     .map_err(|e| format!("case.json: installed.hashes: {e}"))?;
-            Some(InstalledImage {
-                name: str_field(i, "name")?.to_owned(),
-                length: i
-                    .get("length")
-                    .and_then(Value::as_u64)
-                    .ok_or("case.json: installed.length")?,
-                hashes,
-                release_counter: i
-                    .get("releaseCounter")
-                    .and_then(Value::as_u64)
-                    .ok_or("case.json: installed.releaseCounter")?,
-            })
+            let length = i
+                .get("length")
+                .and_then(Value::as_u64)
+                .ok_or("case.json: installed.length")?;
+            let release_counter = i
+                .get("releaseCounter")
+                .and_then(Value::as_u64)
+                .ok_or("case.json: installed.releaseCounter")?;
+            // What the ECU's own state file would hold.
+            let image: InstalledImage = serde_json::from_value(serde_json::json!({
+                "name": str_field(i, "name")?,
+                "length": length,
+                "hashes": hashes,
+                "release_counter": release_counter,
+            }))
+            .map_err(|e| format!("case.json: installed: {e}"))?;
+            Some(image)
         }
     };
     Ok(EcuInfo {

@@ -42,10 +42,10 @@ impl Agent {
         let target = |serial: &str| {
             installed
                 .get(serial)
-                .map(|r| r.name.clone())
+                .map(|r| r.name().to_owned())
                 .unwrap_or_default()
         };
-        let counter = |serial: &str| installed.get(serial).map_or(0, |r| r.release_counter);
+        let counter = |serial: &str| installed.get(serial).map_or(0, |r| r.release_counter());
         let mut ecus = vec![Ecu {
             serial: c.vehicle.primary_serial.clone(),
             hardware_id: c.vehicle.hardware_id.clone(),

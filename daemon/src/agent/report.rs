@@ -136,10 +136,7 @@ impl Agent {
         .with_attacks(attacks)
         .with_nonce(secureev_uptane::manifest::random_nonce());
         if let Some(r) = installed.get(&c.vehicle.primary_serial) {
-            report = report.with_installed_image(
-                InstalledImage::new(&r.name, r.length, r.hashes.clone())
-                    .with_release_counter(r.release_counter),
-            );
+            report = report.with_installed_image(InstalledImage::of(r));
         }
         // The last install's result, until a manifest carrying it is accepted.
         let result = self.lock().recovered.clone();

@@ -79,9 +79,9 @@ pub async fn install_image_with_progress(
     let facts = &TargetFacts::for_install(image)?;
     let record = InstalledRecord::of(image, now);
     if let Some(current) = store.installed()?.get(&facts.ecu_serial) {
-        if current.name == record.name
-            && current.hashes == record.hashes
-            && current.length == record.length
+        if current.name() == record.name()
+            && current.hashes() == record.hashes()
+            && current.length() == record.length()
         {
             return Ok(InstallOutcome::AlreadyInstalled);
         }
