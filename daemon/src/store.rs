@@ -422,7 +422,12 @@ mod tests {
         let all = store.installed().unwrap();
         let hu = &all["HU-1"];
         assert_eq!(
-            (hu.name(), hu.length(), hu.release_counter(), hu.installed_at),
+            (
+                hu.name(),
+                hu.length(),
+                hu.release_counter(),
+                hu.installed_at
+            ),
             ("hu-2.0.bin", 2048, 7, 1_900_000_000)
         );
         assert_eq!(hu.version.as_deref(), Some("2.0"));
