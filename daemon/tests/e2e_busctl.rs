@@ -134,53 +134,6 @@ const VEHICLE: u32 = 2;
 const NOBODY: u32 = 65534;
 const DEST: &[&str] = &["io.secureev.Ota1", "/io/secureev/Ota1", "io.secureev.Ota1"];
 
-/// The shipped policy with the test's accounts, inside the default policy
-/// of dbus's own `system.conf` (as `systemd/tests/run.sh` builds it).
-fn system_bus_config(socket: &std::path::Path) -> String {
-    let policy = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../systemd/usr/share/dbus-1/system.d/io.secureev.Ota1.conf"
-    ))
-    .unwrap()
-    .replace("user=\"secureev\"", "user=\"root\"")
-    .replace("group=\"secureev-ui\"", "group=\"daemon\"")
-    .replace("group=\"secureev-vehicle\"", "group=\"bin\"");
-    let body = policy
-        .split_once("<busconfig>")
-        .unwrap()
-        .1
-        .rsplit_once("</busconfig>")
-        .unwrap()
-        .0;
-    format!(
-        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <auth>EXTERNAL</auth>
-  <listen>unix:path={}</listen>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-  </policy>
-  {body}
-</busconfig>
-"#,
-        socket.display()
-    )
-}
-
 /// `tool` as `uid` (root: `None`), its primary group only.
 fn command(uid: Option<u32>, tool: &str) -> Command {
     match uid {
@@ -363,7 +316,7 @@ async fn every_documented_row_from_busctl_and_gdbus_as_distinct_uids() {
         "consent",
         3600,
     );
-    let system = PrivateBus::start_with_config(system_bus_config).unwrap();
+    let system = PrivateBus::start_with_config(|s| system_bus_config(s, "")).unwrap();
     let config = std::fs::read_to_string(&vehicle.config).unwrap();
     std::fs::write(
         &vehicle.config,

@@ -31,6 +31,10 @@ const UI: u32 = 1;
 const VEHICLE: u32 = 2;
 const TIMEOUT_MS: u64 = 1000;
 
+/// polkit's own bus policy, inside the test's system-style bus.
+const POLKIT_BUS_POLICY: &str = r#"  <include ignore_missing="no">/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf</include>
+"#;
+
 /// Files installed for the run, removed on drop.
 struct Installed(Vec<PathBuf>);
 
@@ -58,54 +62,6 @@ impl Drop for Polkitd {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// The shipped policy with the test's accounts and polkit's bus policy,
-/// inside the default policy of dbus's own `system.conf`.
-fn system_bus_config(socket: &Path) -> String {
-    let policy = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../systemd/usr/share/dbus-1/system.d/io.secureev.Ota1.conf"
-    ))
-    .unwrap()
-    .replace("user=\"secureev\"", "user=\"root\"")
-    .replace("group=\"secureev-ui\"", "group=\"daemon\"")
-    .replace("group=\"secureev-vehicle\"", "group=\"bin\"");
-    let body = policy
-        .split_once("<busconfig>")
-        .unwrap()
-        .1
-        .rsplit_once("</busconfig>")
-        .unwrap()
-        .0;
-    format!(
-        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <auth>EXTERNAL</auth>
-  <listen>unix:path={}</listen>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-  </policy>
-  <include ignore_missing="no">/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf</include>
-  {body}
-</busconfig>
-"#,
-        socket.display()
-    )
 }
 
 /// `gdbus call` of `io.secureev.Ota1.<method>` as `uid` (root: `None`),
@@ -223,7 +179,8 @@ async fn polkit_decides_roles_and_the_daemon_fails_closed_without_it() {
         "consent",
         3600,
     );
-    let system = PrivateBus::start_with_config(system_bus_config).unwrap();
+    let system =
+        PrivateBus::start_with_config(|s| system_bus_config(s, POLKIT_BUS_POLICY)).unwrap();
     let config = std::fs::read_to_string(&vehicle.config).unwrap();
     std::fs::write(
         &vehicle.config,

@@ -10,95 +10,15 @@
 mod e2e_common;
 
 use e2e_common::*;
-use futures_util::StreamExt;
 use secureev_dbus::testing::PrivateBus;
 use secureev_dbus::{ErrorCode, Ota1Proxy};
 use serde_json::json;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use zbus::zvariant::Value;
 
 const NOTES: &str = "Charging timer fixed.\n\t- Ünïcode and tabs kept\n- second line\n";
-
-/// The `secureev-server` binary next to `secureev-otad`, built with the
-/// cargo running the tests when this package's run has not built it.
-fn server_bin() -> PathBuf {
-    let bin = otad_bin().with_file_name("secureev-server");
-    if !bin.is_file() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--locked", "-p", "secureev-server"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cargo build -p secureev-server failed");
-    }
-    bin
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Run a command to completion: `(exit code, stdout, stderr)`.
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let what = format!("{cmd:?}");
-    let (code, out, err) = run(cmd);
-    assert_eq!(code, 0, "{what}: {out}{err}");
-    out
-}
-
-/// Kills the processes it holds when the test ends, passing or not.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The next `OperationCompleted` whose id is `id` (or, with `None`, whose
-/// kind is `check`): `(code, message)`.
-async fn completed(
-    stream: &mut secureev_dbus::OperationCompletedStream,
-    id: Option<u64>,
-    timeout: Duration,
-    log: &Path,
-) -> (u32, String) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let s = tokio::time::timeout_at(deadline, stream.next())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no OperationCompleted for {id:?}:\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                )
-            })
-            .expect("signal stream ended");
-        let a = s.args().unwrap();
-        if id.map_or(a.kind == "check", |id| a.id == id) {
-            return (a.code, a.message);
-        }
-    }
-}
 
 /// The real backend: `init`, `serve`, enrollment, `image add` with a version
 /// and release notes from a file, `assign`. The real daemon provisions, checks
@@ -262,10 +182,10 @@ path = "{d}/installed.img"
         )
         .await
         .unwrap();
-    let (code, message) = completed(&mut ops, Some(id), timeout, &otad_log).await;
+    let (code, message) = op_completed(&mut ops, Some(id), timeout, &otad_log).await;
     assert_eq!(code, 0, "provision: {message}");
     // The check-in a provisioning asks for (nothing assigned yet).
-    let (code, message) = completed(&mut ops, None, timeout, &otad_log).await;
+    let (code, message) = op_completed(&mut ops, None, timeout, &otad_log).await;
     assert_eq!(code, 0, "check-in after provisioning: {message}");
 
     let image = image_bytes(96 * 1024, 41);
@@ -300,7 +220,7 @@ path = "{d}/installed.img"
         .arg("--offline-dir")
         .arg(&offline);
     s_args(&mut bad);
-    let (code, out, err) = run(&mut bad);
+    let (code, out, err) = run_command(&mut bad);
     assert!(code != 0 && err.contains("U+001B"), "{code} {out}{err}");
     let mut assign = Command::new(&server);
     assign.args(["assign", "--vin", VIN, "--ecu", HU, "--image", name]);
@@ -308,7 +228,7 @@ path = "{d}/installed.img"
     ok(&mut assign);
 
     let id = proxy.check_for_updates(HashMap::new()).await.unwrap();
-    let (code, message) = completed(&mut ops, Some(id), timeout, &otad_log).await;
+    let (code, message) = op_completed(&mut ops, Some(id), timeout, &otad_log).await;
     assert_eq!(code, 0, "check: {message}");
     let pending = proxy.pending_updates().await.unwrap();
     assert_eq!(pending.len(), 1, "{pending:?}");
@@ -325,10 +245,12 @@ path = "{d}/installed.img"
     );
 
     // Independent clients see the same keys.
-    let (code, out, err) = run(Command::new("busctl")
-        .arg(format!("--address={}", bus.address()))
-        .args(["--json=short", "get-property", "io.secureev.Ota1"])
-        .args(["/io/secureev/Ota1", "io.secureev.Ota1", "PendingUpdates"]));
+    let (code, out, err) = run_command(
+        Command::new("busctl")
+            .arg(format!("--address={}", bus.address()))
+            .args(["--json=short", "get-property", "io.secureev.Ota1"])
+            .args(["/io/secureev/Ota1", "io.secureev.Ota1", "PendingUpdates"]),
+    );
     assert_eq!(code, 0, "{out}{err}");
     let got: serde_json::Value = serde_json::from_str(&out).unwrap();
     let entry = &got["data"][0];
@@ -351,7 +273,7 @@ path = "{d}/installed.img"
         "{shown}"
     );
 
-    let (code, out, err) = run(ctl().args(["install", "--yes", "--wait"]));
+    let (code, out, err) = run_command(ctl().args(["install", "--yes", "--wait"]));
     assert_eq!(
         code,
         0,

@@ -1127,3 +1127,132 @@ pub fn files_starting_with(dir: &Path, prefix: &str) -> Vec<PathBuf> {
         .map(|e| e.path())
         .collect()
 }
+
+// The real `secureev-server` and its processes (e2e_versions, e2e_mqtt).
+
+/// The `secureev-server` binary next to `secureev-otad`, built with the
+/// cargo running the tests when this package's run has not built it.
+pub fn server_bin() -> PathBuf {
+    let bin = otad_bin().with_file_name("secureev-server");
+    if !bin.is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--locked", "-p", "secureev-server"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build -p secureev-server failed");
+    }
+    bin
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Run a command to completion: `(exit code, stdout, stderr)`.
+pub fn run_command(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn ok(cmd: &mut Command) -> String {
+    let what = format!("{cmd:?}");
+    let (code, out, err) = run_command(cmd);
+    assert_eq!(code, 0, "{what}: {out}{err}");
+    out
+}
+
+/// Kills the processes it holds when the test ends, passing or not.
+pub struct Procs(pub Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The next `OperationCompleted` whose id is `id` (or, with `None`, whose
+/// kind is `check`): `(code, message)`.
+pub async fn op_completed(
+    stream: &mut secureev_dbus::OperationCompletedStream,
+    id: Option<u64>,
+    timeout: Duration,
+    log: &Path,
+) -> (u32, String) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let s = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no OperationCompleted for {id:?}:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            })
+            .expect("signal stream ended");
+        let a = s.args().unwrap();
+        if id.map_or(a.kind == "check", |id| a.id == id) {
+            return (a.code, a.message);
+        }
+    }
+}
+
+/// The shipped policy with the test's accounts, inside the default policy
+/// of dbus's own `system.conf` (as `systemd/tests/run.sh` builds it);
+/// `extra` (whole lines) goes before the shipped policy (e2e_busctl,
+/// e2e_polkit).
+pub fn system_bus_config(socket: &Path, extra: &str) -> String {
+    let policy = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../systemd/usr/share/dbus-1/system.d/io.secureev.Ota1.conf"
+    ))
+    .unwrap()
+    .replace("user=\"secureev\"", "user=\"root\"")
+    .replace("group=\"secureev-ui\"", "group=\"daemon\"")
+    .replace("group=\"secureev-vehicle\"", "group=\"bin\"");
+    let body = policy
+        .split_once("<busconfig>")
+        .unwrap()
+        .1
+        .rsplit_once("</busconfig>")
+        .unwrap()
+        .0;
+    format!(
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <auth>EXTERNAL</auth>
+  <listen>unix:path={}</listen>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+{extra}  {body}
+</busconfig>
+"#,
+        socket.display()
+    )
+}
