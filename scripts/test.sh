@@ -38,6 +38,9 @@ bash server/tests/softhsm-prereqs.sh
 step "Mosquitto for the MQTT push test (daemon/tests/e2e_mqtt.rs)"
 bash daemon/tests/mosquitto-prereqs.sh
 
+step "PostgreSQL for the backend's suites on PostgreSQL (scripts/with-postgres.sh)"
+bash scripts/postgres-prereqs.sh
+
 step "polkitd for the polkit authorization test (daemon/tests/e2e_polkit.rs)"
 bash daemon/tests/polkit-prereqs.sh
 
@@ -59,6 +62,17 @@ fi
 
 step "cargo test (workspace)"
 cargo test --workspace --locked
+
+step "backend integration suites on PostgreSQL (a throwaway cluster; SECUREEV_TEST_DATABASE_URL)"
+# The same suites as above, every harness in a fresh PostgreSQL database.
+# data_dir_review stays SQLite-only (it inspects the SQLite file's mode).
+if [ -n "$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null)" ]; then
+    bash scripts/with-postgres.sh cargo test -p secureev-server --locked \
+        --test attacks --test audit_atomic --test enrollment --test rollouts \
+        --test device_certs --test flood --test rotation --test tls
+else
+    echo "SKIPPED: no PostgreSQL server (see scripts/postgres-prereqs.sh)"
+fi
 
 # ---- the vcan VM, in the background --------------------------------------
 vm_log="$(mktemp /tmp/secureev-vm-step.XXXXXX.log)"

@@ -93,6 +93,7 @@ async fn a_fleet_cascades_through_three_groups_and_a_failing_group_stops_the_rol
     let _ = std::fs::remove_dir_all(&root);
     let (data, offline) = (root.join("data"), root.join("offline"));
     init(&InitOptions {
+        database_url: None,
         data_dir: data.clone(),
         offline_dir: offline.clone(),
         hostnames: vec!["127.0.0.1".into()],

@@ -24,6 +24,7 @@ async fn fifty_vehicles_check_in_and_install_a_campaign() {
     let _ = std::fs::remove_dir_all(&root);
     let (data, offline) = (root.join("data"), root.join("offline"));
     init(&InitOptions {
+        database_url: None,
         data_dir: data.clone(),
         offline_dir: offline.clone(),
         hostnames: vec!["127.0.0.1".into()],

@@ -79,6 +79,7 @@ async fn env() -> Env {
     let root = std::env::temp_dir().join(format!("secureev-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     init(&InitOptions {
+        database_url: None,
         data_dir: root.join("data"),
         offline_dir: root.join("offline"),
         hostnames: vec!["127.0.0.1".into()],

@@ -274,6 +274,16 @@ async fn authenticate_vehicle(state: &AppState, req: Request) -> Result<Request,
             return Err(Error::Unauthorized("replayed request (nonce seen)".into()));
         }
     }
+    // On PostgreSQL the nonce must also be new to every other instance.
+    if state
+        .db()
+        .remember_nonce(&ok.vin, &ok.nonce, ok.timestamp.unix() + window, now)?
+        == Some(false)
+    {
+        return Err(Error::Unauthorized(
+            "replayed request (nonce seen by another instance)".into(),
+        ));
+    }
     parts.extensions.insert(VehicleIdentity { vin: ok.vin });
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
@@ -350,7 +360,7 @@ pub async fn admin_auth(
         detail["recorded"] = json!("after-response");
         if let Err(e) = state
             .db()
-            .write(|tx| state.audit(tx, &actor, "admin-request", detail))
+            .write(|tx| state.audit(tx, &actor, "admin-request", detail.clone()))
         {
             tracing::error!(error = %e, "cannot append to the audit trail");
         }

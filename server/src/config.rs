@@ -285,6 +285,11 @@ pub struct Config {
     /// `[push]`: MQTT nudges to vehicles whose Director metadata changed.
     #[serde(default)]
     pub push: Option<crate::push::PushConfig>,
+    /// PostgreSQL connection URL (`postgres://user:password@host:port/db`,
+    /// or libpq key=value form); unset: the SQLite file in the data
+    /// directory. Several instances may share one PostgreSQL database.
+    #[serde(default)]
+    pub database_url: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -354,6 +359,7 @@ impl Config {
             key_store: KeyStoreKind::Pem,
             pkcs11: None,
             push: None,
+            database_url: None,
         }
     }
 

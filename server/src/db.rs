@@ -3,13 +3,13 @@
 //! SQLite in WAL mode, schema versions tracked with `PRAGMA user_version`.
 //! Handlers never see SQL: they call [`Db::read`] or [`Db::write`] with a
 //! closure over a [`Tx`], and a write closure runs in one transaction, so a
-//! multi-row change is all or nothing. A PostgreSQL backend would implement the
-//! same functions.
+//! multi-row change is all or nothing. With `database_url` set, the same
+//! statements run on PostgreSQL instead ([`pg`]), so that several server
+//! instances can serve one fleet; see docs/server.md, "Several instances on
+//! PostgreSQL".
 
 use crate::error::{Error, Result};
-use rusqlite::{
-    params, Connection, OptionalExtension, Params, Row, Transaction, TransactionBehavior,
-};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -181,6 +181,18 @@ CREATE INDEX rollout_targets_vin ON rollout_targets(vin, ecu_serial);
 "#,
 ];
 
+/// The parameters of a statement, written as in `rusqlite::params!`.
+macro_rules! params {
+    () => {
+        &[] as &[$crate::db::Param<'_>]
+    };
+    ($($x:expr),+ $(,)?) => {
+        &[$($crate::db::ToParam::param(&$x)),+] as &[$crate::db::Param<'_>]
+    };
+}
+pub(crate) use params;
+
+mod pg;
 mod rollouts;
 pub use rollouts::{RolloutGroupRow, RolloutProgress, RolloutRow, RolloutTargetRow};
 
@@ -191,20 +203,31 @@ const STATEMENT_CACHE: usize = 128;
 /// when returned to a full pool.
 const READERS_KEPT: usize = 8;
 
-/// The database handle.
+/// The database handle: SQLite (embedded, the default) or PostgreSQL.
 ///
-/// One write connection behind a mutex (SQLite has one writer at a time
-/// anyway, and `BEGIN IMMEDIATE` would serialise writers regardless) and, for
-/// a file database, a pool of read connections: in WAL mode readers never
-/// wait for the writer or for each other, so the read-only hot path of a
-/// check-in (request authentication, the fresh Director timestamp, Image
+/// SQLite: one write connection behind a mutex (SQLite has one writer at a
+/// time anyway, and `BEGIN IMMEDIATE` would serialise writers regardless)
+/// and, for a file database, a pool of read connections: in WAL mode readers
+/// never wait for the writer or for each other, so the read-only hot path of
+/// a check-in (request authentication, the fresh Director timestamp, Image
 /// metadata) takes no global lock beyond popping a connection off the pool.
 /// An in-memory database (tests) has only the one connection.
+///
+/// PostgreSQL: a pool of connections, each transaction on its own; writes
+/// `SERIALIZABLE` and run again on a conflict ([`Db::write`]).
 #[derive(Debug)]
 pub struct Db {
-    writer: Mutex<Connection>,
-    readers: Option<Readers>,
+    backend: Backend,
     on_commit: std::sync::OnceLock<CommitHook>,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Sqlite {
+        writer: Mutex<Connection>,
+        readers: Option<Readers>,
+    },
+    Postgres(pg::Pool),
 }
 
 /// Called after a write transaction commits with the VINs whose Director
@@ -269,8 +292,161 @@ fn open_reader(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// A statement parameter, on either backend.
+#[derive(Debug, Clone, Copy)]
+pub enum Param<'a> {
+    /// NULL.
+    Null,
+    /// An integer (`BIGINT` on PostgreSQL).
+    Int(i64),
+    /// Text.
+    Text(&'a str),
+    /// Bytes (`BYTEA` on PostgreSQL).
+    Blob(&'a [u8]),
+}
+
+/// What can be a [`Param`] (the `params!` macro takes references to these).
+pub trait ToParam {
+    /// As a parameter.
+    fn param(&self) -> Param<'_>;
+}
+
+impl ToParam for i64 {
+    fn param(&self) -> Param<'_> {
+        Param::Int(*self)
+    }
+}
+impl ToParam for i32 {
+    fn param(&self) -> Param<'_> {
+        Param::Int(i64::from(*self))
+    }
+}
+impl ToParam for u32 {
+    fn param(&self) -> Param<'_> {
+        Param::Int(i64::from(*self))
+    }
+}
+impl ToParam for str {
+    fn param(&self) -> Param<'_> {
+        Param::Text(self)
+    }
+}
+impl ToParam for String {
+    fn param(&self) -> Param<'_> {
+        Param::Text(self)
+    }
+}
+impl ToParam for [u8] {
+    fn param(&self) -> Param<'_> {
+        Param::Blob(self)
+    }
+}
+impl ToParam for Vec<u8> {
+    fn param(&self) -> Param<'_> {
+        Param::Blob(self)
+    }
+}
+impl<T: ToParam + ?Sized> ToParam for &T {
+    fn param(&self) -> Param<'_> {
+        (**self).param()
+    }
+}
+impl<T: ToParam> ToParam for Option<T> {
+    fn param(&self) -> Param<'_> {
+        self.as_ref().map_or(Param::Null, ToParam::param)
+    }
+}
+impl ToParam for Param<'_> {
+    fn param(&self) -> Param<'_> {
+        *self
+    }
+}
+
+impl rusqlite::ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::ValueRef;
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(match *self {
+            Param::Null => ValueRef::Null,
+            Param::Int(i) => ValueRef::Integer(i),
+            Param::Text(s) => ValueRef::Text(s.as_bytes()),
+            Param::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+/// A result row, on either backend.
+pub struct Row<'a>(RowOf<'a>);
+
+enum RowOf<'a> {
+    Sqlite(&'a rusqlite::Row<'a>),
+    Postgres(&'a tokio_postgres::Row),
+}
+
+impl Row<'_> {
+    /// Column `i`.
+    pub fn get<T: Column>(&self, i: usize) -> Result<T> {
+        match &self.0 {
+            RowOf::Sqlite(r) => Ok(T::sqlite(r, i)?),
+            RowOf::Postgres(r) => Ok(T::postgres(r, i)?),
+        }
+    }
+}
+
+/// A column type both backends read the same way.
+pub trait Column: Sized {
+    /// From a SQLite row.
+    fn sqlite(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Self>;
+    /// From a PostgreSQL row.
+    fn postgres(
+        r: &tokio_postgres::Row,
+        i: usize,
+    ) -> std::result::Result<Self, tokio_postgres::Error>;
+}
+
+macro_rules! column {
+    ($($t:ty),*) => {$(
+        impl Column for $t {
+            fn sqlite(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Self> {
+                r.get(i)
+            }
+            fn postgres(r: &tokio_postgres::Row, i: usize) -> std::result::Result<Self, tokio_postgres::Error> {
+                r.try_get(i)
+            }
+        }
+    )*};
+}
+column!(
+    i64,
+    Option<i64>,
+    String,
+    Option<String>,
+    Vec<u8>,
+    Option<Vec<u8>>
+);
+
+impl Column for u32 {
+    fn sqlite(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Self> {
+        r.get(i)
+    }
+    fn postgres(
+        r: &tokio_postgres::Row,
+        i: usize,
+    ) -> std::result::Result<Self, tokio_postgres::Error> {
+        // Stored as BIGINT; written from a u32, so it fits.
+        Ok(u32::try_from(r.try_get::<_, i64>(i)?).unwrap_or(u32::MAX))
+    }
+}
+
 /// A transaction handed to [`Db::read`] and [`Db::write`] closures.
-pub struct Tx<'a>(Transaction<'a>, std::cell::RefCell<Vec<String>>);
+pub struct Tx<'a> {
+    conn: TxOf<'a>,
+    changed: std::cell::RefCell<Vec<String>>,
+}
+
+enum TxOf<'a> {
+    Sqlite(Transaction<'a>),
+    Postgres(&'a pg::Conn),
+}
 
 impl Db {
     /// Open (creating if needed) and migrate the database at `path`.
@@ -288,16 +464,40 @@ impl Db {
         }
         let conn = Connection::open(path)?;
         let mut db = Self::setup(conn)?;
-        db.readers = Some(Readers {
-            path: path.to_owned(),
-            idle: Mutex::new(Vec::new()),
-        });
+        if let Backend::Sqlite { readers, .. } = &mut db.backend {
+            *readers = Some(Readers {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+            });
+        }
         Ok(db)
     }
 
     /// An in-memory database (tests, benchmarks).
     pub fn open_in_memory() -> Result<Self> {
         Self::setup(Connection::open_in_memory()?)
+    }
+
+    /// Connect to (and migrate) the PostgreSQL database at `url`.
+    pub fn connect(url: &str) -> Result<Self> {
+        Ok(Db {
+            backend: Backend::Postgres(pg::Pool::connect(url)?),
+            on_commit: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The database of a data directory: PostgreSQL at `database_url` when
+    /// there is one, else the directory's SQLite file.
+    pub fn open_store(data_dir: &Path, database_url: Option<&str>) -> Result<Self> {
+        match database_url {
+            Some(url) => Self::connect(url),
+            None => Self::open(&data_dir.join(crate::layout::DB_FILE)),
+        }
+    }
+
+    /// Whether this is PostgreSQL (state shared with other instances).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     fn setup(mut conn: Connection) -> Result<Self> {
@@ -308,23 +508,23 @@ impl Db {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate(&mut conn)?;
         Ok(Db {
-            writer: Mutex::new(conn),
-            readers: None,
+            backend: Backend::Sqlite {
+                writer: Mutex::new(conn),
+                readers: None,
+            },
             on_commit: std::sync::OnceLock::new(),
         })
-    }
-
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
-        self.writer
-            .lock()
-            .map_err(|_| Error::Internal("database mutex poisoned".into()))
     }
 
     /// Run `f` in a read transaction (a consistent snapshot; on a file
     /// database, on a pooled read connection that does not wait for writes).
     pub fn read<R>(&self, f: impl FnOnce(&Tx<'_>) -> Result<R>) -> Result<R> {
-        let Some(readers) = &self.readers else {
-            let mut conn = self.lock()?;
+        let (writer, readers) = match &self.backend {
+            Backend::Sqlite { writer, readers } => (writer, readers),
+            Backend::Postgres(pool) => return pg_read(pool, f),
+        };
+        let Some(readers) = readers else {
+            let mut conn = lock(writer)?;
             return run_read(&mut conn, f);
         };
         let mut borrowed = readers.get()?;
@@ -346,16 +546,34 @@ impl Db {
     /// While an admin request is served, the first such transaction also
     /// carries the request's audit record ([`crate::audit::RequestRecord`]):
     /// the change and its record commit together or not at all.
-    pub fn write<R>(&self, f: impl FnOnce(&Tx<'_>) -> Result<R>) -> Result<R> {
-        let mut conn = self.lock()?;
-        let tx = Tx(
-            conn.transaction_with_behavior(TransactionBehavior::Immediate)?,
-            Default::default(),
-        );
+    ///
+    /// On PostgreSQL `f` may run more than once: when PostgreSQL aborts the
+    /// transaction for a conflict with another (instance's) transaction, it is
+    /// rolled back and `f` runs again on fresh data, up to
+    /// [`pg::WRITE_ATTEMPTS`] times. `f` must therefore do nothing but
+    /// through `tx` that a second run would repeat.
+    pub fn write<R>(&self, mut f: impl FnMut(&Tx<'_>) -> Result<R>) -> Result<R> {
+        let writer = match &self.backend {
+            Backend::Sqlite { writer, .. } => writer,
+            Backend::Postgres(pool) => return self.pg_write(pool, f),
+        };
+        let mut conn = lock(writer)?;
+        let tx = Tx {
+            conn: TxOf::Sqlite(conn.transaction_with_behavior(TransactionBehavior::Immediate)?),
+            changed: Default::default(),
+        };
         let r = f(&tx)?;
         let recorded = crate::audit::append_pending(&tx)?;
-        let mut changed = tx.1.take();
-        tx.0.commit()?;
+        let changed = tx.changed.take();
+        let TxOf::Sqlite(t) = tx.conn else {
+            return Err(Error::Internal("transaction of another backend".into()));
+        };
+        t.commit()?;
+        self.committed(recorded, changed);
+        Ok(r)
+    }
+
+    fn committed(&self, recorded: bool, mut changed: Vec<String>) {
         if recorded {
             crate::audit::pending_committed();
         }
@@ -366,7 +584,46 @@ impl Db {
                 (hook.0)(changed);
             }
         }
-        Ok(r)
+    }
+
+    fn pg_write<R>(&self, pool: &pg::Pool, mut f: impl FnMut(&Tx<'_>) -> Result<R>) -> Result<R> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut borrowed = pool.get()?;
+            let conn = borrowed
+                .conn
+                .as_ref()
+                .ok_or_else(|| Error::Internal("database pool emptied".into()))?;
+            let tx = Tx {
+                conn: TxOf::Postgres(conn),
+                changed: Default::default(),
+            };
+            let run = (|| {
+                conn.batch("BEGIN ISOLATION LEVEL SERIALIZABLE")?;
+                let r = f(&tx)?;
+                let recorded = crate::audit::append_pending(&tx)?;
+                conn.batch("COMMIT")?;
+                Ok((r, recorded))
+            })();
+            match run {
+                Ok((r, recorded)) => {
+                    self.committed(recorded, tx.changed.take());
+                    return Ok(r);
+                }
+                Err(e) => {
+                    let broken = conn.batch("ROLLBACK").is_err();
+                    drop(tx);
+                    if broken {
+                        borrowed.conn = None;
+                    }
+                    if attempt >= pg::WRITE_ATTEMPTS || !pg::retryable(&e) {
+                        return Err(e);
+                    }
+                    tracing::debug!(attempt, error = %e, "write transaction conflicted; running it again");
+                }
+            }
+        }
     }
 
     /// Install the hook run after each write transaction that changed some
@@ -377,19 +634,98 @@ impl Db {
 
     /// Schema version applied.
     pub fn schema_version(&self) -> Result<u32> {
-        Ok(self
-            .lock()?
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        match &self.backend {
+            Backend::Sqlite { writer, .. } => {
+                Ok(lock(writer)?.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+            }
+            Backend::Postgres(pool) => pool.schema_version(),
+        }
+    }
+
+    /// Remember `(vin, nonce)` until `expires` in the nonce table every
+    /// instance shares; `Some(false)` if some instance already did. `None`
+    /// on SQLite, where the server's own cache ([`crate::auth::NonceCache`])
+    /// is the whole replay state. Expired nonces are deleted at most once
+    /// per `prune_every` seconds by each instance.
+    pub fn remember_nonce(
+        &self,
+        vin: &str,
+        nonce: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<Option<bool>> {
+        let Backend::Postgres(pool) = &self.backend else {
+            return Ok(None);
+        };
+        let borrowed = pool.get()?;
+        let conn = borrowed
+            .conn
+            .as_ref()
+            .ok_or_else(|| Error::Internal("database pool emptied".into()))?;
+        // One statement, autocommit: the primary key decides which instance
+        // saw the nonce first; a concurrent twin waits for it, then inserts
+        // nothing.
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO nonces (vin, nonce, expires) VALUES (?1, ?2, ?3)",
+            params![vin, nonce, expires],
+        )?;
+        if n > 0 && expires % 64 == 0 {
+            conn.execute("DELETE FROM nonces WHERE expires < ?1", params![now])?;
+        }
+        Ok(Some(n > 0))
     }
 }
 
+#[cfg(test)]
+impl Db {
+    /// The SQLite write connection (unit tests only).
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+        match &self.backend {
+            Backend::Sqlite { writer, .. } => lock(writer),
+            Backend::Postgres(_) => Err(Error::Internal("not SQLite".into())),
+        }
+    }
+}
+
+fn lock(writer: &Mutex<Connection>) -> Result<std::sync::MutexGuard<'_, Connection>> {
+    writer
+        .lock()
+        .map_err(|_| Error::Internal("database mutex poisoned".into()))
+}
+
+fn pg_read<R>(pool: &pg::Pool, f: impl FnOnce(&Tx<'_>) -> Result<R>) -> Result<R> {
+    let mut borrowed = pool.get()?;
+    let conn = borrowed
+        .conn
+        .as_ref()
+        .ok_or_else(|| Error::Internal("database pool emptied".into()))?;
+    let tx = Tx {
+        conn: TxOf::Postgres(conn),
+        changed: Default::default(),
+    };
+    let run = (|| {
+        conn.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        let r = f(&tx)?;
+        conn.batch("COMMIT")?;
+        Ok(r)
+    })();
+    let broken = run.is_err() && conn.batch("ROLLBACK").is_err();
+    drop(tx);
+    if broken {
+        borrowed.conn = None;
+    }
+    run
+}
+
 fn run_read<R>(conn: &mut Connection, f: impl FnOnce(&Tx<'_>) -> Result<R>) -> Result<R> {
-    let tx = Tx(
-        conn.transaction_with_behavior(TransactionBehavior::Deferred)?,
-        Default::default(),
-    );
+    let tx = Tx {
+        conn: TxOf::Sqlite(conn.transaction_with_behavior(TransactionBehavior::Deferred)?),
+        changed: Default::default(),
+    };
     let r = f(&tx)?;
-    tx.0.commit()?;
+    if let TxOf::Sqlite(t) = tx.conn {
+        t.commit()?;
+    }
     Ok(r)
 }
 
@@ -550,7 +886,7 @@ pub struct OperatorRow {
     pub revoked_at: Option<i64>,
 }
 
-fn operator_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<OperatorRow> {
+fn operator_of(r: &Row<'_>) -> Result<OperatorRow> {
     Ok(OperatorRow {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -620,7 +956,7 @@ fn i64_of(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::BadRequest(format!("number {v} too large")))
 }
 
-fn vehicle_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<VehicleRow> {
+fn vehicle_of(r: &Row<'_>) -> Result<VehicleRow> {
     Ok(VehicleRow {
         vin: r.get(0)?,
         primary_serial: r.get(1)?,
@@ -632,7 +968,7 @@ fn vehicle_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<VehicleRow> {
 
 const ECU_COLS: &str = "vin, serial, hardware_id, did, encryption_key, report_counter, installed_name, installed_length, installed_sha256, installed_release_counter";
 
-fn ecu_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<EcuRow> {
+fn ecu_of(r: &Row<'_>) -> Result<EcuRow> {
     Ok(EcuRow {
         vin: r.get(0)?,
         serial: r.get(1)?,
@@ -649,7 +985,7 @@ fn ecu_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<EcuRow> {
 
 const IMAGE_COLS: &str = "name, sha256, sha512, length, hardware_ids, release_counter, version, encryption, content_key, targets_version";
 
-fn image_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRow> {
+fn image_of(r: &Row<'_>) -> Result<ImageRow> {
     let hw: String = r.get(4)?;
     let enc: Option<String> = r.get(7)?;
     let key: Option<String> = r.get(8)?;
@@ -671,7 +1007,7 @@ fn image_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRow> {
 const ASSIGNMENT_COLS: &str =
     "id, vin, ecu_serial, image, campaign_id, status, created_at, updated_at";
 
-fn assignment_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignmentRow> {
+fn assignment_of(r: &Row<'_>) -> Result<AssignmentRow> {
     Ok(AssignmentRow {
         id: r.get(0)?,
         vin: r.get(1)?,
@@ -701,34 +1037,83 @@ impl Tx<'_> {
     /// Note that this transaction changed `vin`'s Director metadata: after
     /// the commit the vehicle is nudged ([`Db::set_commit_hook`]).
     pub fn director_changed(&self, vin: &str) {
-        self.1.borrow_mut().push(vin.to_owned());
+        self.changed.borrow_mut().push(vin.to_owned());
     }
 
     /// Run a cached statement.
-    fn exec<P: Params>(&self, sql: &str, p: P) -> Result<usize> {
-        Ok(self.0.prepare_cached(sql)?.execute(p)?)
+    fn exec(&self, sql: &str, p: &[Param<'_>]) -> Result<usize> {
+        match &self.conn {
+            TxOf::Sqlite(t) => Ok(t
+                .prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(p))?),
+            TxOf::Postgres(c) => Ok(usize::try_from(c.execute(sql, p)?).unwrap_or(usize::MAX)),
+        }
+    }
+
+    /// Run a cached `INSERT` into a table keyed by `id`; the new row's id.
+    fn insert_id(&self, sql: &str, p: &[Param<'_>]) -> Result<i64> {
+        match &self.conn {
+            TxOf::Sqlite(t) => {
+                t.prepare_cached(sql)?
+                    .execute(rusqlite::params_from_iter(p))?;
+                Ok(t.last_insert_rowid())
+            }
+            TxOf::Postgres(c) => {
+                let rows = c.query(&format!("{sql} RETURNING id"), p)?;
+                let row = rows
+                    .first()
+                    .ok_or_else(|| Error::Internal("INSERT returned no id".into()))?;
+                Ok(row.try_get(0)?)
+            }
+        }
     }
 
     /// At most one row of a cached statement.
-    fn one<T, P: Params>(
+    fn one<T>(
         &self,
         sql: &str,
-        p: P,
-        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+        p: &[Param<'_>],
+        f: impl FnOnce(&Row<'_>) -> Result<T>,
     ) -> Result<Option<T>> {
-        Ok(self.0.prepare_cached(sql)?.query_row(p, f).optional()?)
+        match &self.conn {
+            TxOf::Sqlite(t) => {
+                let mut st = t.prepare_cached(sql)?;
+                let mut rows = st.query(rusqlite::params_from_iter(p))?;
+                match rows.next()? {
+                    Some(r) => Ok(Some(f(&Row(RowOf::Sqlite(r)))?)),
+                    None => Ok(None),
+                }
+            }
+            TxOf::Postgres(c) => match c.query(sql, p)?.first() {
+                Some(r) => Ok(Some(f(&Row(RowOf::Postgres(r)))?)),
+                None => Ok(None),
+            },
+        }
     }
 
     /// Every row of a cached statement.
-    fn all<T, P: Params>(
+    fn all<T>(
         &self,
         sql: &str,
-        p: P,
-        f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+        p: &[Param<'_>],
+        mut f: impl FnMut(&Row<'_>) -> Result<T>,
     ) -> Result<Vec<T>> {
-        let mut st = self.0.prepare_cached(sql)?;
-        let rows = st.query_map(p, f)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        match &self.conn {
+            TxOf::Sqlite(t) => {
+                let mut st = t.prepare_cached(sql)?;
+                let mut rows = st.query(rusqlite::params_from_iter(p))?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next()? {
+                    out.push(f(&Row(RowOf::Sqlite(r)))?);
+                }
+                Ok(out)
+            }
+            TxOf::Postgres(c) => c
+                .query(sql, p)?
+                .iter()
+                .map(|r| f(&Row(RowOf::Postgres(r))))
+                .collect(),
+        }
     }
 
     // ---- vehicles and ECUs -------------------------------------------------
@@ -805,7 +1190,7 @@ impl Tx<'_> {
 
     /// All vehicles.
     pub fn vehicles(&self) -> Result<Vec<VehicleRow>> {
-        self.all("SELECT vin, primary_serial, manifest_counter, last_seen, created_at FROM vehicles ORDER BY vin", [], vehicle_of)
+        self.all("SELECT vin, primary_serial, manifest_counter, last_seen, created_at FROM vehicles ORDER BY vin", params![], vehicle_of)
     }
 
     /// ECUs of a vehicle.
@@ -885,11 +1270,10 @@ impl Tx<'_> {
 
     /// Store a manifest's bytes.
     pub fn insert_manifest(&self, vin: &str, counter: u64, bytes: &[u8], now: i64) -> Result<i64> {
-        self.exec(
+        self.insert_id(
             "INSERT INTO manifests (vin, report_counter, received_at, bytes) VALUES (?1, ?2, ?3, ?4)",
             params![vin, i64_of(counter)?, now, bytes],
-        )?;
-        Ok(self.0.last_insert_rowid())
+        )
     }
 
     /// Keep only a vehicle's newest `manifests` manifests and `events` events.
@@ -929,7 +1313,11 @@ impl Tx<'_> {
     /// Insert or replace an image record.
     pub fn upsert_image(&self, img: &ImageRow, now: i64) -> Result<()> {
         self.exec(
-            &format!("INSERT OR REPLACE INTO images ({IMAGE_COLS}, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            &format!("INSERT INTO images ({IMAGE_COLS}, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                ON CONFLICT (name) DO UPDATE SET sha256 = excluded.sha256, sha512 = excluded.sha512, length = excluded.length, \
+                hardware_ids = excluded.hardware_ids, release_counter = excluded.release_counter, version = excluded.version, \
+                encryption = excluded.encryption, content_key = excluded.content_key, targets_version = excluded.targets_version, \
+                created_at = excluded.created_at"),
             params![
                 img.name,
                 img.sha256,
@@ -960,7 +1348,7 @@ impl Tx<'_> {
     pub fn images(&self) -> Result<Vec<ImageRow>> {
         self.all(
             &format!("SELECT {IMAGE_COLS} FROM images ORDER BY name"),
-            [],
+            params![],
             image_of,
         )
     }
@@ -1036,11 +1424,10 @@ impl Tx<'_> {
         campaign_id: Option<i64>,
         now: i64,
     ) -> Result<i64> {
-        self.exec(
+        self.insert_id(
             "INSERT INTO assignments (vin, ecu_serial, image, campaign_id, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
             params![vin, serial, image, campaign_id, now],
-        )?;
-        Ok(self.0.last_insert_rowid())
+        )
     }
 
     /// Assignments, optionally of one vehicle, status and/or campaign.
@@ -1049,15 +1436,15 @@ impl Tx<'_> {
     /// it with the index it needs: an optional filter written as
     /// `(?1 IS NULL OR vin = ?1)` is planned as a scan of the whole table, on
     /// every manifest (see `hot_path_queries_use_indexes`).
-    pub fn assignments(
+    pub fn assignments<'a>(
         &self,
-        vin: Option<&str>,
-        status: Option<&str>,
+        vin: Option<&'a str>,
+        status: Option<&'a str>,
         campaign: Option<i64>,
     ) -> Result<Vec<AssignmentRow>> {
         let mut sql = format!("SELECT {ASSIGNMENT_COLS} FROM assignments");
-        let mut values: Vec<rusqlite::types::Value> = Vec::new();
-        let mut clause = |column: &str, v: rusqlite::types::Value| {
+        let mut values: Vec<Param<'_>> = Vec::new();
+        let mut clause = |column: &str, v: Param<'a>| {
             sql.push_str(if values.is_empty() {
                 " WHERE "
             } else {
@@ -1067,20 +1454,16 @@ impl Tx<'_> {
             sql.push_str(&format!("{column} = ?{}", values.len()));
         };
         if let Some(v) = vin {
-            clause("vin", v.to_owned().into());
+            clause("vin", Param::Text(v));
         }
         if let Some(s) = status {
-            clause("status", s.to_owned().into());
+            clause("status", Param::Text(s));
         }
         if let Some(c) = campaign {
-            clause("campaign_id", c.into());
+            clause("campaign_id", Param::Int(c));
         }
         sql.push_str(" ORDER BY id");
-        self.all(
-            &sql,
-            rusqlite::params_from_iter(values.iter()),
-            assignment_of,
-        )
+        self.all(&sql, &values, assignment_of)
     }
 
     /// Pending assignments of one vehicle (every manifest, every Director
@@ -1115,18 +1498,17 @@ impl Tx<'_> {
         hardware_id: &str,
         now: i64,
     ) -> Result<i64> {
-        self.exec(
+        self.insert_id(
             "INSERT INTO campaigns (name, image, hardware_id, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![name, image, hardware_id, now],
-        )?;
-        Ok(self.0.last_insert_rowid())
+        )
     }
 
     /// Campaigns.
     pub fn campaigns(&self) -> Result<Vec<CampaignRow>> {
         self.all(
             "SELECT id, name, image, hardware_id, created_at FROM campaigns ORDER BY id",
-            [],
+            params![],
             |r| {
                 Ok(CampaignRow {
                     id: r.get(0)?,
@@ -1173,7 +1555,7 @@ impl Tx<'_> {
     pub fn operators(&self) -> Result<Vec<OperatorRow>> {
         self.all(
             "SELECT id, name, roles, digest, created_at, revoked_at FROM operators ORDER BY name",
-            [],
+            params![],
             operator_of,
         )
     }
@@ -1198,11 +1580,10 @@ impl Tx<'_> {
         now: i64,
         expires_at: i64,
     ) -> Result<i64> {
-        self.exec(
+        self.insert_id(
             "INSERT INTO enrollments (vin, digest, created_by, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![vin, digest, created_by, now, expires_at],
-        )?;
-        Ok(self.0.last_insert_rowid())
+        )
     }
 
     /// Consume the credential with `digest` for `vin`: one statement that
@@ -1236,7 +1617,7 @@ impl Tx<'_> {
     pub fn audit_head(&self) -> Result<Option<(i64, String)>> {
         self.one(
             "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
+            params![],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
     }
@@ -1287,7 +1668,7 @@ impl Tx<'_> {
 
     /// History, newest first, optionally of one vehicle.
     pub fn events(&self, vin: Option<&str>, limit: u32) -> Result<Vec<EventRow>> {
-        let row = |r: &Row<'_>| {
+        let row = |r: &Row<'_>| -> Result<EventRow> {
             Ok(EventRow {
                 id: r.get(0)?,
                 vin: r.get(1)?,
@@ -1310,7 +1691,7 @@ impl Tx<'_> {
     /// Row counts for the status endpoint.
     pub fn counts(&self) -> Result<serde_json::Value> {
         let count =
-            |sql: &str| -> Result<i64> { Ok(self.one(sql, [], |r| r.get(0))?.unwrap_or(0)) };
+            |sql: &str| -> Result<i64> { Ok(self.one(sql, params![], |r| r.get(0))?.unwrap_or(0)) };
         Ok(serde_json::json!({
             "vehicles": count("SELECT COUNT(*) FROM vehicles")?,
             "ecus": count("SELECT COUNT(*) FROM ecus")?,

@@ -61,6 +61,9 @@ pub enum Error {
     /// Database failure (500).
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// PostgreSQL failure (500).
+    #[error("database: {}", pg_message(.0))]
+    Pg(#[from] tokio_postgres::Error),
     /// File system failure (500).
     #[error("{what}: {source}")]
     Io {
@@ -125,6 +128,7 @@ impl Error {
             Error::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
             Error::Uptane(_) => (StatusCode::UNPROCESSABLE_ENTITY, "verification_failed"),
             Error::Db(_)
+            | Error::Pg(_)
             | Error::Io { .. }
             | Error::Tls(_)
             | Error::Config(_)
@@ -164,5 +168,13 @@ impl IntoResponse for Error {
             );
         }
         resp
+    }
+}
+
+/// A PostgreSQL error with the server's message and SQLSTATE, when it sent one.
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }

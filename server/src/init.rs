@@ -31,6 +31,9 @@ pub struct InitOptions {
     pub listen: SocketAddr,
     /// Admin listen address written to the config.
     pub admin_listen: SocketAddr,
+    /// PostgreSQL instead of the directory's SQLite file (written to the
+    /// config as `database_url`; the database must exist and be empty).
+    pub database_url: Option<String>,
 }
 
 /// What `init` made.
@@ -145,7 +148,7 @@ fn init_with(opts: &InitOptions, pkcs11: Option<&Pkcs11Config>) -> Result<InitRe
     let targets_bytes = sign_metadata(&targets, &[&image_targets])?;
     let director_root = director.root_bytes(1, now)?;
 
-    let db = Db::open(&data.join(layout::DB_FILE))?;
+    let db = Db::open_store(data, opts.database_url.as_deref())?;
     db.write(|tx| {
         tx.insert_meta(IMAGE, "root", 1, root_expires, &root_bytes)?;
         tx.insert_meta(IMAGE, "targets", 1, targets_expires, &targets_bytes)?;
@@ -195,7 +198,14 @@ fn init_with(opts: &InitOptions, pkcs11: Option<&Pkcs11Config>) -> Result<InitRe
             (None, None) => {}
         }
     }
-    write_public(&config_file, text.as_bytes())?;
+    match &opts.database_url {
+        // The URL may hold a password: the file is then the server's alone.
+        Some(url) => {
+            text.push_str(&format!("database_url = {url:?}\n"));
+            write_private(&config_file, text.as_bytes())?;
+        }
+        None => write_public(&config_file, text.as_bytes())?,
+    }
     // Validate what we wrote.
     Config::parse_str(&text)?;
     Ok(InitReport {

@@ -168,7 +168,7 @@ impl AppState {
             }
         }
         let inner = Inner {
-            db: db::Db::open(&data.join(layout::DB_FILE))?,
+            db: db::Db::open_store(data, config.database_url.as_deref())?,
             director: std::sync::RwLock::new(Arc::new(director)),
             rotation: tokio::sync::Mutex::new(()),
             image_online: std::sync::RwLock::new(Arc::new(image_online)),
@@ -284,7 +284,7 @@ impl AppState {
         });
         if let Err(e) = self
             .db()
-            .write(|tx| self.audit(tx, "peer", "request-refused", detail))
+            .write(|tx| self.audit(tx, "peer", "request-refused", detail.clone()))
         {
             tracing::error!(error = %e, "cannot append to the audit trail");
         }

@@ -68,6 +68,11 @@ enum Command {
         /// Admin API listen address written to the configuration.
         #[arg(long, default_value = secureev_server::config::DEFAULT_ADMIN_LISTEN)]
         admin_listen: SocketAddr,
+        /// Store in this (existing, empty) PostgreSQL database instead of
+        /// the data directory's SQLite file; written to the configuration
+        /// as `database_url`. Several instances may then share it.
+        #[arg(long)]
+        database_url: Option<String>,
         /// Generate the online keys and the KEK inside this PKCS#11 module's
         /// token (key_store = "pkcs11") instead of as files.
         #[arg(long, requires = "pkcs11_token_label")]
@@ -534,6 +539,12 @@ fn local_store(data_dir: &std::path::Path) -> anyhow::Result<secureev_server::ke
 
 /// The database of a local data directory, for the local subcommands.
 fn local_db(data_dir: &std::path::Path) -> anyhow::Result<secureev_server::db::Db> {
+    let config = data_dir.join(secureev_server::config::CONFIG_FILE);
+    if config.exists() {
+        if let Some(url) = Config::load(&config)?.database_url {
+            return Ok(secureev_server::db::Db::connect(&url)?);
+        }
+    }
     let path = data_dir.join(secureev_server::layout::DB_FILE);
     anyhow::ensure!(path.exists(), "no database at {}", path.display());
     Ok(secureev_server::db::Db::open(&path)?)
@@ -550,6 +561,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             hostnames,
             listen,
             admin_listen,
+            database_url,
             pkcs11_module,
             pkcs11_token_label,
             pkcs11_pin_file,
@@ -558,6 +570,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         } => {
             logging::init(LogFormat::Text);
             let opts = InitOptions {
+                database_url,
                 data_dir,
                 offline_dir: offline_dir.clone(),
                 hostnames,

@@ -16,6 +16,7 @@ fn prepare(tag: &str) -> (PathBuf, Config) {
     let root = common::temp_root(tag);
     let data = root.join("data");
     init(&InitOptions {
+        database_url: None,
         data_dir: data.clone(),
         offline_dir: root.join("offline"),
         hostnames: vec!["127.0.0.1".into()],

@@ -13,7 +13,7 @@ use secureev_uptane::Timestamp;
 use serde_json::{json, Value};
 
 fn records(h: &Harness) -> Vec<Value> {
-    let db = secureev_server::db::Db::open(&h.data.join("db.sqlite")).unwrap();
+    let db = h.db();
     db.read(secureev_server::audit::all_records)
         .unwrap()
         .into_iter()
@@ -60,13 +60,13 @@ async fn an_admin_change_and_its_audit_record_commit_together_or_not_at_all() {
     .unwrap();
     let assign = json!({"vin": car.vin, "ecu_serial": "BRK-1", "image": spec.name});
     let pending = |h: &Harness| {
-        let db = secureev_server::db::Db::open(&h.data.join("db.sqlite")).unwrap();
+        let db = h.db();
         db.read(|tx| tx.pending_assignments("VINAUDIT000000001"))
             .unwrap()
             .len()
     };
     let director_targets = |h: &Harness| {
-        let db = secureev_server::db::Db::open(&h.data.join("db.sqlite")).unwrap();
+        let db = h.db();
         db.read(|tx| tx.latest_meta("director:VINAUDIT000000001", "targets"))
             .unwrap()
             .map(|m| m.version)
@@ -74,11 +74,11 @@ async fn an_admin_change_and_its_audit_record_commit_together_or_not_at_all() {
     let targets_before = director_targets(&h);
 
     // The audit table refuses every insert (another connection's trigger).
-    let conn = rusqlite::Connection::open(h.data.join("db.sqlite")).unwrap();
-    conn.execute_batch(
+    h.sql(
         "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END;",
-    )
-    .unwrap();
+        "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$; \
+         CREATE TRIGGER refuse_audit BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION refuse_audit();",
+    );
     let r = h.admin.post("/admin/assignments", &assign).await.unwrap();
     assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
     // Nothing of the change is left: no assignment, no new Director targets.
@@ -87,7 +87,10 @@ async fn an_admin_change_and_its_audit_record_commit_together_or_not_at_all() {
     assert!(assignment_records(&h).is_empty());
 
     // The table takes records again: the same request commits with its record.
-    conn.execute_batch("DROP TRIGGER refuse_audit;").unwrap();
+    h.sql(
+        "DROP TRIGGER refuse_audit;",
+        "DROP TRIGGER refuse_audit ON audit;",
+    );
     let r = h.admin.post("/admin/assignments", &assign).await.unwrap();
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(pending(&h), 1);
@@ -115,7 +118,7 @@ async fn an_admin_change_and_its_audit_record_commit_together_or_not_at_all() {
     assert_eq!(pending(&h), 1);
 
     // The chain still verifies.
-    let db = secureev_server::db::Db::open(&h.data.join("db.sqlite")).unwrap();
+    let db = h.db();
     let all = db.read(secureev_server::audit::all_records).unwrap();
     let keys =
         secureev_server::audit::public_keys(&secureev_server::keystore::KeyStore::files(&h.data))

@@ -97,6 +97,7 @@ async fn insecure_http_on_loopback_without_the_offline_keys() {
     let root = common::temp_root("http");
     let data = root.join("data");
     secureev_server::init::init(&secureev_server::init::InitOptions {
+        database_url: None,
         data_dir: data.clone(),
         offline_dir: root.join("offline"),
         hostnames: vec!["127.0.0.1".into()],

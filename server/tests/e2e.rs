@@ -218,6 +218,7 @@ async fn director_timestamp_is_resigned_before_it_expires() {
     let root = temp_root("clock");
     let data = root.join("data");
     secureev_server::init::init(&secureev_server::init::InitOptions {
+        database_url: None,
         data_dir: data.clone(),
         offline_dir: root.join("offline"),
         hostnames: vec!["127.0.0.1".into()],

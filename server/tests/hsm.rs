@@ -244,6 +244,7 @@ async fn online_keys_and_kek_in_a_softhsm_token_serve_an_encrypted_update() {
     // 2. A data directory as `init` makes it (PEM keys), switched to the token.
     let (port, aport) = (free_port(), free_port());
     secureev_server::init::init(&secureev_server::init::InitOptions {
+        database_url: None,
         data_dir: data.clone(),
         offline_dir: offline.clone(),
         hostnames: vec!["127.0.0.1".into()],

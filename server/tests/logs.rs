@@ -24,6 +24,7 @@ async fn serve_and_log(tag: &str, log_format: &str) -> Vec<String> {
     let data = root.join("data");
     let (port, aport) = (free_port(), free_port());
     secureev_server::init::init(&secureev_server::init::InitOptions {
+        database_url: None,
         data_dir: data.clone(),
         offline_dir: root.join("offline"),
         hostnames: vec!["127.0.0.1".into()],

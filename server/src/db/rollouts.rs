@@ -3,9 +3,8 @@
 //! assignment made when the group started and the outcome its manifests
 //! reported).
 
-use super::Tx;
+use super::{Row, Tx};
 use crate::error::Result;
-use rusqlite::{params, Row};
 use serde::Serialize;
 
 /// A rollout.
@@ -96,7 +95,7 @@ pub struct RolloutTargetRow {
 const ROLLOUT_COLS: &str =
     "id, campaign_id, name, image, state, reason, created_by, created_at, updated_at";
 
-fn rollout_of(r: &Row<'_>) -> rusqlite::Result<RolloutRow> {
+fn rollout_of(r: &Row<'_>) -> Result<RolloutRow> {
     Ok(RolloutRow {
         id: r.get(0)?,
         campaign_id: r.get(1)?,
@@ -110,7 +109,7 @@ fn rollout_of(r: &Row<'_>) -> rusqlite::Result<RolloutRow> {
     })
 }
 
-fn target_of(r: &Row<'_>) -> rusqlite::Result<RolloutTargetRow> {
+fn target_of(r: &Row<'_>) -> Result<RolloutTargetRow> {
     Ok(RolloutTargetRow {
         rollout_id: r.get(0)?,
         group_index: r.get(1)?,
@@ -134,11 +133,10 @@ impl Tx<'_> {
         created_by: &str,
         now: i64,
     ) -> Result<i64> {
-        self.exec(
+        self.insert_id(
             "INSERT INTO rollouts (campaign_id, name, image, state, created_by, created_at, updated_at) VALUES (?1, ?2, ?3, 'ready', ?4, ?5, ?5)",
             params![campaign_id, name, image, created_by, now],
-        )?;
-        Ok(self.0.last_insert_rowid())
+        )
     }
 
     /// Insert a group (state `scheduled`).
@@ -186,7 +184,7 @@ impl Tx<'_> {
     pub fn rollouts(&self) -> Result<Vec<RolloutRow>> {
         self.all(
             &format!("SELECT {ROLLOUT_COLS} FROM rollouts ORDER BY id"),
-            [],
+            params![],
             rollout_of,
         )
     }
@@ -220,16 +218,16 @@ impl Tx<'_> {
     ) -> Result<RolloutProgress> {
         let p = self.one(
             "SELECT COUNT(*), COUNT(t.assignment_id), \
-             COALESCE(SUM(t.outcome = 'installed'), 0), COALESCE(SUM(t.outcome = 'failed'), 0), \
-             COALESCE(SUM(t.outcome = 'attack'), 0), \
-             COALESCE(SUM(t.outcome IS NULL AND a.status = 'pending'), 0), \
-             COALESCE(SUM(t.outcome IS NULL AND a.status = 'cancelled'), 0), \
-             COALESCE(SUM(t.outcome = 'skipped'), 0) \
+             COALESCE(SUM(CASE WHEN t.outcome = 'installed' THEN 1 ELSE 0 END), 0), COALESCE(SUM(CASE WHEN t.outcome = 'failed' THEN 1 ELSE 0 END), 0), \
+             COALESCE(SUM(CASE WHEN t.outcome = 'attack' THEN 1 ELSE 0 END), 0), \
+             COALESCE(SUM(CASE WHEN t.outcome IS NULL AND a.status = 'pending' THEN 1 ELSE 0 END), 0), \
+             COALESCE(SUM(CASE WHEN t.outcome IS NULL AND a.status = 'cancelled' THEN 1 ELSE 0 END), 0), \
+             COALESCE(SUM(CASE WHEN t.outcome = 'skipped' THEN 1 ELSE 0 END), 0) \
              FROM rollout_targets t LEFT JOIN assignments a ON a.id = t.assignment_id \
              WHERE t.rollout_id = ?1 AND t.group_idx = ?2",
             params![rollout_id, group_index],
             |r| {
-                let n = |i| r.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
+                let n = |i| r.get::<i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
                 Ok(RolloutProgress {
                     targets: n(0)?,
                     assigned: n(1)?,

@@ -51,6 +51,47 @@ pub fn temp_root(tag: &str) -> PathBuf {
     p
 }
 
+/// The environment variable naming a PostgreSQL server (a URL to a
+/// database the tests may create others from, as a superuser): set, every
+/// harness stores in a fresh PostgreSQL database of its own instead of
+/// SQLite (scripts/test.sh runs the suites both ways).
+pub const TEST_DATABASE_ENV: &str = "SECUREEV_TEST_DATABASE_URL";
+
+/// Whether the harnesses store in PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var_os(TEST_DATABASE_ENV).is_some()
+}
+
+/// A fresh, empty PostgreSQL database for one harness (made with `psql`),
+/// when [`TEST_DATABASE_ENV`] is set.
+pub fn test_database_url(tag: &str) -> Option<String> {
+    let admin = std::env::var(TEST_DATABASE_ENV).ok()?;
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let name: String = format!("t_{tag}_{}_{n}", std::process::id())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &admin])
+        .args(["-c", &format!("DROP DATABASE IF EXISTS {name}")])
+        .args(["-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .expect("psql (postgresql-client) is needed with SECUREEV_TEST_DATABASE_URL");
+    assert!(
+        out.status.success(),
+        "creating database {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    Some(format!("{base}/{name}"))
+}
+
 pub async fn start(tag: &str) -> Harness {
     start_tuned(tag, |_| {}).await
 }
@@ -66,6 +107,7 @@ pub async fn start_tuned(tag: &str, tune: impl FnOnce(&mut Config)) -> Harness {
         hostnames: vec!["localhost".into(), "127.0.0.1".into()],
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: test_database_url(tag),
     })
     .unwrap();
     let mut config = Config::load(&data.join("server.toml")).unwrap();
@@ -157,9 +199,48 @@ impl Harness {
         }
     }
 
+    /// The server's database, as its configuration names it.
+    pub fn db(&self) -> secureev_server::db::Db {
+        let config = Config::load(&self.data.join("server.toml")).unwrap();
+        secureev_server::db::Db::open_store(&self.data, config.database_url.as_deref()).unwrap()
+    }
+
+    /// Run SQL behind the server's back, on another connection:
+    /// `sqlite` on the SQLite file, `postgres` (with `psql`) on PostgreSQL.
+    pub fn sql(&self, sqlite: &str, postgres: &str) {
+        let config = Config::load(&self.data.join("server.toml")).unwrap();
+        match config.database_url {
+            None => {
+                let c = rusqlite::Connection::open(self.data.join(layout::DB_FILE)).unwrap();
+                c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+                c.execute_batch(sqlite).unwrap();
+            }
+            Some(url) => {
+                let out = std::process::Command::new("psql")
+                    .args([
+                        "-X",
+                        "-q",
+                        "-v",
+                        "ON_ERROR_STOP=1",
+                        "-d",
+                        &url,
+                        "-c",
+                        postgres,
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
     /// An admin client with a new operator's token holding `roles`.
     pub fn operator(&self, name: &str, roles: &[secureev_server::operators::Role]) -> AdminClient {
-        let db = secureev_server::db::Db::open(&self.data.join(layout::DB_FILE)).unwrap();
+        let db = self.db();
         let token = db
             .write(|tx| {
                 secureev_server::operators::add(tx, name, roles, secureev_server::unix_now())
