@@ -69,7 +69,7 @@ step "backend integration suites on PostgreSQL (a throwaway cluster; SECUREEV_TE
 if [ -n "$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null)" ]; then
     bash scripts/with-postgres.sh cargo test -p secureev-server --locked \
         --test attacks --test audit_atomic --test enrollment --test rollouts \
-        --test device_certs --test flood --test rotation --test tls
+        --test device_certs --test flood --test rotation --test tls --test multi_instance
 else
     echo "SKIPPED: no PostgreSQL server (see scripts/postgres-prereqs.sh)"
 fi
