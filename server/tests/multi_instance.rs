@@ -10,7 +10,7 @@
 mod common;
 
 use common::*;
-use secureev_server::client::{http_client, VehicleClient};
+use secureev_server::client::{http_client, image_add, ImageSpec, VehicleClient};
 use secureev_server::config::Config;
 use secureev_server::layout;
 use secureev_uptane::request_auth::sign_request_with_nonce;
@@ -181,4 +181,71 @@ async fn two_instances_share_counters_nonces_and_assignments() {
         .as_i64()
         .unwrap();
     assert_eq!(manifests, 7, "six check-ins and the one accepted twin");
+
+    // Assignments made on both instances at once, two per ECU: every one is
+    // committed (the later replaces the earlier), one pending per ECU stays,
+    // and each re-signs the vehicle's Director targets with its own version.
+    for hw in ["hu", "brake"] {
+        let spec = ImageSpec {
+            name: format!("{hw}.bin"),
+            hardware_ids: vec![hw.into()],
+            version: None,
+            release_counter: Some(1),
+            encrypt: false,
+            release_notes: None,
+        };
+        image_add(
+            &a.admin,
+            &a.offline,
+            &spec,
+            hw.as_bytes(),
+            secureev_uptane::Timestamp::from_unix(secureev_server::unix_now()),
+        )
+        .await
+        .unwrap();
+    }
+    let targets_version = |h: &Harness| {
+        h.db()
+            .read(|tx| tx.latest_meta(&format!("director:{}", "VINMULTI000000001"), "targets"))
+            .unwrap()
+            .map_or(0, |m| m.version)
+    };
+    let before = targets_version(&a);
+    let mut posts = Vec::new();
+    for (i, (serial, image)) in [
+        ("HU-1", "hu.bin"),
+        ("BRK-1", "brake.bin"),
+        ("HU-1", "hu.bin"),
+        ("BRK-1", "brake.bin"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let admin = if i % 2 == 0 {
+            a.admin.clone()
+        } else {
+            b.admin.clone()
+        };
+        let assign = serde_json::json!({"vin": car.vin, "ecu_serial": serial, "image": image});
+        posts.push(tokio::spawn(async move {
+            admin.post("/admin/assignments", &assign).await.unwrap()
+        }));
+    }
+    for p in posts {
+        let r = p.await.unwrap();
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let pending = a.db().read(|tx| tx.pending_assignments(&car.vin)).unwrap();
+    let mut serials: Vec<_> = pending.iter().map(|p| p.ecu_serial.clone()).collect();
+    serials.sort();
+    assert_eq!(
+        serials,
+        vec!["BRK-1", "HU-1"],
+        "one pending assignment per ECU"
+    );
+    assert_eq!(
+        targets_version(&b),
+        before + 4,
+        "four re-signings, four versions"
+    );
 }
